@@ -1,0 +1,32 @@
+# Two commands for users: `make demo` and `make test`. Both build .venv first when it is missing
+# or older than the pinned requirements.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+REQS := requirements/runtime.txt requirements/tests.txt setup.cfg pyproject.toml
+
+.PHONY: install test demo clean-venv
+
+install: $(STAMP)
+
+$(STAMP): $(REQS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# mmcv's setup.py needs torch, numpy and pkg_resources at build time, and must see torch
+	# (--no-build-isolation) or it silently builds without ops.
+	$(BIN)/pip install --upgrade pip wheel ninja \
+		$$(grep -E '^(torch|setuptools|numpy)\b' requirements/runtime.txt)
+	MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation \
+		$$(grep -E '^mmcv\b' requirements/runtime.txt)
+	$(BIN)/pip install -r requirements/runtime.txt -r requirements/tests.txt
+	$(BIN)/pip install --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python tools/backbone_check.py
+
+clean-venv:
+	rm -rf $(VENV)

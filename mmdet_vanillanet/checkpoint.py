@@ -1,0 +1,188 @@
+"""Loading the released VanillaNet checkpoints, unchanged, and checking that they fit.
+
+The authors' files come in several forms: the ImageNet weights under ``model_ema``, ``model``
+or ``state_dict`` or bare, in training-mode layout (``stem1``, ``stages.i.conv1`` ...) or deploy
+layout (``stem``, ``stages.i.conv``), with classifier keys (``cls1``, ``cls2``, ``cls``); and
+detector checkpoints whose backbone keys carry the ``backbone.`` prefix. All are accepted; a
+file that does not fit the model is an error that says why, never a silent partial load.
+"""
+import re
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+
+from .models.arch_settings import ARCH_SETTINGS, ArchSpec
+from .serialization import CheckpointError, safe_load
+
+StateDict = Dict[str, torch.Tensor]
+
+CONTAINER_KEYS = ('model_ema', 'state_dict', 'model')
+CLASSIFIER = re.compile(r'^(cls|cls1|cls2)\.')
+PREFIXES = ('module.', 'backbone.')
+
+
+def container_state(checkpoint) -> StateDict:
+    """The state dict inside any released container (or the bare state dict itself)."""
+    state = checkpoint
+    for key in CONTAINER_KEYS:
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            state = checkpoint[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f'no state dict found: expected tensors under one of {CONTAINER_KEYS} or at the top '
+            f'level, found keys {list(state)[:8] if isinstance(state, dict) else type(state)}')
+    return state
+
+
+def backbone_state_dict(checkpoint, prefix: Optional[str] = None) -> StateDict:
+    """The backbone's tensors from any released container, prefixes and classifier removed."""
+    state = container_state(checkpoint)
+    for p in (prefix, ) if prefix else PREFIXES:
+        if any(k.startswith(p) for k in state):
+            state = OrderedDict((k[len(p):], v) for k, v in state.items() if k.startswith(p))
+    return OrderedDict((k, v) for k, v in state.items() if not CLASSIFIER.match(k))
+
+
+def layout_of(state: StateDict) -> str:
+    if 'stem1.0.weight' in state:
+        return 'training'
+    if 'stem.0.weight' in state:
+        return 'deploy'
+    raise CheckpointError(f'not a VanillaNet checkpoint: neither stem1.0.weight (training '
+                          f'layout) nor stem.0.weight (deploy layout) among its keys '
+                          f'{list(state)[:8]}')
+
+
+def _activation_keys(state: StateDict):
+    return [k for k in state if k in ('stem2.2.weight', 'stem.1.weight')
+            or re.fullmatch(r'stages\.\d+\.act\.weight', k)]
+
+
+def act_num_of(state: StateDict) -> int:
+    kernels = {state[k].shape[-1] for k in _activation_keys(state)}
+    if len(kernels) != 1:
+        raise CheckpointError(f'activation kernels of mixed sizes {sorted(kernels)}')
+    return (kernels.pop() - 1) // 2
+
+
+def dims_of(state: StateDict) -> Tuple[int, ...]:
+    """Stem width, then each stage's output width, read off the weight shapes."""
+    deploy = layout_of(state) == 'deploy'
+    dims = [state['stem.0.weight' if deploy else 'stem1.0.weight'].shape[0]]
+    i = 0
+    while f'stages.{i}.act.weight' in state:
+        dims.append(state[f'stages.{i}.act.weight'].shape[0])
+        i += 1
+    return tuple(dims)
+
+
+def describe(state: StateDict) -> str:
+    """'arch 13 (training layout, act_num 4)' or the widths when no released arch matches."""
+    try:
+        dims, act_num, layout = dims_of(state), act_num_of(state), layout_of(state)
+    except (CheckpointError, KeyError):
+        return 'an unrecognised layout'
+    names = [name for name, spec in ARCH_SETTINGS.items() if spec.dims == dims]
+    arch = f'arch {" or ".join(names)}' if names else f'custom widths {dims}'
+    return f'{arch} ({layout} layout, act_num {act_num})'
+
+
+def check_fits(model_state: StateDict, state: StateDict, filename: str):
+    """Raise a CheckpointError naming what differs, the act_num first (the common case)."""
+    file_act = [state[k].shape for k in _activation_keys(model_state) if k in state]
+    model_act = model_state[_activation_keys(model_state)[0]].shape
+    if file_act and all(shape[-1] != model_act[-1] for shape in file_act):
+        raise CheckpointError(
+            f'{filename} was trained with act_num={(file_act[0][-1] - 1) // 2} '
+            f'({file_act[0][-1]}x{file_act[0][-1]} activation kernels) but the model has '
+            f'act_num={(model_act[-1] - 1) // 2}: set act_num={(file_act[0][-1] - 1) // 2} in '
+            f'the backbone config')
+    optional = re.compile(r'.*num_batches_tracked$')  # absent from files of old torch versions
+    missing = [k for k in model_state if k not in state and not optional.match(k)]
+    unexpected = [k for k in state if k not in model_state]
+    wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+             for k, v in model_state.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        problems = [f'{label} ({len(items)}): {", ".join(items[:4])}'
+                    + (', ...' if len(items) > 4 else '')
+                    for label, items in (('shape mismatches', wrong), ('missing keys', missing),
+                                         ('unexpected keys', unexpected)) if items]
+        raise CheckpointError(
+            f'{filename} does not fit this VanillaNet ({describe(model_state)}); the file holds '
+            f'{describe(state)}. ' + '; '.join(problems))
+
+
+def fuse_state_dict(state: StateDict, norm_eps: float = 1e-6) -> StateDict:
+    """Deploy-layout weights from training-layout ones, by building and fusing the network.
+
+    Strides and pools carry no weights, so the widths read off the file are all it needs.
+    """
+    from .models.vanillanet import VanillaNet
+    dims = dims_of(state)
+    model = VanillaNet(arch=ArchSpec(dims=dims, strides=(1, ) * (len(dims) - 1)),
+                       act_num=act_num_of(state), norm_cfg=dict(type='BN', eps=norm_eps),
+                       init_cfg=None)
+    model.load_state_dict(state, strict=False)
+    model.switch_to_deploy()
+    return model.state_dict()
+
+
+def load_pretrained(model, filename: str, prefix: Optional[str] = None):
+    """Load a released checkpoint (any form above) into a VanillaNet backbone, or fail loudly."""
+    state = backbone_state_dict(safe_load(filename), prefix)
+    layout = layout_of(state)
+    if layout == 'deploy' and not model.deploy:
+        raise CheckpointError(
+            f'{filename} is a deploy (fused) checkpoint, which cannot be loaded into a '
+            f'training-mode VanillaNet: its BN statistics and its separate 1x1 convs were merged '
+            f'away and cannot be recovered. Set deploy=True in the backbone config for '
+            f'inference, or start from the training-mode checkpoint to train.')
+    fuse = model.deploy and layout == 'training'
+    check_fits(_training_twin_state(model) if fuse else model.state_dict(), state, filename)
+    source = describe(state)
+    if fuse:
+        state = fuse_state_dict(state, model.norm_cfg.get('eps', 1e-5))
+    # check_fits has proved every key and shape, bar the optional num_batches_tracked.
+    model.load_state_dict(state, strict=False)
+    print_log(f'VanillaNet-{model.arch_name}: loaded {len(state)} tensors from {filename} '
+              f'({source}{", fused on load" if fuse else ""})', logger='current')
+
+
+def _training_twin_state(model) -> StateDict:
+    """The state dict shapes a training-mode twin of a deploy model would have."""
+    from .models.vanillanet import VanillaNet
+    with torch.device('meta'):
+        twin = VanillaNet(arch=model.arch, act_num=model.act_num, init_cfg=None)
+    return twin.state_dict()
+
+
+def count_params(state: StateDict) -> int:
+    """Learned numbers in a state dict (BN running statistics are not parameters)."""
+    return sum(v.numel() for k, v in state.items()
+               if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+
+
+def deploy_checkpoint(checkpoint) -> Tuple[dict, int, int]:
+    """A deploy-layout copy of a training-layout checkpoint, and the parameter counts of the
+    backbone before and after. An ImageNet file becomes ``{'model': fused}`` (the released
+    deploy container; the classifier is dropped, as detection has none); a detector checkpoint
+    keeps its other weights (and its class names) under ``state_dict``, for a ``deploy=True``
+    config."""
+    backbone = backbone_state_dict(checkpoint)
+    if layout_of(backbone) != 'training':
+        raise CheckpointError('this checkpoint is already in the deploy layout; nothing to fuse')
+    fused = fuse_state_dict(backbone)
+    state = container_state(checkpoint)
+    if any(k.startswith('backbone.') for k in state):
+        rest = OrderedDict((k, v) for k, v in state.items() if not k.startswith('backbone.'))
+        rest.update((f'backbone.{k}', v) for k, v in fused.items())
+        meta = checkpoint.get('meta') or {}
+        out = {'state_dict': rest}
+        if 'dataset_meta' in meta:  # the class names, which inference tools read from here
+            out['meta'] = {'dataset_meta': meta['dataset_meta']}
+    else:
+        out = {'model': fused}
+    return out, count_params(backbone), count_params(fused)

@@ -1,0 +1,54 @@
+"""Deep training: raise the backbone's act_learn from ``start`` to 1 over the first part of
+training, then keep 1 (so that the network can be fused for deployment).
+
+act_learn is a function of the runner's epoch or iteration, never stored state, so a resumed
+run takes the value the uninterrupted run would have had.
+"""
+import math
+
+from mmdet.registry import HOOKS
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+
+@HOOKS.register_module()
+class DeepTrainingHook(Hook):
+    """Args:
+        start: act_learn at the beginning (0: a plain ReLU between each block's 1x1 convs).
+        duration: epochs (``by_epoch=True``, stepping once per epoch like the authors') or
+            iterations over which act_learn rises to 1.
+        schedule: 'linear' (start + (1 - start) * t) or 'cosine' (the authors' alternative).
+    """
+
+    priority = 'NORMAL'
+
+    def __init__(self, start: float = 0.0, duration: int = 1, by_epoch: bool = True,
+                 schedule: str = 'linear'):
+        if schedule not in ('linear', 'cosine'):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+        if not 0.0 <= start <= 1.0 or duration < 1:
+            raise ValueError(f'need 0 <= start <= 1 and duration >= 1, got start={start}, '
+                             f'duration={duration}')
+        self.start, self.duration, self.by_epoch, self.schedule = (start, duration, by_epoch,
+                                                                   schedule)
+
+    def value_at(self, step: int) -> float:
+        t = min(step / self.duration, 1.0)
+        if self.schedule == 'cosine':
+            t = 0.5 * (1 - math.cos(math.pi * t))
+        return self.start + (1.0 - self.start) * t
+
+    @staticmethod
+    def backbone(runner):
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        return model.backbone
+
+    def before_train_epoch(self, runner) -> None:
+        if self.by_epoch:
+            self.backbone(runner).act_learn = self.value_at(runner.epoch)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        backbone = self.backbone(runner)
+        if not self.by_epoch:
+            backbone.act_learn = self.value_at(runner.iter)
+        runner.message_hub.update_scalar('train/act_learn', backbone.act_learn)

@@ -1,0 +1,273 @@
+"""VanillaNet as an MMDetection backbone.
+
+    image -> stem: 4x4 conv/4 + BN, leaky_relu(act_learn), 1x1 conv + BN, series activation
+          -> stage i (one block each): 1x1 conv + BN, leaky_relu(act_learn), 1x1 conv + BN,
+                                       max pool (stride), series activation
+No shortcuts, no attention, no depth beyond a dozen layers. ``act_learn`` is the deep-training
+slope: 0 makes the leaky_relu a ReLU (two non-linear layers per block), 1 makes it the identity,
+after which ``switch_to_deploy`` merges every block into a single 1x1 conv and an activation.
+"""
+import copy
+from typing import Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmdet.registry import MODELS
+from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .arch_settings import STEM, ArchSpec, resolve_arch
+from .fusion import merge_conv_bn_pair
+from .series_activation import SeriesActivation
+
+
+def conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
+            stride: int = 1, padding: int = 0) -> nn.Sequential:
+    """The (conv, BN) pair whose keys are ``.0.*`` and ``.1.*`` in the released checkpoints."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
+        build_norm_layer(norm_cfg, out_channels)[1])
+
+
+class VanillaBlock(nn.Module):
+    """One stage. Keys: ``conv1``, ``conv2``, ``act`` (training); ``conv``, ``act`` (deploy)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, ada_pool: int = 0,
+                 act_num: int = 3, norm_cfg: dict = None, deploy: bool = False):
+        super().__init__()
+        self.deploy = deploy
+        self.act_learn = 1.0
+        if deploy:
+            self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        else:
+            self.conv1 = conv_bn(in_channels, in_channels, norm_cfg)
+            self.conv2 = conv_bn(in_channels, out_channels, norm_cfg)
+        if stride == 1:
+            self.pool = nn.Identity()
+        elif ada_pool:
+            self.pool = nn.AdaptiveMaxPool2d(ada_pool)
+        else:
+            self.pool = nn.MaxPool2d(stride)
+        self.act = SeriesActivation(out_channels, act_num, norm_cfg, deploy)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            x = self.conv(x)
+        else:
+            x = self.conv2(F.leaky_relu(self.conv1(x), self.act_learn))
+        return self.act(self.pool(x))
+
+    def switch_to_deploy(self):
+        if self.deploy:
+            return
+        self.conv = merge_conv_bn_pair(self.conv1, self.conv2)
+        del self.conv1, self.conv2
+        self.act.switch_to_deploy()
+        self.deploy = True
+
+
+@MODELS.register_module()
+class VanillaNet(BaseModule):
+    """VanillaNet backbone ("VanillaNet: the Power of Minimalism in Deep Learning", NeurIPS 2023).
+
+    Args:
+        arch: a name from ``ARCH_SETTINGS`` ('5' ... '13', '13_x1_5', '13_x1_5_ada_pool') or a
+            dict with ``dims`` and ``strides`` (optionally ``ada_pool``, ``stem_stride``,
+            ``stem_padding``) for custom widths.
+        act_num: half-width of the series activation's kernel, which is (2 * act_num + 1)^2.
+        out_indices: stage indices whose outputs are returned, and ``'stem'`` for the stem's.
+            Default: the last map at each stride (4, 8, 16, 32), e.g. (0, 1, 8, 10) for arch 13
+            and ('stem', 0, 1, 2) for arch 5, which has no stage at stride 4.
+        frozen_stages: -1 freezes nothing; k >= 0 freezes the stem and the first k stages
+            (no gradient, BN in eval mode).
+        norm_eval: keep every BN layer in eval mode during training.
+        norm_cfg: normalisation after each conv (BN with eps 1e-6 as released; SyncBN for
+            multi-GPU training).
+        with_cp: recompute each stage in the backward pass (gradient checkpointing) to save
+            memory.
+        deploy: build the fused network directly (to load a deploy checkpoint).
+        init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a released ImageNet file or a
+            detector checkpoint, checked key by key (see ``mmdet_vanillanet.checkpoint``).
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = '13',
+                 act_num: int = 3,
+                 out_indices: Sequence[Union[int, str]] = None,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 norm_cfg: dict = dict(type='BN', eps=1e-6, requires_grad=True),
+                 with_cp: bool = False,
+                 deploy: bool = False,
+                 init_cfg=dict(type='TruncNormal', layer='Conv2d', std=.02, bias=0.)):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
+        self.arch = resolve_arch(arch)
+        if not isinstance(act_num, int) or act_num < 0:
+            raise ValueError(f'act_num must be an integer >= 0 (kernel 2*act_num+1), '
+                             f'got {act_num!r}')
+        num_stages = self.arch.num_stages
+        if out_indices is None:
+            out_indices = self.arch.default_out_indices()
+        out_indices = tuple(out_indices)
+        valid = [STEM, *range(num_stages)]
+        bad = [i for i in out_indices if i not in valid]
+        if bad or not out_indices:
+            raise ValueError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
+                             f'has stages 0..{num_stages - 1}, and {STEM!r} names the stem')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages={frozen_stages} is out of range: -1 freezes '
+                             f'nothing, 0 the stem, k the stem and the first k stages, up to '
+                             f'{num_stages} for this arch')
+        self.act_num = act_num
+        self.out_indices = out_indices
+        self.out_channels = tuple(self.arch.stage_channels(i) for i in out_indices)
+        self.out_strides = tuple(self.arch.nominal_strides()[i] for i in out_indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.norm_cfg = copy.deepcopy(norm_cfg)
+        self.with_cp = with_cp
+        self.deploy = deploy
+        self._act_learn = 1.0
+        self.min_input_size = self._smallest_valid_size()
+
+        arch = self.arch
+        d0 = arch.dims[0]
+        if deploy:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, d0, 4, stride=arch.stem_stride, padding=arch.stem_padding),
+                SeriesActivation(d0, act_num, deploy=True))
+        else:
+            self.stem1 = conv_bn(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
+                                 padding=arch.stem_padding)
+            self.stem2 = nn.Sequential(*conv_bn(d0, d0, norm_cfg),
+                                       SeriesActivation(d0, act_num, norm_cfg))
+        ada_pool = arch.ada_pool or (0, ) * num_stages
+        self.stages = nn.ModuleList(
+            VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], ada_pool[i], act_num,
+                         norm_cfg, deploy) for i in range(num_stages))
+        self._freeze_stages()
+
+    # --- the network -------------------------------------------------------------------------
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deploy:
+            return self.stem(x)
+        return self.stem2(F.leaky_relu(self.stem1(x), self._act_learn))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        self._check_input(x)
+        outs = []
+        x = self.forward_stem(x)
+        if STEM in self.out_indices:
+            outs.append(x)
+        for i, stage in enumerate(self.stages):
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                x = cp.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return tuple(outs)
+
+    # --- deep training and deployment ----------------------------------------------------------
+
+    @property
+    def act_learn(self) -> float:
+        """Slope of the leaky_relu inside the stem and every block (the authors' change_act)."""
+        return self._act_learn
+
+    @act_learn.setter
+    def act_learn(self, value: float):
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f'act_learn must lie in [0, 1], got {value}')
+        if self.deploy and value != 1.0:
+            raise ValueError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
+                             'which is exact only for act_learn=1; it cannot take another value')
+        self._act_learn = value
+        for stage in self.stages:
+            stage.act_learn = value
+
+    def switch_to_deploy(self):
+        """Fuse, in place, into the deployed network; a second call does nothing."""
+        if self.deploy:
+            return
+        if self._act_learn != 1.0:
+            raise RuntimeError(
+                f'cannot fuse VanillaNet with act_learn={self._act_learn}: its 1x1 conv pairs '
+                'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
+                'fusing now would change what the network computes. Finish the deep-training '
+                'schedule (act_learn reaches 1) before fusing.')
+        self.stem = nn.Sequential(merge_conv_bn_pair(self.stem1, self.stem2[:2]), self.stem2[2])
+        self.stem[1].switch_to_deploy()
+        del self.stem1, self.stem2
+        for stage in self.stages:
+            stage.switch_to_deploy()
+        self.deploy = True
+
+    # --- training behaviour --------------------------------------------------------------------
+
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        stem = [self.stem] if self.deploy else [self.stem1, self.stem2]
+        return stem + list(self.stages[:self.frozen_stages])
+
+    def _freeze_stages(self):
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def _check_input(self, x: torch.Tensor):
+        if self.deploy and self.training and torch.is_grad_enabled():
+            raise RuntimeError(
+                'this VanillaNet is fused for deployment (no BN, merged convs) and is not meant '
+                'to be trained: call .eval() for inference, or train the training-mode network '
+                '(deploy=False) from a training-mode checkpoint')
+        h, w = x.shape[-2:]
+        if min(h, w) < self.min_input_size:
+            raise ValueError(
+                f'input {h}x{w} is too small for VanillaNet-{self.arch_name}: every side '
+                f'must be at least {self.min_input_size} pixels')
+
+    def _smallest_valid_size(self) -> int:
+        """Smallest side for which every stage still has a map (ada_pool: no upsampling)."""
+        arch = self.arch
+        ada_pool = arch.ada_pool or (0, ) * arch.num_stages
+
+        def valid(size):
+            size = (size + 2 * arch.stem_padding - 4) // arch.stem_stride + 1
+            for stride, grid in zip(arch.strides, ada_pool):
+                if size < 1 or (stride > 1 and grid and size < grid):
+                    return False
+                if stride > 1:
+                    size = grid or size // stride
+            return size >= 1
+
+        size = 1
+        while not valid(size):
+            size += 1
+        return size
+
+    def init_weights(self):
+        # Imported here: checkpoint loading builds VanillaNets itself.
+        from ..checkpoint import load_pretrained
+        if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
+            load_pretrained(self, self.init_cfg['checkpoint'])
+            self._is_init = True
+        else:
+            super().init_weights()

@@ -1,0 +1,62 @@
+"""Checks the tools run before building a Runner, so that bad input fails in one clear line
+instead of deep inside a dataloader or after overwriting something."""
+import glob
+import os
+import os.path as osp
+
+COCO_HINT = ('Get COCO 2017 from https://cocodataset.org into data/coco/ (annotations/, '
+             'train2017/, val2017/), point the config at your copy with --cfg-options '
+             '{key}.dataset.data_root=PATH/, or run `make demo` to try the bundled toy dataset.')
+
+
+def _datasets(cfg, key):
+    """The leaf dataset configs of a dataloader (through Repeat/Concat wrappers)."""
+    stack = [cfg.get(key, {}).get('dataset')]
+    while stack:
+        ds = stack.pop()
+        if not ds:
+            continue
+        if 'dataset' in ds:
+            stack.append(ds['dataset'])
+        elif 'datasets' in ds:
+            stack.extend(ds['datasets'])
+        else:
+            yield ds
+
+
+def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_dataloader')):
+    """Raise FileNotFoundError naming the first missing annotation file or image folder."""
+    for key in keys:
+        if not cfg.get(key):
+            continue
+        for ds in _datasets(cfg, key):
+            root = ds.get('data_root') or ''
+            ann = ds.get('ann_file')
+            img = (ds.get('data_prefix') or {}).get('img')
+            for kind, rel in (('annotation file', ann), ('image folder', img)):
+                if not rel:
+                    continue
+                path = rel if osp.isabs(rel) or '://' in rel else osp.join(root, rel)
+                if '://' not in path and not osp.exists(path):
+                    raise FileNotFoundError(
+                        f'{kind} not found: {path} ({key}.dataset: data_root={root!r}). '
+                        + COCO_HINT.format(key=key))
+
+
+def existing_checkpoints(work_dir: str):
+    """Checkpoints an earlier run left in work_dir, which a new run would overwrite."""
+    found = sorted(glob.glob(osp.join(work_dir, '*.pth')))
+    if osp.exists(osp.join(work_dir, 'last_checkpoint')):
+        found.append(osp.join(work_dir, 'last_checkpoint'))
+    return found
+
+
+def guard_work_dir(work_dir: str, resume, overwrite: bool):
+    """A fresh run must not replace an earlier run's checkpoints unless asked to."""
+    found = existing_checkpoints(work_dir) if osp.isdir(work_dir) else []
+    if found and not resume and not overwrite:
+        names = ', '.join(os.path.basename(f) for f in found[:4])
+        raise FileExistsError(
+            f'{work_dir} already holds checkpoints of an earlier run ({names}). Pass --resume '
+            f'to continue that run, --work-dir to train elsewhere, or --overwrite to replace '
+            f'them.')

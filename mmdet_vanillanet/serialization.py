@@ -1,0 +1,77 @@
+"""Checkpoint reading that never runs code from the file.
+
+Every load goes through ``torch.load(weights_only=True)``. MMEngine's Runner writes a few
+non-tensor objects into its checkpoints (numpy scalars and arrays in the message hub, its
+HistoryBuffer); those specific types, and nothing else, are allow-listed so that resume and
+test work under torch >= 2.6 without turning the protection off.
+"""
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def _numpy_globals():
+    core = getattr(np, '_core', None) or np.core  # numpy 2 renamed core to _core
+    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
+    # numpy >= 1.25 pickles dtypes as instances of per-type classes (numpy.dtypes.Float64DType).
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        found += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith('DType')]
+    return found
+
+
+SAFE_GLOBALS = [HistoryBuffer, *_numpy_globals()]
+
+
+def register_safe_globals():
+    """Let every weights_only load (ours and MMEngine's) accept what MMEngine writes."""
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)
+
+
+def _open(filename: str):
+    """A local path as is; URLs through torch's hub cache; other schemes through MMEngine."""
+    if filename.startswith(('http://', 'https://')):
+        model_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
+        os.makedirs(model_dir, exist_ok=True)
+        cached = os.path.join(model_dir, os.path.basename(filename.split('?')[0]))
+        if not os.path.exists(cached):
+            torch.hub.download_url_to_file(filename, cached, progress=True)
+        return cached
+    if '://' in filename:
+        from mmengine.fileio import get
+        return io.BytesIO(get(filename))
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'checkpoint file not found: {filename}')
+    return filename
+
+
+def safe_load(filename: str, map_location='cpu', unsafe: bool = False):
+    """Read a checkpoint without unpickling arbitrary objects (``unsafe`` only for trusted
+    files, through ``tools/convert_checkpoint.py --unsafe-load``)."""
+    source = _open(filename)
+    try:
+        return torch.load(source, map_location=map_location, weights_only=not unsafe)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f'{filename} holds Python objects beyond tensors and the types MMEngine writes, '
+            f'so loading it could run code from the file; it was not loaded. If you trust the '
+            f'file, rewrite it as plain tensors with `python tools/convert_checkpoint.py '
+            f'{filename} OUT --unsafe-load`. (torch said: {str(err).splitlines()[0]})') from None
+    except (EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f'{filename} is truncated or corrupt ({err}); '
+                              f'use an earlier checkpoint or download it again') from None
+    except RuntimeError as err:
+        if 'PytorchStreamReader' in str(err) or 'zip archive' in str(err):
+            raise CheckpointError(f'{filename} is truncated or corrupt '
+                                  f'({str(err).splitlines()[0]}); use an earlier checkpoint '
+                                  f'or download it again') from None
+        raise

@@ -1,0 +1,45 @@
+"""Write the fused (deploy-layout) version of a training-mode VanillaNet checkpoint.
+
+    python tools/convert_checkpoint.py vanillanet_13_act_num_4_kd_pretrain.pth vn13_deploy.pth
+    python tools/convert_checkpoint.py work_dirs/mask_rcnn/epoch_12.pth mask_rcnn_deploy.pth
+
+The arch and act_num are read off the weights. An ImageNet file becomes {'model': fused}, the
+released deploy layout; a detector checkpoint keeps its neck and heads, to be tested with
+``model.backbone.deploy=True``.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+from mmdet_vanillanet.checkpoint import deploy_checkpoint
+from mmdet_vanillanet.serialization import CheckpointError, safe_load
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='training-mode checkpoint (local path or URL)')
+    parser.add_argument('dst', help='where to write the deploy checkpoint')
+    parser.add_argument('--force', action='store_true', help='overwrite dst if it exists')
+    parser.add_argument('--unsafe-load', action='store_true',
+                        help='unpickle src without weights_only protection: only for files you '
+                        'trust; what is written holds plain tensors only')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if os.path.exists(args.dst) and not args.force:
+        sys.exit(f'error: {args.dst} exists; pass --force to overwrite it')
+    try:
+        out, before, after = deploy_checkpoint(safe_load(args.src, unsafe=args.unsafe_load))
+    except CheckpointError as err:
+        sys.exit(f'error: {err}')
+    torch.save(out, args.dst)
+    print(f'backbone parameters: {before / 1e6:.2f}M (training) -> {after / 1e6:.2f}M (deploy)')
+    print(f'wrote {args.dst}')
+
+
+if __name__ == '__main__':
+    main()
