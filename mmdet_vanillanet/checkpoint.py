@@ -159,6 +159,13 @@ def _training_twin_state(model) -> StateDict:
     return twin.state_dict()
 
 
+def checkpoint_layout(filename: str) -> str:
+    """'training' or 'deploy': the layout of the VanillaNet weights in a checkpoint file.
+
+    Memory-mapped, so that asking costs no read of the whole file."""
+    return layout_of(backbone_state_dict(safe_load(filename, mmap=True)))
+
+
 def count_params(state: StateDict) -> int:
     """Learned numbers in a state dict (BN running statistics are not parameters)."""
     return sum(v.numel() for k, v in state.items()

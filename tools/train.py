@@ -73,6 +73,7 @@ def main():
 
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    return runner
 
 
 if __name__ == '__main__':

@@ -7,7 +7,6 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
-    './vanillanet_runtime.py',
 ]
 
 model = dict(

@@ -1,0 +1,43 @@
+"""Launching on CPU-only machines. MMEngine's launcher calls torch.cuda.set_device and wraps the
+model in DDP with device_ids, and SyncBN needs CUDA; none of that works without a GPU. Here the
+tool sets up a gloo process group itself before the Runner is built (the Runner then leaves it
+alone), wraps without device_ids, and uses plain BN. With CUDA nothing changes."""
+import torch
+import torch.distributed as dist
+from mmengine.model import MMDistributedDataParallel
+from mmengine.registry import MODEL_WRAPPERS
+
+
+# In MMEngine's root registry: the Runner looks wrappers up there.
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """MMDistributedDataParallel for modules on the CPU, which DDP refuses device_ids for."""
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        super().__init__(module=module, device_ids=None, **kwargs)
+
+
+def _sync_bn_to_bn(node):
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _sync_bn_to_bn(value)
+
+
+def setup_launcher(cfg, launcher: str):
+    cfg.launcher = launcher
+    if torch.cuda.is_available():
+        return
+    _sync_bn_to_bn(cfg.model)
+    if launcher == 'none':
+        return
+    if launcher != 'pytorch':
+        raise ValueError(f'--launcher {launcher} needs GPUs; on CPU-only machines use '
+                         f'--launcher pytorch under torchrun (tools/dist_train.sh)')
+    if not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel', broadcast_buffers=False)

@@ -1,0 +1,16 @@
+"""tools/train.py under torchrun, after which each rank saves the weights it holds, so that the
+test can check that the ranks agree."""
+import os.path as osp
+import runpy
+import sys
+
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+if __name__ == '__main__':
+    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='tools.train')
+    sys.argv = ['tools/train.py', *sys.argv[1:]]
+    runner = train['main']()
+    state = runner.model.module.state_dict()
+    torch.save(state, osp.join(runner.work_dir, f"rank{runner.rank}.pth"))

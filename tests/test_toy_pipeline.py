@@ -1,0 +1,174 @@
+"""The user's commands on a tiny toy set, in subprocesses as a user runs them: train (also on
+2 CPU processes), checkpoint, resume, test with COCO AP, test fused, and the bad-input errors."""
+import json
+import os
+import os.path as osp
+import pickle
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmdet_vanillanet  # noqa: F401  (allow-lists what MMEngine writes into checkpoints)
+from mmdet_vanillanet.toy_data import make_toy_coco
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet_toy.py')
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('toy') / 'data'
+    make_toy_coco(str(root), num_train=16, num_val=6, image_size=(96, 96))
+    return f'{root}/'
+
+
+def toy_options(data_root, epochs=2):
+    """16 images, 4 per batch, `epochs` epochs with act_learn reaching 1 after the first."""
+    keys = ('batch_size=4', 'num_workers=0', 'persistent_workers=False',
+            f'dataset.data_root={data_root}')
+    options = [f'{split}_dataloader.{key}' for split in ('train', 'val', 'test') for key in keys]
+    return options + [
+        f'val_evaluator.ann_file={data_root}annotations/instances_val.json',
+        f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
+        f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
+        'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
+        'custom_hooks.0.duration=1', 'model.test_cfg.rcnn.score_thr=0.0',
+        'randomness.seed=0']
+
+
+def run(*argv, expect_ok=True, launcher=None):
+    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
+    cmd = launcher or [sys.executable]
+    done = subprocess.run([*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    output = done.stdout + done.stderr
+    assert (done.returncode == 0) == expect_ok, output[-3000:]
+    return output
+
+
+def train(work_dir, data_root, *extra, epochs=2, **kw):
+    return run('tools/train.py', CONFIG, '--work-dir', str(work_dir), *extra,
+               '--cfg-options', *toy_options(data_root, epochs), **kw)
+
+
+def evaluate(checkpoint, data_root, work_dir, *extra, **kw):
+    return run('tools/test.py', CONFIG, str(checkpoint), '--work-dir', str(work_dir), *extra,
+               '--cfg-options', *toy_options(data_root), **kw)
+
+
+def ap(output, metric):
+    return float(re.findall(rf'coco/{metric}_mAP: ([-\d.]+)', output)[-1])
+
+
+def scalars(work_dir):
+    """The scalars the LoggerHook recorded, one dict per logged iteration, over every run."""
+    paths = sorted(osp.join(d, f) for d, _, files in os.walk(work_dir) for f in files
+                   if f == 'scalars.json')
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            rows += [json.loads(line) for line in f]
+    return rows
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_root):
+    work_dir = tmp_path_factory.mktemp('train')
+    train(work_dir, data_root)
+    return work_dir
+
+
+def test_training_runs_deep_training_and_writes_safe_checkpoints(trained):
+    logged = [s for s in scalars(trained) if 'act_learn' in s]
+    assert [s['act_learn'] for s in logged if s['epoch'] == 1] == [0.0] * 4
+    assert [s['act_learn'] for s in logged if s['epoch'] == 2] == [1.0] * 4
+    checkpoint = torch.load(trained / 'epoch_2.pth', weights_only=True)  # protection stays on
+    assert checkpoint['meta']['iter'] == 8
+
+
+def test_test_tool_reports_coco_ap_and_fusing_changes_nothing(trained, data_root, tmp_path):
+    plain = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'plain', '--out',
+                 str(tmp_path / 'plain.pkl'))
+    fused = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'fused', '--deploy', '--out',
+                 str(tmp_path / 'fused.pkl'))
+    assert 'fused VanillaNet-custom' in fused and 'fused VanillaNet' not in plain
+    for metric in ('bbox', 'segm'):
+        assert 0.0 <= ap(plain, metric) <= 1.0
+        assert abs(ap(fused, metric) - ap(plain, metric)) <= 1e-3
+    with open(tmp_path / 'plain.pkl', 'rb') as f:  # written by the test above: trusted
+        before = pickle.load(f)
+    with open(tmp_path / 'fused.pkl', 'rb') as f:
+        after = pickle.load(f)
+    assert len(before) == len(after) == 6
+    for b, a in zip(before, after):
+        top = slice(0, 10)
+        torch.testing.assert_close(a['pred_instances']['scores'][top],
+                                   b['pred_instances']['scores'][top], rtol=1e-3, atol=1e-4)
+
+
+def test_deploy_checkpoint_is_tested_with_deploy_and_refused_without(trained, data_root,
+                                                                     tmp_path):
+    fused = tmp_path / 'deploy.pth'
+    run('tools/convert_checkpoint.py', str(trained / 'epoch_2.pth'), str(fused))
+    refused = evaluate(fused, data_root, tmp_path / 'a', expect_ok=False)
+    assert 'holds a fused (deploy-layout) backbone; add --deploy' in refused
+    plain = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'b')
+    deployed = evaluate(fused, data_root, tmp_path / 'c', '--deploy')
+    assert abs(ap(deployed, 'bbox') - ap(plain, 'bbox')) <= 1e-3
+
+
+def test_resume_continues_where_the_run_stopped(data_root, tmp_path):
+    train(tmp_path, data_root, epochs=1)
+    output = train(tmp_path, data_root, '--resume', epochs=2)
+    assert 'resumed epoch: 1, iter: 4' in output
+    logged = [s for s in scalars(tmp_path) if s.get('epoch') == 2 and 'act_learn' in s]
+    assert [s['act_learn'] for s in logged] == [1.0] * 4
+    assert torch.load(tmp_path / 'epoch_2.pth', weights_only=True)['meta']['iter'] == 8
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(trained, data_root):
+    before = (trained / 'epoch_2.pth').read_bytes()
+    output = train(trained, data_root, expect_ok=False)
+    assert 'already holds checkpoints of an earlier run' in output and '--overwrite' in output
+    assert (trained / 'epoch_2.pth').read_bytes() == before
+
+
+def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
+    output = run(osp.join(ROOT, 'tests', 'dist_train_worker.py'), CONFIG, '--launcher', 'pytorch',
+        '--work-dir', str(tmp_path), '--cfg-options', *toy_options(data_root, epochs=1),
+        'train_dataloader.batch_size=2',
+        launcher=[sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                  '--master_port=29517'])
+    rank0 = torch.load(tmp_path / 'rank0.pth', weights_only=True)
+    rank1 = torch.load(tmp_path / 'rank1.pth', weights_only=True)
+    saved = torch.load(tmp_path / 'epoch_1.pth', weights_only=True)['state_dict']
+    assert rank0.keys() == rank1.keys() == saved.keys()
+    assert all(torch.equal(rank0[k], saved[k]) for k in rank0)
+    # DDP keeps the weights in step; BN running statistics are each rank's own (plain BN on CPU).
+    statistics = ('running_mean', 'running_var', 'num_batches_tracked')
+    weights = [k for k in rank0 if not k.endswith(statistics)]
+    assert len(weights) > 100 and all(torch.equal(rank0[k], rank1[k]) for k in weights)
+    assert 'Distributed training: True' in output and 'GPU number: 2' in output
+
+
+def test_missing_dataset_is_named_with_how_to_get_it(tmp_path):
+    output = run('tools/train.py', CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+                 f'train_dataloader.dataset.data_root={tmp_path}/nowhere/', expect_ok=False)
+    assert f'annotation file not found: {tmp_path}/nowhere/annotations/instances_train.json' \
+        in output
+    assert 'make demo' in output and 'cocodataset.org' in output
+
+
+def test_act_num_mismatch_stops_before_training(data_root, tmp_path):
+    from mmdet.registry import MODELS
+    backbone = MODELS.build(dict(type='VanillaNet', act_num=4, arch=dict(
+        dims=[32, 32, 64, 128, 256, 256], strides=[1, 2, 2, 2, 1])))
+    torch.save({'model_ema': backbone.state_dict()}, tmp_path / 'act4.pth')
+    output = run('tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'run'), '--cfg-options',
+                 *toy_options(data_root, 1), 'model.backbone.init_cfg.type=Pretrained',
+                 f'model.backbone.init_cfg.checkpoint={tmp_path}/act4.pth', expect_ok=False)
+    assert 'was trained with act_num=4' in output and 'set act_num=4' in output
+    assert 'Epoch(train)' not in output

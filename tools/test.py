@@ -1,0 +1,93 @@
+"""Test (and evaluate) a detector: MMDetection's tools/test.py, with the same flags, plus
+--deploy, which tests the fused (deployed) network:
+- a training-mode checkpoint is loaded as usual and the backbone is fused before testing;
+- a deploy-layout checkpoint (tools/convert_checkpoint.py) is loaded into a deploy backbone.
+A deploy-layout checkpoint without --deploy is an error rather than a silent partial load.
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from mmdet_vanillanet.checkpoint import checkpoint_layout
+from mmdet_vanillanet.distributed import setup_launcher
+from mmdet_vanillanet.run_checks import check_dataset_paths
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir',
+                        help='the directory to save the file containing evaluation metrics')
+    parser.add_argument('--out', type=str,
+                        help='dump predictions to a pickle file for offline evaluation')
+    parser.add_argument('--deploy', action='store_true',
+                        help='test the deployed network: fuse the VanillaNet backbone')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument('--show-dir',
+                        help='directory where painted images will be saved (under '
+                        'work_dir/timestamp/)')
+    parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override some settings in the used config, the key-value pair '
+                        'in xxx=yyy format will be merged into config file.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def configure_deploy(cfg, checkpoint: str, deploy: bool):
+    """Fuse before testing, or build the deploy backbone for a deploy-layout checkpoint."""
+    layout = checkpoint_layout(checkpoint)
+    if layout == 'deploy' and not deploy:
+        raise SystemExit(f'error: {checkpoint} holds a fused (deploy-layout) backbone; '
+                         f'add --deploy to test it')
+    if not deploy:
+        return
+    if layout == 'deploy':
+        cfg.model.backbone.deploy = True
+    else:
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='VanillaNetDeployHook')]
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.out is not None:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise SystemExit(f'error: --out {args.out}: the dump file must be a .pkl file')
+        if osp.exists(args.out):
+            raise SystemExit(f'error: --out {args.out} exists; remove it or choose another name')
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
+    check_dataset_paths(cfg, ('test_dataloader', ))
+    configure_deploy(cfg, args.checkpoint, args.deploy)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
+        cfg = trigger_visualization_hook(cfg, args)
+    setup_launcher(cfg, args.launcher)
+
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if args.out is not None:
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()
