@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python tools/backbone_check.py
+	$(BIN)/python tools/demo.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -90,17 +90,17 @@ def test_training_runs_deep_training_and_writes_safe_checkpoints(trained):
 
 
 def test_test_tool_reports_coco_ap_and_fusing_changes_nothing(trained, data_root, tmp_path):
-    plain = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'plain', '--out',
-                 str(tmp_path / 'plain.pkl'))
-    fused = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'fused', '--deploy', '--out',
-                 str(tmp_path / 'fused.pkl'))
+    checkpoint = trained / 'epoch_2.pth'
+    plain = evaluate(checkpoint, data_root, tmp_path / 'plain', '--out', str(tmp_path / 'p.pkl'))
+    fused = evaluate(checkpoint, data_root, tmp_path / 'fused', '--deploy', '--out',
+                     str(tmp_path / 'f.pkl'))
     assert 'fused VanillaNet-custom' in fused and 'fused VanillaNet' not in plain
     for metric in ('bbox', 'segm'):
         assert 0.0 <= ap(plain, metric) <= 1.0
         assert abs(ap(fused, metric) - ap(plain, metric)) <= 1e-3
-    with open(tmp_path / 'plain.pkl', 'rb') as f:  # written by the test above: trusted
+    with open(tmp_path / 'p.pkl', 'rb') as f:  # written by the test above: trusted
         before = pickle.load(f)
-    with open(tmp_path / 'fused.pkl', 'rb') as f:
+    with open(tmp_path / 'f.pkl', 'rb') as f:
         after = pickle.load(f)
     assert len(before) == len(after) == 6
     for b, a in zip(before, after):
@@ -137,11 +137,12 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(trained, data_ro
 
 
 def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
-    output = run(osp.join(ROOT, 'tests', 'dist_train_worker.py'), CONFIG, '--launcher', 'pytorch',
-        '--work-dir', str(tmp_path), '--cfg-options', *toy_options(data_root, epochs=1),
-        'train_dataloader.batch_size=2',
-        launcher=[sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                  '--master_port=29517'])
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                '--master_port=29517']
+    output = run(osp.join(ROOT, 'tests', 'dist_train_worker.py'), CONFIG, '--launcher',
+                 'pytorch', '--work-dir', str(tmp_path), '--cfg-options',
+                 *toy_options(data_root, epochs=1), 'train_dataloader.batch_size=2',
+                 launcher=torchrun)
     rank0 = torch.load(tmp_path / 'rank0.pth', weights_only=True)
     rank1 = torch.load(tmp_path / 'rank1.pth', weights_only=True)
     saved = torch.load(tmp_path / 'epoch_1.pth', weights_only=True)['state_dict']
@@ -172,3 +173,18 @@ def test_act_num_mismatch_stops_before_training(data_root, tmp_path):
                  f'model.backbone.init_cfg.checkpoint={tmp_path}/act4.pth', expect_ok=False)
     assert 'was trained with act_num=4' in output and 'set act_num=4' in output
     assert 'Epoch(train)' not in output
+
+
+def test_a_mmdetection_2x_checkpoint_is_tested_as_it_is(trained, data_root, tmp_path):
+    """The authors' released detectors are MMDetection 2.x files: meta with CLASSES and the
+    config as text, the state dict, and the optimizer state."""
+    mmdet3 = torch.load(trained / 'epoch_2.pth', weights_only=True)
+    mmdet2 = {'meta': {'mmdet_version': '2.28.2', 'mmcv_version': '1.7.1', 'epoch': 12,
+                       'iter': 8, 'CLASSES': ('circle', 'square', 'triangle'),
+                       'config': "model = dict(type='MaskRCNN')", 'hook_msgs': {}},
+              'state_dict': mmdet3['state_dict'], 'optimizer': mmdet3['optimizer']}
+    torch.save(mmdet2, tmp_path / 'mmdet2.pth')
+    as_2x = evaluate(tmp_path / 'mmdet2.pth', data_root, tmp_path / 'a')
+    as_3x = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'b')
+    assert 'missing keys' not in as_2x and 'unexpected key' not in as_2x
+    assert ap(as_2x, 'segm') == ap(as_3x, 'segm')

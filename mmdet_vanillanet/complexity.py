@@ -1,0 +1,38 @@
+"""Parameters and FLOPs of a detector at a given input size (MMEngine's complexity analysis),
+counted on one generated image, as MMDetection's get_flops does on a real one."""
+from typing import Tuple
+
+import torch
+from mmdet.structures import DetDataSample
+from mmengine.analysis import get_model_complexity_info
+
+
+def pseudo_batch(shape: Tuple[int, int]) -> dict:
+    """One image of ``shape`` (H, W), padded to 32 as the test pipeline would."""
+    h, w = shape
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                                         scale_factor=(1.0, 1.0), batch_input_shape=(h, w)))
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    return dict(inputs=[image], data_samples=[sample])
+
+
+@torch.no_grad()
+def detector_complexity(model: torch.nn.Module, shape: Tuple[int, int]) -> dict:
+    """{'flops': ..., 'params': ..., 'input_shape': ...} of the whole detector's forward."""
+    model.eval()
+    data = model.data_preprocessor(pseudo_batch(shape), False)
+    samples = data['data_samples']
+
+    class Forward(torch.nn.Module):  # binds the samples, so that the tracer sees one input
+        def __init__(self):
+            super().__init__()
+            self.detector = model
+
+        def forward(self, inputs):
+            return self.detector(inputs, samples, mode='tensor')
+
+    info = get_model_complexity_info(Forward(), inputs=(data['inputs'], ), show_table=False,
+                                     show_arch=False)
+    return dict(flops=info['flops'], params=info['params'],
+                input_shape=tuple(data['inputs'].shape[-2:]))

@@ -1,0 +1,38 @@
+"""Parameters and FLOPs of a detector (MMDetection's get_flops, without a dataset).
+
+    python tools/get_flops.py configs/mask_rcnn_vanillanet13_coco.py --deploy --shape 800 1280
+"""
+import argparse
+
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmengine.config import Config, DictAction
+
+from mmdet_vanillanet.complexity import detector_complexity
+from mmdet_vanillanet.deploy import fuse_detector
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1280], metavar=('H', 'W'),
+                        help='input height and width (padded to 32)')
+    parser.add_argument('--deploy', action='store_true', help='count the fused backbone')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args()
+    register_all_modules()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.model.backbone.init_cfg = None  # random weights count the same; no download
+    model = MODELS.build(cfg.model)
+    if args.deploy:
+        fuse_detector(model.eval())
+    result = detector_complexity(model, tuple(args.shape))
+    h, w = result['input_shape']
+    print(f'{args.config} ({"fused" if args.deploy else "unfused"} backbone), input {h}x{w}:')
+    print(f'  params {result["params"] / 1e6:.1f}M, FLOPs {result["flops"] / 1e9:.1f}G')
+
+
+if __name__ == '__main__':
+    main()
