@@ -4,6 +4,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
+from .errors import InputError
+
 
 def fuse_detector(model: nn.Module) -> nn.Module:
     """Fuse every VanillaNet inside ``model`` (wrapped or not) in place, and return it."""
@@ -11,7 +13,7 @@ def fuse_detector(model: nn.Module) -> nn.Module:
     module = model.module if is_model_wrapper(model) else model
     backbones = [m for m in module.modules() if isinstance(m, VanillaNet)]
     if not backbones:
-        raise ValueError(f'{type(module).__name__} has no VanillaNet to fuse')
+        raise InputError(f'{type(module).__name__} has no VanillaNet to fuse')
     for backbone in backbones:
         if not backbone.deploy:
             before = sum(p.numel() for p in backbone.parameters())

@@ -7,6 +7,8 @@ import torch.distributed as dist
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
+from .errors import InputError
+
 
 # In MMEngine's root registry: the Runner looks wrappers up there.
 @MODEL_WRAPPERS.register_module()
@@ -36,7 +38,7 @@ def setup_launcher(cfg, launcher: str):
     if launcher == 'none':
         return
     if launcher != 'pytorch':
-        raise ValueError(f'--launcher {launcher} needs GPUs; on CPU-only machines use '
+        raise InputError(f'--launcher {launcher} needs GPUs; on CPU-only machines use '
                          f'--launcher pytorch under torchrun (tools/dist_train.sh)')
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')

@@ -1,8 +1,15 @@
 """Checks the tools run before building a Runner, so that bad input fails in one clear line
 instead of deep inside a dataloader or after overwriting something."""
 import glob
+import json
 import os
 import os.path as osp
+import re
+
+from mmengine.logging import print_log
+
+from .errors import InputError
+from .serialization import CheckpointError, safe_load
 
 COCO_HINT = ('Get COCO 2017 from https://cocodataset.org into data/coco/ (annotations/, '
              'train2017/, val2017/), point the config at your copy with --cfg-options '
@@ -41,6 +48,24 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
                     raise FileNotFoundError(
                         f'{kind} not found: {path} ({key}.dataset: data_root={root!r}). '
                         + COCO_HINT.format(key=key))
+                if kind == 'annotation file' and path.endswith('.json'):
+                    check_annotation_file(path)
+
+
+def check_annotation_file(path: str):
+    """A COCO annotation file must parse and list images and categories. (The dataset would
+    otherwise fail deep in its loader, or train on nothing.)"""
+    try:
+        with open(path) as f:
+            coco = json.load(f)
+    except json.JSONDecodeError as err:
+        raise InputError(f'annotation file {path} is not valid JSON ({err}); regenerate or '
+                         f'download it again') from None
+    if not isinstance(coco, dict) or not coco.get('images') or not coco.get('categories'):
+        found = sorted(coco) if isinstance(coco, dict) else type(coco).__name__
+        raise InputError(f'annotation file {path} has no images or no categories (found '
+                         f'{found}); a COCO file needs non-empty "images", "annotations" and '
+                         f'"categories"')
 
 
 def existing_checkpoints(work_dir: str):
@@ -60,3 +85,31 @@ def guard_work_dir(work_dir: str, resume, overwrite: bool):
             f'{work_dir} already holds checkpoints of an earlier run ({names}). Pass --resume '
             f'to continue that run, --work-dir to train elsewhere, or --overwrite to replace '
             f'them.')
+
+
+def _step(path: str) -> int:
+    found = re.search(r'(\d+)\.pth$', path)
+    return int(found.group(1)) if found else -1
+
+
+def resume_checkpoint(work_dir: str):
+    """The newest readable checkpoint in work_dir, passing over a truncated or corrupt one (a
+    write cut short by a kill or a full disk), with a warning; None when there is none."""
+    candidates = sorted(glob.glob(osp.join(work_dir, '*.pth')), key=_step, reverse=True)
+    for path in candidates:
+        try:
+            safe_load(path, mmap=True)
+        except CheckpointError as err:
+            print_log(f'not resuming from {path}: {err}', logger='current', level=30)
+            continue
+        return path
+    return None
+
+
+def check_not_deploy(checkpoint: str, what: str):
+    """Training needs the BN statistics and separate convs that a fused checkpoint lost."""
+    from .checkpoint import checkpoint_layout
+    if checkpoint and checkpoint_layout(checkpoint) == 'deploy':
+        raise InputError(f'{what} {checkpoint} holds a fused (deploy-layout) VanillaNet, which '
+                         f'cannot be trained; use the training-mode checkpoint it was converted '
+                         f'from')

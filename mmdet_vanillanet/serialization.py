@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from .errors import InputError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be read, or that does not fit the model."""
 
 
@@ -53,6 +55,19 @@ def install_safe_checkpointing():
     and make it write nothing that needs more."""
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
     HistoryBuffer.__getstate__ = _history_buffer_state
+
+
+def use_safe_loading():
+    """Route MMEngine's checkpoint loading (load_from, --resume, test) for local files and URLs
+    through ``safe_load``, so that it stays weights_only whatever torch's default or the
+    environment (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) says, and fails with our messages."""
+    from mmengine.runner import CheckpointLoader
+
+    def load(filename, map_location=None):
+        return safe_load(filename, map_location=map_location or 'cpu')
+
+    CheckpointLoader.register_scheme(prefixes=['', 'http://', 'https://'], loader=load,
+                                     force=True)
 
 
 def _open(filename: str):

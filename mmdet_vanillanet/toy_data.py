@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from .errors import InputError
+
 CLASSES = ('circle', 'square', 'triangle')
 
 MIN_SIZE, MAX_SIZE = 20, 70  # extent of a shape's box, in pixels
@@ -43,9 +45,9 @@ def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
     """
     width, height = (int(v) for v in image_size)
     if min(width, height) < MIN_SIZE + 2 * (MARGIN + GAP):
-        raise ValueError(f'image_size {tuple(image_size)} is too small for {MIN_SIZE} px shapes')
+        raise InputError(f'image_size {tuple(image_size)} is too small for {MIN_SIZE} px shapes')
     if num_train < 0 or num_val < 0:
-        raise ValueError('num_train and num_val must not be negative')
+        raise InputError('num_train and num_val must not be negative')
     _check_out_dir(out_dir, overwrite)
     paths = {
         'train_img': os.path.join(out_dir, 'train'),

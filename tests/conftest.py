@@ -25,6 +25,15 @@ def build_backbone(**cfg):
     return MODELS.build(dict(type='VanillaNet', **cfg))
 
 
+@pytest.fixture(scope='session')
+def data_root(tmp_path_factory):
+    """A tiny toy COCO set: 16 training and 6 validation images of 96x96."""
+    from mmdet_vanillanet.toy_data import make_toy_coco
+    root = tmp_path_factory.mktemp('toy') / 'data'
+    make_toy_coco(str(root), num_train=16, num_val=6, image_size=(96, 96))
+    return f'{root}/'
+
+
 @pytest.fixture
 def image():
     return torch.randn(2, 3, 70, 100, generator=torch.Generator().manual_seed(1))

@@ -1,77 +1,14 @@
 """The user's commands on a tiny toy set, in subprocesses as a user runs them: train (also on
 2 CPU processes), checkpoint, resume, test with COCO AP, test fused, and the bad-input errors."""
-import json
-import os
 import os.path as osp
 import pickle
-import re
-import subprocess
 import sys
 
 import pytest
 import torch
 
 import mmdet_vanillanet  # noqa: F401  (allow-lists what MMEngine writes into checkpoints)
-from mmdet_vanillanet.toy_data import make_toy_coco
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet_toy.py')
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('toy') / 'data'
-    make_toy_coco(str(root), num_train=16, num_val=6, image_size=(96, 96))
-    return f'{root}/'
-
-
-def toy_options(data_root, epochs=2):
-    """16 images, 4 per batch, `epochs` epochs with act_learn reaching 1 after the first."""
-    keys = ('batch_size=4', 'num_workers=0', 'persistent_workers=False',
-            f'dataset.data_root={data_root}')
-    options = [f'{split}_dataloader.{key}' for split in ('train', 'val', 'test') for key in keys]
-    return options + [
-        f'val_evaluator.ann_file={data_root}annotations/instances_val.json',
-        f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
-        f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
-        'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
-        'custom_hooks.0.duration=1', 'model.test_cfg.rcnn.score_thr=0.0',
-        'randomness.seed=0']
-
-
-def run(*argv, expect_ok=True, launcher=None):
-    env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
-    cmd = launcher or [sys.executable]
-    done = subprocess.run([*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    output = done.stdout + done.stderr
-    assert (done.returncode == 0) == expect_ok, output[-3000:]
-    return output
-
-
-def train(work_dir, data_root, *extra, epochs=2, **kw):
-    return run('tools/train.py', CONFIG, '--work-dir', str(work_dir), *extra,
-               '--cfg-options', *toy_options(data_root, epochs), **kw)
-
-
-def evaluate(checkpoint, data_root, work_dir, *extra, **kw):
-    return run('tools/test.py', CONFIG, str(checkpoint), '--work-dir', str(work_dir), *extra,
-               '--cfg-options', *toy_options(data_root), **kw)
-
-
-def ap(output, metric):
-    return float(re.findall(rf'coco/{metric}_mAP: ([-\d.]+)', output)[-1])
-
-
-def scalars(work_dir):
-    """The scalars the LoggerHook recorded, one dict per logged iteration, over every run."""
-    paths = sorted(osp.join(d, f) for d, _, files in os.walk(work_dir) for f in files
-                   if f == 'scalars.json')
-    rows = []
-    for path in paths:
-        with open(path) as f:
-            rows += [json.loads(line) for line in f]
-    return rows
+from toy_tools import CONFIG, ROOT, ap, evaluate, run, scalars, toy_options, train
 
 
 @pytest.fixture(scope='module')

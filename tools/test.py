@@ -7,6 +7,7 @@ A deploy-layout checkpoint without --deploy is an error rather than a silent par
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
@@ -14,7 +15,9 @@ from mmengine.runner import Runner
 
 from mmdet_vanillanet.checkpoint import checkpoint_layout
 from mmdet_vanillanet.distributed import setup_launcher
+from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.run_checks import check_dataset_paths
+from mmdet_vanillanet.serialization import use_safe_loading
 
 
 def parse_args():
@@ -48,8 +51,8 @@ def configure_deploy(cfg, checkpoint: str, deploy: bool):
     """Fuse before testing, or build the deploy backbone for a deploy-layout checkpoint."""
     layout = checkpoint_layout(checkpoint)
     if layout == 'deploy' and not deploy:
-        raise SystemExit(f'error: {checkpoint} holds a fused (deploy-layout) backbone; '
-                         f'add --deploy to test it')
+        raise InputError(f'{checkpoint} holds a fused (deploy-layout) backbone; add --deploy '
+                         f'to test it')
     if not deploy:
         return
     if layout == 'deploy':
@@ -58,8 +61,7 @@ def configure_deploy(cfg, checkpoint: str, deploy: bool):
         cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='VanillaNetDeployHook')]
 
 
-def main():
-    args = parse_args()
+def build_runner(args):
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -69,11 +71,11 @@ def main():
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
-            raise SystemExit(f'error: --out {args.out}: the dump file must be a .pkl file')
+            raise InputError(f'--out {args.out}: the dump file must be a .pkl file')
         if osp.exists(args.out):
-            raise SystemExit(f'error: --out {args.out} exists; remove it or choose another name')
+            raise FileExistsError(f'--out {args.out} exists; remove it or choose another name')
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
-        raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
+        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
     check_dataset_paths(cfg, ('test_dataloader', ))
     configure_deploy(cfg, args.checkpoint, args.deploy)
     cfg.load_from = args.checkpoint
@@ -86,7 +88,16 @@ def main():
     if args.out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+    return runner
+
+
+def main():
+    args = parse_args()
+    use_safe_loading()
+    try:
+        return build_runner(args).test()
+    except (InputError, FileNotFoundError, FileExistsError) as err:
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

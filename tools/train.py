@@ -1,18 +1,30 @@
 """Train a detector: MMDetection's tools/train.py, with the same flags, plus
 - distributed training on CPU-only machines (gloo), which MMEngine's launcher cannot set up;
-- a clear error for a missing dataset, before anything is built;
-- --overwrite: without it, a work_dir holding an earlier run's checkpoints is left alone.
+- bad input (a missing or malformed dataset, a bad backbone argument, a checkpoint that does
+  not fit) stops the run with a one-line error before anything is trained;
+- --overwrite: without it, a work_dir holding an earlier run's checkpoints is left alone;
+- exact --resume: the random generators are saved with each checkpoint (RandomStateHook), and a
+  truncated last checkpoint is passed over for the one before it;
+- every checkpoint is read with weights_only=True; a NaN or infinite loss stops the run
+  (StopOnNonFiniteLossHook) with the iteration it happened at.
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdet_vanillanet.distributed import setup_launcher
-from mmdet_vanillanet.run_checks import check_dataset_paths, guard_work_dir
+from mmdet_vanillanet.engine import NonFiniteLossError
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.run_checks import (check_dataset_paths, check_not_deploy, guard_work_dir,
+                                         resume_checkpoint)
+from mmdet_vanillanet.serialization import safe_load, use_safe_loading
+
+RELIABILITY_HOOKS = ('RandomStateHook', 'StopOnNonFiniteLossHook')
 
 
 def parse_args():
@@ -42,8 +54,7 @@ def parse_args():
     return args
 
 
-def main():
-    args = parse_args()
+def build_runner(args):
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -62,17 +73,30 @@ def main():
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = resume_checkpoint(cfg.work_dir)  # None: nothing to resume, start afresh
     elif args.resume is not None:
+        safe_load(args.resume, mmap=True)  # a truncated or unsafe file is named here
         cfg.resume = True
         cfg.load_from = args.resume
 
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
     guard_work_dir(cfg.work_dir, args.resume, args.overwrite)
+    check_not_deploy(cfg.get('load_from'), '--resume' if args.resume else 'load_from')
+    present = {hook.get('type') for hook in cfg.get('custom_hooks', [])}
+    cfg.custom_hooks = [*cfg.get('custom_hooks', []),
+                        *(dict(type=t) for t in RELIABILITY_HOOKS if t not in present)]
     setup_launcher(cfg, args.launcher)
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+
+def main():
+    args = parse_args()
+    use_safe_loading()
+    try:
+        runner = build_runner(args)
+        runner.train()
+    except (InputError, NonFiniteLossError, FileNotFoundError, FileExistsError) as err:
+        sys.exit(f'error: {err}')
     return runner
 
 

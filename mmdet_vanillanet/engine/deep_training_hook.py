@@ -10,6 +10,8 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
+from ..errors import InputError
+
 
 @HOOKS.register_module()
 class DeepTrainingHook(Hook):
@@ -25,9 +27,9 @@ class DeepTrainingHook(Hook):
     def __init__(self, start: float = 0.0, duration: int = 1, by_epoch: bool = True,
                  schedule: str = 'linear'):
         if schedule not in ('linear', 'cosine'):
-            raise ValueError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+            raise InputError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
         if not 0.0 <= start <= 1.0 or duration < 1:
-            raise ValueError(f'need 0 <= start <= 1 and duration >= 1, got start={start}, '
+            raise InputError(f'need 0 <= start <= 1 and duration >= 1, got start={start}, '
                              f'duration={duration}')
         self.start, self.duration, self.by_epoch, self.schedule = (start, duration, by_epoch,
                                                                    schedule)

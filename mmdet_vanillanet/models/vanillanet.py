@@ -19,6 +19,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .fusion import merge_conv_bn_pair
 from .series_activation import SeriesActivation
@@ -107,7 +108,7 @@ class VanillaNet(BaseModule):
         self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
         self.arch = resolve_arch(arch)
         if not isinstance(act_num, int) or act_num < 0:
-            raise ValueError(f'act_num must be an integer >= 0 (kernel 2*act_num+1), '
+            raise InputError(f'act_num must be an integer >= 0 (kernel 2*act_num+1), '
                              f'got {act_num!r}')
         num_stages = self.arch.num_stages
         if out_indices is None:
@@ -116,10 +117,10 @@ class VanillaNet(BaseModule):
         valid = [STEM, *range(num_stages)]
         bad = [i for i in out_indices if i not in valid]
         if bad or not out_indices:
-            raise ValueError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
+            raise InputError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
                              f'has stages 0..{num_stages - 1}, and {STEM!r} names the stem')
         if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'frozen_stages={frozen_stages} is out of range: -1 freezes '
+            raise InputError(f'frozen_stages={frozen_stages} is out of range: -1 freezes '
                              f'nothing, 0 the stem, k the stem and the first k stages, up to '
                              f'{num_stages} for this arch')
         self.act_num = act_num
@@ -184,9 +185,9 @@ class VanillaNet(BaseModule):
     def act_learn(self, value: float):
         value = float(value)
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f'act_learn must lie in [0, 1], got {value}')
+            raise InputError(f'act_learn must lie in [0, 1], got {value}')
         if self.deploy and value != 1.0:
-            raise ValueError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
+            raise InputError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
                              'which is exact only for act_learn=1; it cannot take another value')
         self._act_learn = value
         for stage in self.stages:
@@ -240,7 +241,7 @@ class VanillaNet(BaseModule):
                 '(deploy=False) from a training-mode checkpoint')
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
-            raise ValueError(
+            raise InputError(
                 f'input {h}x{w} is too small for VanillaNet-{self.arch_name}: every side '
                 f'must be at least {self.min_input_size} pixels')
 

@@ -1,0 +1,52 @@
+"""tools/benchmark.py on the toy config for a few iterations (no timing assertions)."""
+import copy
+import json
+
+import pytest
+import torch
+from mmdet.registry import MODELS
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+
+from mmdet_vanillanet.benchmark import check_fusion
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.synthetic import randomize
+from toy_tools import CONFIG, run
+
+register_all_modules()
+
+
+@pytest.mark.parametrize('extra', [[], ['--backbone-only', '--channels-last']])
+def test_compare_writes_sane_json(tmp_path, extra):
+    out = tmp_path / 'bench.json'
+    output = run('tools/benchmark.py', CONFIG, '--compare', '--check', '--shape', '96', '128',
+                 '--iters', '2', '--warmup', '1', '--no-progress', '--out', str(out), *extra)
+    report = json.loads(out.read_text())
+    assert report['machine']['torch'] == torch.__version__ and report['machine']['threads'] >= 1
+    assert report['settings']['iters'] == 2 and report['check_max_rel_diff'] <= 1e-4
+    assert set(report['results']) == {'unfused', 'fused'}
+    for r in report['results'].values():
+        assert r['iters'] == 2 and 0 < r['median_ms'] <= r['p90_ms']
+        assert r['fps'] == pytest.approx(1000 / r['median_ms'])
+        assert r['gflops'] > 0 and r['input_shape'] == [96, 128]
+    fused, unfused = report['results']['fused'], report['results']['unfused']
+    assert fused['params_m'] < unfused['params_m']  # BN and the second 1x1 convs are gone
+    assert report['speedup'] == pytest.approx(unfused['median_ms'] / fused['median_ms'])
+    if '--backbone-only' in extra:
+        assert report['part'] == 'backbone' and report['matmul_gflop_s'] > 0
+        assert fused['efficiency'] == pytest.approx(fused['achieved_gflop_s']
+                                                    / report['matmul_gflop_s'])
+    assert 'fused is' in output and 'faster than unfused' in output
+
+
+def test_check_catches_a_broken_fusion():
+    detector = MODELS.build(Config.fromfile(CONFIG).model).eval()
+    randomize(detector.backbone)
+    fused = copy.deepcopy(detector)
+    fused.backbone.switch_to_deploy()
+    x = torch.randn(1, 3, 64, 64)
+    assert check_fusion(detector, fused, x) <= 1e-4
+    with torch.no_grad():
+        fused.backbone.stages[2].conv.weight[0, 0] += 1.0  # a corrupted fused weight
+    with pytest.raises(InputError, match='the fused backbone differs from the unfused one'):
+        check_fusion(detector, fused, x)

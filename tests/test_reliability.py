@@ -1,0 +1,120 @@
+"""Faults injected into real runs of the tools on the toy set: a killed training, a truncated
+checkpoint, a NaN loss, a checkpoint that would run code, and bad config values."""
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import mmdet_vanillanet  # noqa: F401
+from conftest import build_backbone, fused_copy
+from toy_tools import CONFIG, ROOT, evaluate, run, toy_options, train
+
+STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)['state_dict']
+
+
+def test_killed_training_resumes_to_the_same_weights(data_root, tmp_path):
+    """SIGKILL in epoch 2 of 3, then --resume: the weights equal an uninterrupted run's."""
+    train(tmp_path / 'whole', data_root, epochs=3)
+    killed = tmp_path / 'killed'
+    cmd = [sys.executable, 'tools/train.py', CONFIG, '--work-dir', str(killed), '--cfg-options',
+           *toy_options(data_root, 3)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / 'last_checkpoint').exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # epoch 1 is saved; epoch 2 is under way
+    proc.wait()
+    assert (killed / 'epoch_1.pth').exists() and not (killed / 'epoch_3.pth').exists()
+    output = train(killed, data_root, '--resume', epochs=3)
+    assert 'resumed epoch: 1, iter: 4' in output
+    whole, resumed = _weights(tmp_path / 'whole' / 'epoch_3.pth'), _weights(killed / 'epoch_3.pth')
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_truncated_last_checkpoint_is_passed_over(data_root, tmp_path):
+    train(tmp_path, data_root, epochs=2)
+    last = tmp_path / 'epoch_2.pth'
+    last.write_bytes(last.read_bytes()[:len(last.read_bytes()) // 2])
+    named = train(tmp_path, data_root, '--resume', str(last), expect_ok=False)
+    assert f'error: {last} is truncated or corrupt' in named and 'Traceback' not in named
+    tested = evaluate(last, data_root, tmp_path / 'test', expect_ok=False)
+    assert f'error: {last} is truncated or corrupt' in tested and 'Traceback' not in tested
+    output = train(tmp_path, data_root, '--resume', epochs=2)  # picks epoch_1 and redoes epoch 2
+    assert f'not resuming from {last}' in output and 'truncated or corrupt' in output
+    assert 'resumed epoch: 1, iter: 4' in output
+
+
+def test_a_nan_loss_stops_training_naming_the_iteration(data_root, tmp_path):
+    output = run('tools/train.py', CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+                 *toy_options(data_root, 2), 'model.data_preprocessor.std=[0,0,0]',
+                 expect_ok=False)
+    assert 'error: non-finite loss at iteration 1 (epoch 1, batch 1)' in output
+    assert 'Traceback' not in output and not (tmp_path / 'epoch_1.pth').exists()
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+@pytest.mark.parametrize('tool', ['test', 'resume'])
+def test_a_checkpoint_that_would_run_code_never_does(data_root, tmp_path, tool):
+    evil, marker = tmp_path / 'epoch_1.pth', tmp_path / 'pwned'
+    torch.save({'state_dict': {}, 'meta': {'epoch': 1}, 'hook': _RunsCode(marker)}, evil)
+    # Even with torch's weights_only default switched off by the environment.
+    env = dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    if tool == 'test':
+        output = evaluate(evil, data_root, tmp_path / 'w', expect_ok=False, env=env)
+    else:
+        output = train(tmp_path / 'w', data_root, '--resume', str(evil), expect_ok=False,
+                       env=env)
+    assert not marker.exists()
+    assert 'could run code from the file' in output and 'Traceback' not in output
+
+
+@pytest.mark.parametrize('option, message', [
+    ('model.backbone.arch=14', "unknown VanillaNet arch '14'; choose one of"),
+    ('model.backbone.act_num=-1', 'act_num must be an integer >= 0'),
+    ('model.backbone.out_indices=[0,7]', "[7] not allowed; this arch has stages 0..4, and 'stem'"),
+    ('model.backbone.frozen_stages=9', 'frozen_stages=9 is out of range'),
+])
+def test_bad_values_give_one_line_errors(data_root, tmp_path, option, message):
+    output = run('tools/train.py', CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+                 *toy_options(data_root, 1), option, expect_ok=False)
+    assert message in output and 'Traceback' not in output
+    assert 'error: ' in output.splitlines()[-1]
+
+
+def test_a_deploy_checkpoint_cannot_start_a_training_run(data_root, tmp_path):
+    detector = {f'backbone.{k}': v for k, v in fused_copy(build_backbone(arch=dict(
+        dims=[32, 32, 64, 128, 256, 256], strides=[1, 2, 2, 2, 1]))).state_dict().items()}
+    torch.save({'state_dict': detector}, tmp_path / 'deploy.pth')
+    output = run('tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                 *toy_options(data_root, 1), f'load_from={tmp_path}/deploy.pth',
+                 expect_ok=False)
+    assert 'holds a fused (deploy-layout) VanillaNet, which cannot be trained' in output
+
+
+@pytest.mark.parametrize('content, message', [
+    ('{"images": [', 'is not valid JSON'),
+    ('{"images": [], "annotations": [], "categories": []}', 'has no images or no categories'),
+])
+def test_a_broken_annotation_file_is_named(data_root, tmp_path, content, message):
+    ann = tmp_path / 'broken.json'
+    ann.write_text(content)
+    output = run('tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                 *toy_options(data_root, 1), f'train_dataloader.dataset.ann_file={ann}',
+                 expect_ok=False)
+    assert f'annotation file {ann} {message}' in output and 'Traceback' not in output

@@ -1,0 +1,147 @@
+"""Inference speed of a detector, or of its backbone: latency (median, p90) and FPS at batch 1.
+
+    python tools/benchmark.py configs/mask_rcnn_vanillanet13_coco.py --compare --check
+    python tools/benchmark.py CONFIG CKPT --backbone-only --deploy --shape 800 1216 --out r.json
+
+Times the whole ``test_step`` (preprocessing, forward, post-processing) as MMDetection users
+read FPS, or with --backbone-only the backbone (--with-neck: and the neck) on the preprocessed
+tensor; data loading is excluded. Without a checkpoint the weights are random (with non-trivial
+BN statistics, so --check is meaningful); speed does not depend on them. Without --dataset the
+input is one generated image of --shape, padded to 32 as the test pipeline would.
+"""
+import argparse
+import copy
+import json
+import sys
+
+import torch
+from mmdet.utils import register_all_modules
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+from mmdet_vanillanet.benchmark import (Settings, build_detector, check_fusion, machine_info,
+                                        matmul_gflops, measure, prepare)
+from mmdet_vanillanet.complexity import pseudo_batch
+from mmdet_vanillanet.deploy import fuse_detector
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.run_checks import check_dataset_paths
+from mmdet_vanillanet.serialization import use_safe_loading
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint', nargs='?', help='weights (default: random)')
+    parser.add_argument('--shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'),
+                        help='generated input size (default 800 1333, padded to 32)')
+    parser.add_argument('--dataset', action='store_true',
+                        help="time on the config's test set instead of a generated image")
+    parser.add_argument('--backbone-only', action='store_true')
+    parser.add_argument('--with-neck', action='store_true', help='with --backbone-only: + neck')
+    parser.add_argument('--deploy', action='store_true', help='time the fused network')
+    parser.add_argument('--compare', action='store_true',
+                        help='time unfused and fused in one run, and their ratio')
+    parser.add_argument('--check', action='store_true',
+                        help='first confirm that fused and unfused outputs agree')
+    parser.add_argument('--iters', type=int, default=10, help='timed images')
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default='fp32',
+                        help='autocast precision')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the backbone')
+    parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--out', help='write every figure and setting to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args()
+
+
+def inputs(cfg, args):
+    """Batches of one image for test_step, prepared before timing (data loading excluded)."""
+    if not args.dataset:
+        return [pseudo_batch(tuple(args.shape))]
+    check_dataset_paths(cfg, ('test_dataloader', ))
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
+    batches = []
+    for batch in Runner.build_dataloader(loader_cfg):
+        batches.append(batch)
+        if len(batches) == args.iters:
+            break
+    return batches
+
+
+def main():
+    args = parse_args()
+    use_safe_loading()
+    register_all_modules()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    part = ('neck' if args.with_neck else 'backbone') if args.backbone_only else 'detector'
+    try:
+        model = build_detector(cfg, args.checkpoint)
+        batches = inputs(cfg, args)
+        variants = {}
+        if args.compare or not args.deploy:
+            variants['unfused'] = model
+        if args.compare or args.deploy or args.check:
+            fused = fuse_detector(copy.deepcopy(model))
+            if args.compare or args.deploy:
+                variants['fused'] = fused
+        report = dict(config=args.config, checkpoint=args.checkpoint, part=part,
+                      settings={k: v for k, v in vars(args).items()
+                                if k not in ('config', 'checkpoint', 'cfg_options')},
+                      machine=machine_info(args.device), results={})
+        if args.check:
+            tensor = model.data_preprocessor(batches[0], False)['inputs']
+            report['check_max_rel_diff'] = check_fusion(model, fused, tensor)
+            print(f'check: fused == unfused (max rel diff {report["check_max_rel_diff"]:.2e})')
+        settings = Settings(args.iters, args.warmup, args.device, args.precision,
+                            args.channels_last, args.compile, not args.no_progress)
+        for name, variant in variants.items():
+            print(f'{name}: timing {args.iters} images ...')
+            report['results'][name] = measure(prepare(variant, settings), batches, part,
+                                              settings)
+    except (InputError, FileNotFoundError) as err:
+        sys.exit(f'error: {err}')
+    if part != 'detector':
+        rate = matmul_gflops(args.device)
+        report['matmul_gflop_s'] = rate
+        for result in report['results'].values():
+            result['efficiency'] = result['achieved_gflop_s'] / rate
+    if len(report['results']) == 2:
+        report['speedup'] = (report['results']['unfused']['median_ms']
+                             / report['results']['fused']['median_ms'])
+    print_table(report)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(report, f, indent=2)
+        print(f'wrote {args.out}')
+
+
+def print_table(report):
+    m = report['machine']
+    print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
+          f"torch {m['torch']}, {m['threads']} threads")
+    header = f'{"":<10}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
+    if 'matmul_gflop_s' in report:
+        header += f'{"GFLOP/s":>9}{"of matmul":>11}'
+    print(header)
+    for name, r in report['results'].items():
+        line = (f'{name:<10}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
+                f'{r["gflops"]:>9.1f}{r["params_m"]:>10.2f}')
+        if 'efficiency' in r:
+            line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
+        print(line)
+    if 'matmul_gflop_s' in report:
+        print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')
+    if 'speedup' in report:
+        print(f'fused is {report["speedup"]:.2f}x faster than unfused')
+
+
+if __name__ == '__main__':
+    main()
