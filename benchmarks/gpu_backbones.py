@@ -13,10 +13,8 @@ import os
 import os.path as osp
 
 import torch
-from mmdet.registry import MODELS
-
-import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.benchmark import machine_info, matmul_gflops, summarize, time_call
+from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.synthetic import randomize
 
 SIZES = [(224, 224), (800, 1344)]
@@ -24,7 +22,9 @@ ARCHS = [('13', 4), ('5', 3)]
 
 
 def variants(arch, act_num):
-    unfused = randomize(MODELS.build(dict(type='VanillaNet', arch=arch, act_num=act_num))).eval()
+    # The class itself, not the registry: the registry would import all of mmdet.models,
+    # which needs mmcv's compiled ops.
+    unfused = randomize(VanillaNet(arch=arch, act_num=act_num)).eval()
     fused = copy.deepcopy(unfused)
     fused.switch_to_deploy()
     fused_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last)
@@ -62,7 +62,7 @@ def main():
                     print(f'{name:<26}{mode:<22}{h}x{w:<6}{precision:<6}'
                           f'{result["median_ms"]:8.2f} ms', flush=True)
             model.cpu()
-    report = dict(machine=machine_info(device), matmul_fp32_gflop_s=matmul_gflops(device, 8192),
+    report = dict(machine=machine_info(device), matmul_fp32_gflop_s=matmul_gflops(device),
                   rows=rows)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(osp.join(args.out_dir, 'gpu_backbones.json'), 'w') as f:

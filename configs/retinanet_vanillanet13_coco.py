@@ -8,10 +8,9 @@
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
     'mmdet::_base_/datasets/coco_detection.py',
-    'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    './_base_/vanillanet_schedule_1x.py',
 ]
-custom_imports = dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
 
 model = dict(
     backbone=dict(
@@ -37,16 +36,8 @@ train_pipeline = [
 ]
 train_dataloader = dict(batch_size=4, num_workers=4, dataset=dict(pipeline=train_pipeline))
 
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    constructor='VanillaNetLayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(decay_rate=0.6, num_layers=6),
-    optimizer=dict(type='AdamW', lr=8e-5, betas=(0.9, 0.999), weight_decay=0.05))
-
+optim_wrapper = dict(optimizer=dict(lr=8e-5))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
     dict(type='MultiStepLR', begin=0, end=12, by_epoch=True, milestones=[10, 11], gamma=0.1),
 ]
-
-auto_scale_lr = dict(enable=False, base_batch_size=32)

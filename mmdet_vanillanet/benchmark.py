@@ -66,13 +66,19 @@ def summarize(latencies: List[float]) -> Dict[str, float]:
 
 
 @torch.no_grad()
-def matmul_gflops(device: str = 'cpu', n: int = 2048, iters: int = 10) -> float:
-    """The machine's dense fp32 matrix-multiply rate (2 n^3 flops per product), the limit a
-    network of 1x1 convs can approach."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    seconds = statistics.median(time_call(lambda: a @ b, iters, 2, device, progress=False))
-    return 2 * n ** 3 / seconds / 1e9
+def matmul_gflops(device: str = 'cpu', iters: int = 5) -> float:
+    """The machine's dense fp32 GEMM rate (2 flops per multiply-accumulate): the limit that a
+    network of 1x1 convs can approach. The best rate seen over torch.mm and the same GEMM
+    written as 1x1 convs of several widths, since they go through different libraries (on an
+    AMD EPYC here MKL's torch.mm reached about 220 GFLOP/s and oneDNN's 1x1 conv up to 400)."""
+    a = torch.randn(2048, 2048, device=device)
+    candidates = [(lambda: a @ a, 2048 ** 3)]
+    for n in (1024, 2048, 4096):
+        x = torch.randn(1, n, 64, 64, device=device)
+        w = torch.randn(n, n, 1, 1, device=device)
+        candidates.append((lambda x=x, w=w: torch.nn.functional.conv2d(x, w), n * n * 64 * 64))
+    return max(2 * macs / min(time_call(fn, iters, 1, device, progress=False)) / 1e9
+               for fn, macs in candidates)
 
 
 def machine_info(device: str = 'cpu') -> dict:
@@ -107,6 +113,12 @@ def build_detector(cfg, checkpoint: Optional[str] = None):
     statistics far from identity, so that a fusion check means something)."""
     if cfg.model.backbone.get('init_cfg'):
         cfg.model.backbone.init_cfg = None  # no download: the weights come from below
+    if not checkpoint:
+        # Random weights give an arbitrary number of detections, and post-processing (mask
+        # pasting above all) grows with it. Without a score threshold every detector returns
+        # its full max_per_img, as on a busy image, so that detectors compare on equal work.
+        test_cfg = cfg.model.test_cfg
+        (test_cfg.rcnn if 'rcnn' in test_cfg else test_cfg).score_thr = 0.0
     model = MODELS.build(cfg.model)
     if checkpoint:
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)

@@ -125,3 +125,12 @@ def test_a_mmdetection_2x_checkpoint_is_tested_as_it_is(trained, data_root, tmp_
     as_3x = evaluate(trained / 'epoch_2.pth', data_root, tmp_path / 'b')
     assert 'missing keys' not in as_2x and 'unexpected key' not in as_2x
     assert ap(as_2x, 'segm') == ap(as_3x, 'segm')
+
+
+def test_the_toy_config_runs_under_mmdetections_own_train_tool(data_root, tmp_path):
+    """No import of this package but the config's custom_imports."""
+    import mmdet
+    mmdet_train = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    run(mmdet_train, CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+        *toy_options(data_root, 1))
+    assert (tmp_path / 'epoch_1.pth').exists()

@@ -41,6 +41,11 @@ class ArchSpec:
     def num_stages(self) -> int:
         return len(self.strides)
 
+    @property
+    def pools(self) -> Tuple[int, ...]:
+        """Per stage: 0 for an ordinary max pool, k for an adaptive one to k x k."""
+        return self.ada_pool or (0, ) * self.num_stages
+
     def stage_channels(self, index: Union[int, str]) -> int:
         """Channels of the stem output (``'stem'``) or of stage ``index``'s output."""
         return self.dims[0] if index == STEM else self.dims[index + 1]

@@ -146,9 +146,8 @@ class VanillaNet(BaseModule):
                                  padding=arch.stem_padding)
             self.stem2 = nn.Sequential(*conv_bn(d0, d0, norm_cfg),
                                        SeriesActivation(d0, act_num, norm_cfg))
-        ada_pool = arch.ada_pool or (0, ) * num_stages
         self.stages = nn.ModuleList(
-            VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], ada_pool[i], act_num,
+            VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], arch.pools[i], act_num,
                          norm_cfg, deploy) for i in range(num_stages))
         self._freeze_stages()
 
@@ -248,11 +247,10 @@ class VanillaNet(BaseModule):
     def _smallest_valid_size(self) -> int:
         """Smallest side for which every stage still has a map (ada_pool: no upsampling)."""
         arch = self.arch
-        ada_pool = arch.ada_pool or (0, ) * arch.num_stages
 
         def valid(size):
             size = (size + 2 * arch.stem_padding - 4) // arch.stem_stride + 1
-            for stride, grid in zip(arch.strides, ada_pool):
+            for stride, grid in zip(arch.strides, arch.pools):
                 if size < 1 or (stride > 1 and grid and size < grid):
                     return False
                 if stride > 1:
