@@ -12,7 +12,6 @@ input is one generated image of --shape, padded to 32 as the test pipeline would
 import argparse
 import copy
 import json
-import sys
 
 import torch
 from mmdet.utils import register_all_modules
@@ -21,6 +20,7 @@ from mmengine.runner import Runner
 
 from mmdet_vanillanet.benchmark import (Settings, build_detector, check_fusion, machine_info,
                                         matmul_gflops, measure, prepare)
+from mmdet_vanillanet.cli import one_line_errors
 from mmdet_vanillanet.complexity import pseudo_batch
 from mmdet_vanillanet.deploy import fuse_detector
 from mmdet_vanillanet.errors import InputError
@@ -60,6 +60,9 @@ def parse_args():
 def inputs(cfg, args):
     """Batches of one image for test_step, prepared before timing (data loading excluded)."""
     if not args.dataset:
+        if min(args.shape) < 1:
+            raise InputError(f'--shape {args.shape[0]} {args.shape[1]}: height and width must be '
+                             f'positive (the detector pads them to multiples of 32)')
         return [pseudo_batch(tuple(args.shape))]
     check_dataset_paths(cfg, ('test_dataloader', ))
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -82,7 +85,7 @@ def main():
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     part = ('neck' if args.with_neck else 'backbone') if args.backbone_only else 'detector'
-    try:
+    with one_line_errors():
         model = build_detector(cfg, args.checkpoint)
         batches = inputs(cfg, args)
         variants = {}
@@ -106,8 +109,6 @@ def main():
             print(f'{name}: timing {args.iters} images ...')
             report['results'][name] = measure(prepare(variant, settings), batches, part,
                                               settings)
-    except (InputError, FileNotFoundError) as err:
-        sys.exit(f'error: {err}')
     if part != 'detector':
         rate = matmul_gflops(args.device)
         report['matmul_gflop_s'] = rate

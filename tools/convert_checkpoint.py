@@ -14,7 +14,8 @@ import sys
 import torch
 
 from mmdet_vanillanet.checkpoint import deploy_checkpoint
-from mmdet_vanillanet.serialization import CheckpointError, safe_load
+from mmdet_vanillanet.cli import one_line_errors
+from mmdet_vanillanet.serialization import safe_load
 
 
 def parse_args():
@@ -32,10 +33,8 @@ def main():
     args = parse_args()
     if os.path.exists(args.dst) and not args.force:
         sys.exit(f'error: {args.dst} exists; pass --force to overwrite it')
-    try:
+    with one_line_errors():
         out, before, after = deploy_checkpoint(safe_load(args.src, unsafe=args.unsafe_load))
-    except CheckpointError as err:
-        sys.exit(f'error: {err}')
     torch.save(out, args.dst)
     print(f'backbone parameters: {before / 1e6:.2f}M (training) -> {after / 1e6:.2f}M (deploy)')
     print(f'wrote {args.dst}')

@@ -5,15 +5,13 @@
 A deploy-layout checkpoint without --deploy is an error rather than a silent partial load.
 """
 import argparse
-import os
 import os.path as osp
-import sys
 
-from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdet_vanillanet.checkpoint import checkpoint_layout
+from mmdet_vanillanet.cli import add_runner_args, load_config, one_line_errors, parse
 from mmdet_vanillanet.distributed import setup_launcher
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.run_checks import check_dataset_paths
@@ -35,16 +33,8 @@ def parse_args():
                         help='directory where painted images will be saved (under '
                         'work_dir/timestamp/)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override some settings in the used config, the key-value pair '
-                        'in xxx=yyy format will be merged into config file.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser)
+    return parse(parser)
 
 
 def configure_deploy(cfg, checkpoint: str, deploy: bool):
@@ -62,13 +52,7 @@ def configure_deploy(cfg, checkpoint: str, deploy: bool):
 
 
 def build_runner(args):
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise InputError(f'--out {args.out}: the dump file must be a .pkl file')
@@ -94,10 +78,8 @@ def build_runner(args):
 def main():
     args = parse_args()
     use_safe_loading()
-    try:
+    with one_line_errors():
         return build_runner(args).test()
-    except (InputError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

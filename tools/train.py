@@ -9,17 +9,13 @@
   (StopOnNonFiniteLossHook) with the iteration it happened at.
 """
 import argparse
-import os
-import os.path as osp
-import sys
 
-from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdet_vanillanet.cli import add_runner_args, load_config, one_line_errors, parse
 from mmdet_vanillanet.distributed import setup_launcher
 from mmdet_vanillanet.engine import NonFiniteLossError
-from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.run_checks import (check_dataset_paths, check_not_deploy, guard_work_dir,
                                          resume_checkpoint)
 from mmdet_vanillanet.serialization import safe_load, use_safe_loading
@@ -42,26 +38,12 @@ def parse_args():
     parser.add_argument('--overwrite', action='store_true',
                         help='start afresh in a work_dir that holds checkpoints of an earlier '
                         'run, replacing them')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override some settings in the used config, the key-value pair '
-                        'in xxx=yyy format will be merged into config file.')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser)
+    return parse(parser)
 
 
 def build_runner(args):
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -92,11 +74,9 @@ def build_runner(args):
 def main():
     args = parse_args()
     use_safe_loading()
-    try:
+    with one_line_errors(NonFiniteLossError):
         runner = build_runner(args)
         runner.train()
-    except (InputError, NonFiniteLossError, FileNotFoundError, FileExistsError) as err:
-        sys.exit(f'error: {err}')
     return runner
 
 
