@@ -58,10 +58,17 @@ def install_safe_checkpointing():
 
 
 def use_safe_loading():
-    """Route MMEngine's checkpoint loading (load_from, --resume, test) for local files and URLs
-    through ``safe_load``, so that it stays weights_only whatever torch's default or the
-    environment (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) says, and fails with our messages."""
+    """Make every torch.load in this process weights_only, MMEngine's own loaders included
+    (torchvision://, open-mmlab://, ... call torch.load without the argument), and route
+    MMEngine's local and URL loading through ``safe_load`` for its messages. For the tools: a
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment is overruled, with a warning."""
+    from mmengine.logging import print_log
     from mmengine.runner import CheckpointLoader
+    if os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None) is not None:
+        print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is ignored: checkpoints are always loaded '
+                  'with weights_only=True (tools/convert_checkpoint.py --unsafe-load rewrites a '
+                  'trusted file as plain tensors)', logger='current', level=30)
+    os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = '1'
 
     def load(filename, map_location=None):
         return safe_load(filename, map_location=map_location or 'cpu')
@@ -92,8 +99,14 @@ def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: boo
     files, through ``tools/convert_checkpoint.py --unsafe-load``)."""
     source = _open(filename)
     try:
-        return torch.load(source, map_location=map_location, weights_only=not unsafe,
-                          mmap=mmap and isinstance(source, str))
+        try:
+            return torch.load(source, map_location=map_location, weights_only=not unsafe,
+                              mmap=mmap and isinstance(source, str))
+        except RuntimeError as err:
+            if not (mmap and 'mmap can only be used' in str(err)):
+                raise
+            # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
+            return torch.load(source, map_location=map_location, weights_only=not unsafe)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f'{filename} holds Python objects beyond tensors and the types MMEngine writes, '

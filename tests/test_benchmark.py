@@ -27,7 +27,6 @@ def test_compare_writes_sane_json(tmp_path, extra):
     assert set(report['results']) == {'unfused', 'fused'}
     for r in report['results'].values():
         assert r['iters'] == 2 and 0 < r['median_ms'] <= r['p90_ms']
-        assert r['fps'] == pytest.approx(1000 / r['median_ms'])
         assert r['gflops'] > 0 and r['input_shape'] == [96, 128]
     fused, unfused = report['results']['fused'], report['results']['unfused']
     assert fused['params_m'] < unfused['params_m']  # BN and the second 1x1 convs are gone

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from conftest import build_backbone, fused_copy, max_rel_diff, narrow
+from conftest import RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
 from mmdet_vanillanet.serialization import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,17 +129,9 @@ def test_the_load_is_logged(trained_narrow13, tmp_path):
             ) in log.read_text()
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, 'w'))
-
-
 def test_a_checkpoint_that_would_run_code_is_refused(trained_narrow13, tmp_path):
     path, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
-    torch.save({'model_ema': trained_narrow13.state_dict(), 'args': _RunsCode(marker)}, path)
+    torch.save({'model_ema': trained_narrow13.state_dict(), 'args': RunsCode(marker)}, path)
     with pytest.raises(CheckpointError, match='could run code from the file.*--unsafe-load'):
         _load(path)
     assert not marker.exists()
@@ -214,7 +206,7 @@ def test_convert_tool_never_overwrites_without_force(trained_narrow13, tmp_path)
 
 def test_convert_tool_unsafe_load_writes_plain_tensors(trained_narrow13, tmp_path):
     src, dst, marker = tmp_path / 'evil.pth', tmp_path / 'clean.pth', tmp_path / 'ran'
-    torch.save({'model_ema': trained_narrow13.state_dict(), 'args': _RunsCode(marker)}, src)
+    torch.save({'model_ema': trained_narrow13.state_dict(), 'args': RunsCode(marker)}, src)
     refused = _convert(str(src), str(dst))
     assert refused.returncode != 0 and '--unsafe-load' in refused.stderr and not marker.exists()
     assert _convert(str(src), str(dst), '--unsafe-load').returncode == 0

@@ -5,7 +5,7 @@ import os.path as osp
 
 import pytest
 import torch
-from mmdet.registry import MODELS, OPTIM_WRAPPERS
+from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
@@ -101,7 +101,6 @@ def test_layer_decay_groups_follow_the_authors_numbering():
         assert by_param[name]['weight_decay'] == 0.0
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(by_param) == trainable
-    assert OPTIM_WRAPPERS.get('OptimWrapper') is not None
 
 
 def test_published_parameter_counts_are_those_of_the_fused_detectors():

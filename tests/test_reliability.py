@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import mmdet_vanillanet  # noqa: F401
-from conftest import build_backbone, fused_copy
+from conftest import RunsCode, build_backbone, fused_copy
+from mmdet_vanillanet.run_checks import guard_work_dir, resume_checkpoint
+from mmdet_vanillanet.serialization import safe_load
 from toy_tools import CONFIG, ROOT, evaluate, run, toy_options, train
 
 STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -61,18 +63,10 @@ def test_a_nan_loss_stops_training_naming_the_iteration(data_root, tmp_path):
     assert 'Traceback' not in output and not (tmp_path / 'epoch_1.pth').exists()
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, 'w'))
-
-
 @pytest.mark.parametrize('tool', ['test', 'resume'])
 def test_a_checkpoint_that_would_run_code_never_does(data_root, tmp_path, tool):
     evil, marker = tmp_path / 'epoch_1.pth', tmp_path / 'pwned'
-    torch.save({'state_dict': {}, 'meta': {'epoch': 1}, 'hook': _RunsCode(marker)}, evil)
+    torch.save({'state_dict': {}, 'meta': {'epoch': 1}, 'hook': RunsCode(marker)}, evil)
     # Even with torch's weights_only default switched off by the environment.
     env = dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
     if tool == 'test':
@@ -118,3 +112,36 @@ def test_a_broken_annotation_file_is_named(data_root, tmp_path, content, message
                  *toy_options(data_root, 1), f'train_dataloader.dataset.ann_file={ann}',
                  expect_ok=False)
     assert f'annotation file {ann} {message}' in output and 'Traceback' not in output
+
+
+def test_resume_prefers_last_checkpoint_and_never_a_best_file(tmp_path):
+    for name in ('epoch_2.pth', 'epoch_3.pth', 'best_coco_bbox_mAP_epoch_9.pth'):
+        torch.save({'state_dict': {}, 'meta': {'epoch': 1}}, tmp_path / name)
+    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_3.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
+    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / 'epoch_2.pth')
+
+
+def test_overwrite_removes_the_earlier_runs_checkpoints(tmp_path):
+    torch.save({'state_dict': {}}, tmp_path / 'epoch_12.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_12.pth'))
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        guard_work_dir(str(tmp_path), resume=None, overwrite=False)
+    assert (tmp_path / 'epoch_12.pth').exists()
+    guard_work_dir(str(tmp_path), resume=None, overwrite=True)
+    assert resume_checkpoint(str(tmp_path)) is None and not (tmp_path / 'last_checkpoint').exists()
+
+
+def test_a_legacy_format_checkpoint_loads_where_memory_mapping_is_asked(tmp_path):
+    path = tmp_path / 'legacy.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(safe_load(str(path), mmap=True)['state_dict']['w'], torch.ones(2))
+
+
+def test_a_mid_schedule_checkpoint_keeps_act_learn_and_refuses_fusion(data_root, tmp_path):
+    run('tools/train.py', CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+        *toy_options(data_root, 1), 'custom_hooks.0.duration=2')
+    checkpoint = tmp_path / 'epoch_1.pth'
+    assert torch.load(checkpoint, weights_only=True)['meta']['act_learn'] == 0.0
+    output = evaluate(checkpoint, data_root, tmp_path / 'test', '--deploy', expect_ok=False)
+    assert 'error: ' in output and 'cannot fuse VanillaNet with act_learn=0.0' in output

@@ -20,6 +20,7 @@ from mmengine.runner import Runner
 
 from mmdet_vanillanet.benchmark import (Settings, build_detector, check_fusion, machine_info,
                                         matmul_gflops, measure, prepare)
+from mmdet_vanillanet.checkpoint import checkpoint_layout
 from mmdet_vanillanet.cli import one_line_errors
 from mmdet_vanillanet.complexity import pseudo_batch
 from mmdet_vanillanet.deploy import fuse_detector
@@ -86,12 +87,24 @@ def main():
         cfg.merge_from_dict(args.cfg_options)
     part = ('neck' if args.with_neck else 'backbone') if args.backbone_only else 'detector'
     with one_line_errors():
+        if args.iters < 1 or args.warmup < 0:
+            raise InputError(f'--iters {args.iters} --warmup {args.warmup}: need at least one '
+                             f'timed image and no negative warm-up')
+        if args.checkpoint and checkpoint_layout(args.checkpoint) == 'deploy':
+            if args.compare or args.check:
+                raise InputError(f'{args.checkpoint} holds a fused backbone: there is no unfused '
+                                 f'network to --compare or --check against; give the '
+                                 f'training-mode checkpoint')
+            cfg.model.backbone.deploy = True
+            args.deploy = True
         model = build_detector(cfg, args.checkpoint)
         batches = inputs(cfg, args)
         variants = {}
         if args.compare or not args.deploy:
             variants['unfused'] = model
-        if args.compare or args.deploy or args.check:
+        if model.backbone.deploy:
+            variants['fused'] = model
+        elif args.compare or args.deploy or args.check:
             fused = fuse_detector(copy.deepcopy(model))
             if args.compare or args.deploy:
                 variants['fused'] = fused

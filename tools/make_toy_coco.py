@@ -9,8 +9,8 @@ the command line alone. An existing non-empty output dir is refused unless --for
 import argparse
 import collections
 import json
-import sys
 
+from mmdet_vanillanet.cli import one_line_errors
 from mmdet_vanillanet.toy_data import CLASSES, make_toy_coco
 
 
@@ -40,11 +40,9 @@ def describe(split, img_dir, ann_file):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    with one_line_errors():
         paths = make_toy_coco(args.out, num_train=args.num_train, num_val=args.num_val,
                               image_size=tuple(args.size), seed=args.seed, overwrite=args.force)
-    except FileExistsError as err:
-        sys.exit(f'error: {err}')
     print(f'wrote toy COCO (seed {args.seed}, {args.size[0]}x{args.size[1]}) to {args.out}')
     for split in ('train', 'val'):
         print(describe(split, paths[f'{split}_img'], paths[f'{split}_ann']))

@@ -54,8 +54,8 @@ def build_runner(args):
                                '"auto_scale_lr.base_batch_size" in your configuration file.')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = resume_checkpoint(cfg.work_dir)  # None: nothing to resume, start afresh
+        cfg.load_from = resume_checkpoint(cfg.work_dir)
+        cfg.resume = cfg.load_from is not None  # nothing (readable) to resume: start afresh
     elif args.resume is not None:
         safe_load(args.resume, mmap=True)  # a truncated or unsafe file is named here
         cfg.resume = True

@@ -15,7 +15,8 @@ model = dict(
         type='VanillaNet',
         arch='13',
         act_num=4,
-        # SyncBN for multi-GPU training; tools/train.py reverts it to BN on one device or CPU.
+        # SyncBN for multi-GPU training; MMEngine reverts it to BN in a single process, and
+        # tools/train.py uses BN for distributed runs on CPU.
         norm_cfg=dict(type='SyncBN', eps=1e-6, requires_grad=True),
         init_cfg=dict(type='Pretrained', checkpoint=None)),
     neck=dict(in_channels=[512, 1024, 2048, 4096]))

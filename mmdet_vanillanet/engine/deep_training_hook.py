@@ -1,8 +1,10 @@
 """Deep training: raise the backbone's act_learn from ``start`` to 1 over the first part of
 training, then keep 1 (so that the network can be fused for deployment).
 
-act_learn is a function of the runner's epoch or iteration, never stored state, so a resumed
-run takes the value the uninterrupted run would have had.
+During training act_learn is a function of the runner's epoch or iteration, so a resumed run
+takes the value the uninterrupted run would have had. It is also written into each checkpoint's
+meta and set again when one is loaded for testing: a checkpoint from the middle of the schedule
+computes with the act_learn it was trained at (and cannot be fused).
 """
 import math
 
@@ -44,6 +46,14 @@ class DeepTrainingHook(Hook):
     def backbone(runner):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         return model.backbone
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault('meta', {})['act_learn'] = self.backbone(runner).act_learn
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        value = checkpoint.get('meta', {}).get('act_learn')
+        if value is not None:
+            self.backbone(runner).act_learn = value
 
     def before_train_epoch(self, runner) -> None:
         if self.by_epoch:

@@ -3,6 +3,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from ..deploy import fuse_detector
+from ..errors import InputError
 
 
 @HOOKS.register_module()
@@ -12,7 +13,13 @@ class VanillaNetDeployHook(Hook):
     raised act_learn to 1 the fusion would not even be exact. (Fused and unfused outputs agree
     to 1e-4 of their magnitude, so validation AP stands for the deployed AP.)"""
 
-    priority = 'VERY_LOW'  # after every hook that may load or swap weights (EMA)
+    priority = 'VERY_LOW'
 
     def before_test(self, runner) -> None:
+        if any(type(hook).__name__ == 'EMAHook' for hook in runner.hooks):
+            # EMAHook swaps its averaged weights in parameter by parameter, which no longer
+            # line up once the backbone is fused.
+            raise InputError('--deploy cannot fuse a model whose weights EMAHook swaps in for '
+                             'testing; convert the checkpoint first (tools/convert_checkpoint.py) '
+                             'and test the converted file with --deploy')
         fuse_detector(runner.model)

@@ -119,6 +119,9 @@ class VanillaNet(BaseModule):
         if bad or not out_indices:
             raise InputError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
                              f'has stages 0..{num_stages - 1}, and {STEM!r} names the stem')
+        if [valid.index(i) for i in out_indices] != sorted({valid.index(i) for i in out_indices}):
+            raise InputError(f'out_indices {out_indices} must be in network order without '
+                             f'repeats ({STEM!r} first), as the maps are returned in that order')
         if not -1 <= frozen_stages <= num_stages:
             raise InputError(f'frozen_stages={frozen_stages} is out of range: -1 freezes '
                              f'nothing, 0 the stem, k the stem and the first k stages, up to '
@@ -197,7 +200,7 @@ class VanillaNet(BaseModule):
         if self.deploy:
             return
         if self._act_learn != 1.0:
-            raise RuntimeError(
+            raise InputError(
                 f'cannot fuse VanillaNet with act_learn={self._act_learn}: its 1x1 conv pairs '
                 'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
                 'fusing now would change what the network computes. Finish the deep-training '
@@ -266,7 +269,7 @@ class VanillaNet(BaseModule):
         # Imported here: checkpoint loading builds VanillaNets itself.
         from ..checkpoint import load_pretrained
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
-            load_pretrained(self, self.init_cfg['checkpoint'])
+            load_pretrained(self, self.init_cfg['checkpoint'], self.init_cfg.get('prefix'))
             self._is_init = True
         else:
             super().init_weights()
