@@ -92,14 +92,15 @@ def describe(state: StateDict) -> str:
 
 def check_fits(model_state: StateDict, state: StateDict, filename: str):
     """Raise a CheckpointError naming what differs, the act_num first (the common case)."""
-    file_act = [state[k].shape for k in _activation_keys(model_state) if k in state]
-    model_act = model_state[_activation_keys(model_state)[0]].shape
-    if file_act and all(shape[-1] != model_act[-1] for shape in file_act):
+    kernels = [state[k].shape[-1] for k in _activation_keys(model_state) if k in state]
+    model_kernel = model_state[_activation_keys(model_state)[0]].shape[-1]
+    if kernels and model_kernel not in kernels:
+        kernel = kernels[0]
+        file_act_num = (kernel - 1) // 2
         raise CheckpointError(
-            f'{filename} was trained with act_num={(file_act[0][-1] - 1) // 2} '
-            f'({file_act[0][-1]}x{file_act[0][-1]} activation kernels) but the model has '
-            f'act_num={(model_act[-1] - 1) // 2}: set act_num={(file_act[0][-1] - 1) // 2} in '
-            f'the backbone config')
+            f'{filename} was trained with act_num={file_act_num} ({kernel}x{kernel} activation '
+            f'kernels) but the model has act_num={(model_kernel - 1) // 2}: set '
+            f'act_num={file_act_num} in the backbone config')
     optional = re.compile(r'.*num_batches_tracked$')  # absent from files of old torch versions
     missing = [k for k in model_state if k not in state and not optional.match(k)]
     unexpected = [k for k in state if k not in model_state]

@@ -8,6 +8,7 @@ import re
 
 from mmengine.logging import print_log
 
+from .checkpoint import checkpoint_layout
 from .errors import InputError
 from .serialization import CheckpointError, safe_load
 
@@ -123,7 +124,6 @@ def resume_checkpoint(work_dir: str):
 
 def check_not_deploy(checkpoint: str, what: str):
     """Training needs the BN statistics and separate convs that a fused checkpoint lost."""
-    from .checkpoint import checkpoint_layout
     if checkpoint and checkpoint_layout(checkpoint) == 'deploy':
         raise InputError(f'{what} {checkpoint} holds a fused (deploy-layout) VanillaNet, which '
                          f'cannot be trained; use the training-mode checkpoint it was converted '
