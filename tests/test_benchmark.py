@@ -20,8 +20,10 @@ register_all_modules()
 def test_compare_writes_sane_json(tmp_path, extra):
     out = tmp_path / 'bench.json'
     output = run('tools/benchmark.py', CONFIG, '--compare', '--check', '--shape', '96', '128',
-                 '--iters', '2', '--warmup', '1', '--no-progress', '--out', str(out), *extra)
+                 '--iters', '2', '--warmup', '1', '--no-progress', '--out', str(out),
+                 '--act-impl', 'torch', *extra)
     report = json.loads(out.read_text())
+    assert report['act_impl'] == 'torch' and report['settings']['act_impl'] == 'torch'
     assert report['machine']['torch'] == torch.__version__ and report['machine']['threads'] >= 1
     assert report['settings']['iters'] == 2 and report['check_max_rel_diff'] <= 1e-4
     assert set(report['results']) == {'unfused', 'fused'}

@@ -52,6 +52,9 @@ def parse_args():
     parser.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default='fp32',
                         help='autocast precision')
     parser.add_argument('--compile', action='store_true', help='torch.compile the backbone')
+    parser.add_argument('--act-impl', choices=['auto', 'triton', 'torch'],
+                        help="the backbone's act_impl (default: the config's, else 'auto'): "
+                        'how the fused network computes its activations')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--out', help='write every figure and setting to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -97,6 +100,11 @@ def main():
                                  f'training-mode checkpoint')
             cfg.model.backbone.deploy = True
             args.deploy = True
+        if args.act_impl:
+            if cfg.model.backbone.type != 'VanillaNet':
+                raise InputError(f'--act-impl applies to a VanillaNet backbone; this config '
+                                 f'has {cfg.model.backbone.type}')
+            cfg.model.backbone.act_impl = args.act_impl
         model = build_detector(cfg, args.checkpoint)
         batches = inputs(cfg, args)
         variants = {}
@@ -111,6 +119,7 @@ def main():
         report = dict(config=args.config, checkpoint=args.checkpoint, part=part,
                       settings={k: v for k, v in vars(args).items()
                                 if k not in ('config', 'checkpoint', 'cfg_options')},
+                      act_impl=getattr(model.backbone, 'act_impl', None),
                       machine=machine_info(args.device), results={})
         if args.check:
             tensor = model.data_preprocessor(batches[0], False)['inputs']
@@ -140,7 +149,7 @@ def main():
 def print_table(report):
     m = report['machine']
     print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
-          f"torch {m['torch']}, {m['threads']} threads")
+          f"torch {m['torch']}, {m['threads']} threads, act_impl {report['act_impl']}")
     header = f'{"":<10}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
     if 'matmul_gflop_s' in report:
         header += f'{"GFLOP/s":>9}{"of matmul":>11}'

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .fusion import merge_conv_bn_pair
-from .series_activation import SeriesActivation
+from .series_activation import SeriesActivation, check_act_impl
 
 
 def conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
@@ -34,10 +34,16 @@ def conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: in
 
 
 class VanillaBlock(nn.Module):
-    """One stage. Keys: ``conv1``, ``conv2``, ``act`` (training); ``conv``, ``act`` (deploy)."""
+    """One block (a stage holds one). Keys: ``conv1``, ``conv2``, ``act`` (training); ``conv``,
+    ``act`` (deploy).
+
+    A plain max pool (``stride`` > 1) is applied by the activation itself, which on a GPU does it
+    in the same pass as its kernel; the adaptive pool of the ada_pool arch stays a module.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, ada_pool: int = 0,
-                 act_num: int = 3, norm_cfg: dict = None, deploy: bool = False):
+                 act_num: int = 3, norm_cfg: dict = dict(type='BN', eps=1e-6),
+                 deploy: bool = False):
         super().__init__()
         self.deploy = deploy
         self.act_learn = 1.0
@@ -46,12 +52,8 @@ class VanillaBlock(nn.Module):
         else:
             self.conv1 = conv_bn(in_channels, in_channels, norm_cfg)
             self.conv2 = conv_bn(in_channels, out_channels, norm_cfg)
-        if stride == 1:
-            self.pool = nn.Identity()
-        elif ada_pool:
-            self.pool = nn.AdaptiveMaxPool2d(ada_pool)
-        else:
-            self.pool = nn.MaxPool2d(stride)
+        self.ada_pool = nn.AdaptiveMaxPool2d(ada_pool) if ada_pool and stride > 1 else None
+        self.pool = 1 if self.ada_pool is not None else stride
         self.act = SeriesActivation(out_channels, act_num, norm_cfg, deploy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +61,9 @@ class VanillaBlock(nn.Module):
             x = self.conv(x)
         else:
             x = self.conv2(F.leaky_relu(self.conv1(x), self.act_learn))
-        return self.act(self.pool(x))
+        if self.ada_pool is not None:
+            x = self.ada_pool(x)
+        return self.act(x, pool=self.pool)
 
     def switch_to_deploy(self):
         if self.deploy:
@@ -90,6 +94,10 @@ class VanillaNet(BaseModule):
         with_cp: recompute each stage in the backward pass (gradient checkpointing) to save
             memory.
         deploy: build the fused network directly (to load a deploy checkpoint).
+        act_impl: how the fused network computes its activations: 'auto' (a Triton kernel for
+            CUDA tensors in inference, PyTorch elsewhere), 'triton' (the kernel, an error where
+            it cannot run) or 'torch'. Also settable after construction (``model.act_impl``).
+            The training-mode (unfused) network always runs PyTorch.
         init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a released ImageNet file or a
             detector checkpoint, checked key by key (see ``mmdet_vanillanet.checkpoint``).
     """
@@ -103,6 +111,7 @@ class VanillaNet(BaseModule):
                  norm_cfg: dict = dict(type='BN', eps=1e-6, requires_grad=True),
                  with_cp: bool = False,
                  deploy: bool = False,
+                 act_impl: str = 'auto',
                  init_cfg=dict(type='TruncNormal', layer='Conv2d', std=.02, bias=0.)):
         super().__init__(init_cfg=init_cfg)
         self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
@@ -152,6 +161,7 @@ class VanillaNet(BaseModule):
         self.stages = nn.ModuleList(
             VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], arch.pools[i], act_num,
                          norm_cfg, deploy) for i in range(num_stages))
+        self.act_impl = act_impl
         self._freeze_stages()
 
     # --- the network -------------------------------------------------------------------------
@@ -194,6 +204,18 @@ class VanillaNet(BaseModule):
         self._act_learn = value
         for stage in self.stages:
             stage.act_learn = value
+
+    @property
+    def act_impl(self) -> str:
+        """'auto', 'triton' or 'torch': how every series activation computes once fused."""
+        return self._act_impl
+
+    @act_impl.setter
+    def act_impl(self, value: str):
+        self._act_impl = check_act_impl(value)
+        for module in self.modules():
+            if isinstance(module, SeriesActivation):
+                module.act_impl = value
 
     def switch_to_deploy(self):
         """Fuse, in place, into the deployed network; a second call does nothing."""
