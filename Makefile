@@ -1,16 +1,24 @@
 # Two commands for users: `make demo` and `make test`. Both build .venv first when it is missing
 # or older than the pinned requirements.
-PYTHON ?= python3.11
+# Python 3.11 where there is one (the machine's torch wheel is built for it), else python3;
+# PYTHON=/path/to/python overrides. Checked before anything is installed.
+PYTHON ?= $(or $(shell command -v python3.11),$(shell command -v python3),python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 REQS := requirements/runtime.txt requirements/tests.txt setup.cfg pyproject.toml
 
-.PHONY: install test demo clean-venv
+.PHONY: install test demo clean-venv check-python
 
 install: $(STAMP)
 
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null || { \
+		echo "error: '$(PYTHON)' is not a Python >= 3.9; install one, or run make with PYTHON=/path/to/python3.X" >&2; \
+		exit 1; }
+
 $(STAMP): $(REQS)
+	test -x $(BIN)/python || $(MAKE) --no-print-directory check-python
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# mmcv's setup.py needs torch, numpy and pkg_resources at build time, and must see torch
 	# (--no-build-isolation) or it silently builds without ops.

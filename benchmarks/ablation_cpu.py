@@ -21,10 +21,10 @@ from mmdet.registry import MODELS
 from mmengine.analysis import get_model_complexity_info
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.benchmark import machine_info, matmul_gflops, summarize, time_call
-from mmdet_vanillanet.synthetic import randomize
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
+from mmdet_vanillanet.toolkit.paths import REPO_ROOT
+from mmdet_vanillanet.toolkit.timing import summarize, time_call
+from mmdet_vanillanet.toolkit.weights import randomize
 
 
 def non_contiguous(fused):
@@ -79,7 +79,7 @@ def main():
              '|---|---|---|---|---|']
     lines += [f'| {r["name"]} | {r["median_ms"]:.0f} | {r["gflop_s"]:.0f} | '
               f'{r["of_matmul"]:.2f} | {base / r["median_ms"]:.2f}x |' for r in rows]
-    stem = osp.join(ROOT, 'benchmarks', 'results', 'cpu_ablation')
+    stem = osp.join(REPO_ROOT, 'benchmarks', 'results', 'cpu_ablation')
     with open(stem + '.json', 'w') as f:
         json.dump(report, f, indent=2)
     with open(stem + '.md', 'w') as f:

@@ -16,21 +16,22 @@ import os.path as osp
 
 import mmdet
 from mmdet.utils import register_all_modules
-from mmengine.config import Config
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.benchmark import (Settings, build_detector, machine_info, matmul_gflops,
-                                        measure)
-from mmdet_vanillanet.complexity import pseudo_batch
-from mmdet_vanillanet.deploy import fuse_detector
+from mmdet_vanillanet.toolkit.build import build_detector
+from mmdet_vanillanet.toolkit.cli import load_config
+from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
+from mmdet_vanillanet.toolkit.timing import Settings, measure
+from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.toolkit.complexity import pseudo_batch
+from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 MODELS = [  # name, config, fused?
-    ('VanillaNet-13', osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet13_coco.py'), False),
-    ('VanillaNet-13', osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet13_coco.py'), True),
-    ('VanillaNet-9', osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet9_coco.py'), True),
-    ('VanillaNet-5', osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet5_coco.py'), True),
+    ('VanillaNet-13', osp.join(CONFIGS, 'mask_rcnn_vanillanet13_coco.py'), False),
+    ('VanillaNet-13', osp.join(CONFIGS, 'mask_rcnn_vanillanet13_coco.py'), True),
+    ('VanillaNet-9', osp.join(CONFIGS, 'mask_rcnn_vanillanet9_coco.py'), True),
+    ('VanillaNet-5', osp.join(CONFIGS, 'mask_rcnn_vanillanet5_coco.py'), True),
     ('ResNet-50', osp.join(MMDET_CONFIGS, 'mask_rcnn', 'mask-rcnn_r50_fpn_1x_coco.py'), False),
     ('Swin-T', osp.join(MMDET_CONFIGS, 'swin', 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'), False),
 ]
@@ -43,12 +44,12 @@ def parse_args():
                         metavar=('H', 'W'), help='size of the efficiency measurement')
     parser.add_argument('--iters', type=int, default=3)
     parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--out-dir', default=osp.join(ROOT, 'benchmarks', 'results'))
+    parser.add_argument('--out-dir', default=osp.join(REPO_ROOT, 'benchmarks', 'results'))
     return parser.parse_args()
 
 
 def detector(config, fused):
-    model = build_detector(Config.fromfile(config))
+    model = build_detector(load_config(config))
     return fuse_detector(model) if fused else model
 
 

@@ -32,7 +32,8 @@ from triton.testing import do_bench
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.models.series_activation_triton import series_activation
-from mmdet_vanillanet.synthetic import max_rel_diff, randomize
+from mmdet_vanillanet.toolkit.compare import max_rel_diff
+from mmdet_vanillanet.toolkit.weights import randomize
 
 SIZES = [(224, 224), (800, 1344)]
 BATCHES = [1, 8]

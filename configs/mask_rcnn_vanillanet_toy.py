@@ -7,9 +7,8 @@
 #       work_dirs/mask_rcnn_vanillanet_toy/epoch_40.pth --deploy
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/default_runtime.py',
+    './_base_/vanillanet_runtime.py',
 ]
-custom_imports = dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
 
 data_root = 'data/toy_coco/'
 metainfo = dict(classes=('circle', 'square', 'triangle'),
@@ -86,7 +85,7 @@ param_scheduler = [
 ]
 
 # Deep training: act_learn rises linearly from 0 to 1 over the first half, then stays 1.
-custom_hooks = [dict(type='DeepTrainingHook', start=0.0, duration=max_epochs // 2)]
+custom_hooks = [dict(type='VanillaNetDeepTrainingHook', start=0.0, duration=max_epochs // 2)]
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),

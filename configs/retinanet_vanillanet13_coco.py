@@ -8,7 +8,7 @@
 _base_ = [
     'mmdet::_base_/models/retinanet_r50_fpn.py',
     'mmdet::_base_/datasets/coco_detection.py',
-    'mmdet::_base_/default_runtime.py',
+    './_base_/vanillanet_runtime.py',
     './_base_/vanillanet_schedule_1x.py',
 ]
 

@@ -1,10 +1,17 @@
-"""VanillaNet for MMDetection 3.x. Importing the package registers everything it provides."""
-from . import distributed  # noqa: F401  (registers CPUDistributedDataParallel)
-from .engine import (DeepTrainingHook, VanillaNetDeployHook,  # noqa: F401
-                     VanillaNetLayerDecayOptimizerConstructor)
-from .models import VanillaNet  # noqa: F401  (registers the backbone in mmdet's MODELS)
-from .serialization import install_safe_checkpointing
+"""VanillaNet for MMDetection 3.x: the plugin that configs import (``custom_imports``).
 
-install_safe_checkpointing()
+Importing it registers the backbone (``models``) and the training-time parts (``engine``) in
+MMDetection's registries, and allow-lists the types MMEngine writes into checkpoints for
+weights_only loading (``serialization``), so that any tool, ours or MMDetection's, can resume
+and test our runs under torch >= 2.6. It changes nothing else. Our command-line tools'
+support code lives in ``mmdet_vanillanet.toolkit``, which the plugin never imports.
+"""
+from .engine import (RandomStateHook, StopOnNonFiniteLossHook,  # noqa: F401
+                     VanillaNetDeepTrainingHook, VanillaNetDeployHook,
+                     VanillaNetLayerDecayOptimizerConstructor, WeightsOnlyCheckpointHook)
+from .models import VanillaNet  # noqa: F401
+from .serialization import allow_runner_checkpoint_types
+
+allow_runner_checkpoint_types()
 
 __version__ = '0.1.0'

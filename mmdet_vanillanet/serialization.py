@@ -7,9 +7,10 @@ test work under torch >= 2.6 without turning the protection off.
 
 One thing cannot be allow-listed: HistoryBuffer pickles its statistics methods (min, max, mean,
 current) as ``getattr(HistoryBuffer, 'min')``, and allowing ``getattr`` would let a crafted file
-reach any attribute of any allowed object, which is the hole weights_only closes. Those four
-are restored by HistoryBuffer.__setstate__ anyway, so the buffer is made to write only methods
-registered beyond them (none, in MMEngine and MMDetection).
+reach any attribute of any allowed object, which is the hole weights_only closes. The message
+hub's buffers are therefore written as ``WeightsOnlyHistoryBuffer``s, which leave those four
+out (HistoryBuffer.__setstate__ restores them); ``WeightsOnlyCheckpointHook`` does that for
+every checkpoint a run writes, instead of patching MMEngine for the whole process.
 """
 import io
 import os
@@ -18,6 +19,7 @@ import zipfile
 
 import numpy as np
 import torch
+from mmengine.fileio import get as fetch_bytes
 from mmengine.logging.history_buffer import HistoryBuffer
 
 from .errors import InputError
@@ -37,47 +39,34 @@ def _numpy_globals():
     return found
 
 
-SAFE_GLOBALS = [HistoryBuffer, *_numpy_globals()]
 DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
 
 
-def _history_buffer_state(buffer: HistoryBuffer) -> dict:
-    state = dict(buffer.__dict__)
-    custom = {name: method for name, method in buffer._statistics_methods.items()
-              if name not in DEFAULT_STATISTICS}
-    if custom:
-        state['statistics_methods'] = custom
-    return state
+class WeightsOnlyHistoryBuffer(HistoryBuffer):
+    """A HistoryBuffer that pickles only the statistics methods registered beyond the four
+    defaults (none, in MMEngine and MMDetection), so that it loads with weights_only=True."""
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop('statistics_methods', None)
+        custom = {name: method for name, method in HistoryBuffer._statistics_methods.items()
+                  if name not in DEFAULT_STATISTICS}
+        if custom:
+            state['statistics_methods'] = custom
+        return state
 
 
-def install_safe_checkpointing():
-    """Let every weights_only load (ours and MMEngine's) accept what MMEngine's Runner writes,
-    and make it write nothing that needs more."""
-    torch.serialization.add_safe_globals(SAFE_GLOBALS)
-    HistoryBuffer.__getstate__ = _history_buffer_state
+RUNNER_CHECKPOINT_TYPES = [HistoryBuffer, WeightsOnlyHistoryBuffer, *_numpy_globals()]
 
 
-def use_safe_loading():
-    """Make every torch.load in this process weights_only, MMEngine's own loaders included
-    (torchvision://, open-mmlab://, ... call torch.load without the argument), and route
-    MMEngine's local and URL loading through ``safe_load`` for its messages. For the tools: a
-    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment is overruled, with a warning."""
-    from mmengine.logging import print_log
-    from mmengine.runner import CheckpointLoader
-    if os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None) is not None:
-        print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is ignored: checkpoints are always loaded '
-                  'with weights_only=True (tools/convert_checkpoint.py --unsafe-load rewrites a '
-                  'trusted file as plain tensors)', logger='current', level=30)
-    os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = '1'
-
-    def load(filename, map_location=None):
-        return safe_load(filename, map_location=map_location or 'cpu')
-
-    CheckpointLoader.register_scheme(prefixes=['', 'http://', 'https://'], loader=load,
-                                     force=True)
+def allow_runner_checkpoint_types():
+    """Allow-list, for every weights_only load in this process (torch's list is global), the
+    types MMEngine's Runner writes into checkpoints. The plugin does this on import, so that
+    MMDetection's own tools can resume and test our runs' checkpoints under torch >= 2.6."""
+    torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_TYPES)
 
 
-def _open(filename: str):
+def open_checkpoint(filename: str):
     """A local path as is; URLs through torch's hub cache; other schemes through MMEngine."""
     if filename.startswith(('http://', 'https://')):
         model_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
@@ -87,8 +76,7 @@ def _open(filename: str):
             torch.hub.download_url_to_file(filename, cached, progress=True)
         return cached
     if '://' in filename:
-        from mmengine.fileio import get
-        return io.BytesIO(get(filename))
+        return io.BytesIO(fetch_bytes(filename))
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'checkpoint file not found: {filename}')
     return filename
@@ -97,16 +85,21 @@ def _open(filename: str):
 def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: bool = False):
     """Read a checkpoint without unpickling arbitrary objects (``unsafe`` only for trusted
     files, through ``tools/convert_checkpoint.py --unsafe-load``)."""
-    source = _open(filename)
+    source = open_checkpoint(filename)
+    # Allowed for this load only: torch's context manager removes on exit what it added, so it
+    # is given only the types that are not allowed already (by the plugin's import).
+    allowed = set(torch.serialization.get_safe_globals())
     try:
-        try:
-            return torch.load(source, map_location=map_location, weights_only=not unsafe,
-                              mmap=mmap and isinstance(source, str))
-        except RuntimeError as err:
-            if not (mmap and 'mmap can only be used' in str(err)):
-                raise
-            # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
-            return torch.load(source, map_location=map_location, weights_only=not unsafe)
+        with torch.serialization.safe_globals([t for t in RUNNER_CHECKPOINT_TYPES
+                                               if t not in allowed]):
+            try:
+                return torch.load(source, map_location=map_location, weights_only=not unsafe,
+                                  mmap=mmap and isinstance(source, str))
+            except RuntimeError as err:
+                if not (mmap and 'mmap can only be used' in str(err)):
+                    raise
+                # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
+                return torch.load(source, map_location=map_location, weights_only=not unsafe)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f'{filename} holds Python objects beyond tensors and the types MMEngine writes, '

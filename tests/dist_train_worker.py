@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from mmdet_vanillanet.toolkit.paths import TOOLS
 
 if __name__ == '__main__':
-    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='tools.train')
+    train = runpy.run_path(osp.join(TOOLS, 'train.py'), run_name='tools.train')
     sys.argv = ['tools/train.py', *sys.argv[1:]]
     runner = train['main']()
     state = runner.model.module.state_dict()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import ARCHS, build_backbone, narrow
+from helpers import ARCHS, build_backbone, narrow
 from mmdet_vanillanet.models import ARCH_SETTINGS
 
 

@@ -8,15 +8,17 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from mmdet_vanillanet.benchmark import check_fusion
+from mmdet_vanillanet.toolkit.build import build_detector
+from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.synthetic import randomize
-from toy_tools import CONFIG, run
+from mmdet_vanillanet.toolkit.weights import randomize
+from helpers import CONFIG, run
 
 register_all_modules()
 
 
 @pytest.mark.parametrize('extra', [[], ['--backbone-only', '--channels-last']])
+@pytest.mark.slow
 def test_compare_writes_sane_json(tmp_path, extra):
     out = tmp_path / 'bench.json'
     output = run('tools/benchmark.py', CONFIG, '--compare', '--check', '--shape', '96', '128',
@@ -51,3 +53,18 @@ def test_check_catches_a_broken_fusion():
         fused.backbone.stages[2].conv.weight[0, 0] += 1.0  # a corrupted fused weight
     with pytest.raises(InputError, match='the fused backbone differs from the unfused one'):
         check_fusion(detector, fused, x)
+
+
+@pytest.mark.slow
+def test_check_on_an_already_fused_config_is_a_one_line_error():
+    output = run('tools/benchmark.py', CONFIG, '--check', '--shape', '64', '64', '--iters', '1',
+                 '--cfg-options', 'model.backbone.deploy=True', expect_ok=False)
+    assert output.strip().splitlines()[-1].startswith('error: --compare and --check need the '
+                                                      'unfused network')
+
+
+def test_building_a_detector_leaves_the_config_as_it_was():
+    cfg = Config.fromfile(CONFIG)
+    before = copy.deepcopy(cfg.model)
+    build_detector(cfg)
+    assert cfg.model == before

@@ -1,20 +1,19 @@
 """Loading every released checkpoint form, written here in the released key layout from a
 generated network with non-trivial BN statistics, and every way a file can fail to fit."""
 import functools
+import os.path as osp
 import http.server
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from conftest import RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
+from helpers import ROOT, RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
 from mmdet_vanillanet.serialization import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
 
 
@@ -50,35 +49,36 @@ def _load(path, **cfg):
 
 
 @pytest.mark.parametrize('form', ['model_ema', 'model', 'state_dict', 'bare', 'detector', 'ddp'])
-def test_training_checkpoint_forms_load_exactly(form, trained_narrow13, tmp_path):
+def test_training_checkpoint_forms_load_exactly(form, random_narrow13, tmp_path):
     path = tmp_path / f'{form}.pth'
-    torch.save(_forms(trained_narrow13)[form], path)
+    torch.save(_forms(random_narrow13)[form], path)
     model = _load(path)
     with torch.no_grad():
-        assert max_rel_diff(trained_narrow13(X), model(X)) == 0
+        assert max_rel_diff(random_narrow13(X), model(X)) == 0
 
 
 @pytest.mark.parametrize('form', ['model_ema', 'detector'])
-def test_training_checkpoint_is_fused_into_a_deploy_backbone(form, trained_narrow13, tmp_path):
+def test_training_checkpoint_is_fused_into_a_deploy_backbone(form, random_narrow13, tmp_path):
     path = tmp_path / 'train.pth'
-    torch.save(_forms(trained_narrow13)[form], path)
+    torch.save(_forms(random_narrow13)[form], path)
     model = _load(path, deploy=True)
     with torch.no_grad():
-        assert max_rel_diff(trained_narrow13(X), model(X)) <= 1e-4
+        assert max_rel_diff(random_narrow13(X), model(X)) <= 1e-4
 
 
-def test_deploy_checkpoint_loads_into_deploy_backbone(trained_narrow13, tmp_path):
+def test_deploy_checkpoint_loads_into_deploy_backbone(random_narrow13, tmp_path):
     path = tmp_path / 'deploy.pth'
-    fused = fused_copy(trained_narrow13)
+    fused = fused_copy(random_narrow13)
     torch.save({'model': {**fused.state_dict(), 'cls.2.weight': torch.randn(10, 64, 1, 1)}}, path)
     with torch.no_grad():
         assert max_rel_diff(fused(X), _load(path, deploy=True)(X)) == 0
 
 
-def test_deploy_checkpoint_into_training_backbone_explains_why_not(trained_narrow13, tmp_path):
+def test_deploy_checkpoint_into_training_backbone_explains_why_not(random_narrow13, tmp_path):
     path = tmp_path / 'deploy.pth'
-    torch.save({'model': fused_copy(trained_narrow13).state_dict()}, path)
-    with pytest.raises(CheckpointError, match='BN statistics and its separate 1x1 convs'):
+    torch.save({'model': fused_copy(random_narrow13).state_dict()}, path)
+    with pytest.raises(CheckpointError,
+                       match='BN statistics and separate 1x1 convs were merged away'):
         _load(path)
 
 
@@ -110,36 +110,35 @@ def test_real_width_arch_is_recognised_in_the_error(tmp_path):
         _load(path, arch=narrow('5'), act_num=3)
 
 
-def test_missing_keys_are_an_error_not_a_silent_partial_load(trained_narrow13, tmp_path):
+def test_missing_keys_are_an_error_not_a_silent_partial_load(random_narrow13, tmp_path):
     path = tmp_path / 'partial.pth'
-    state = trained_narrow13.state_dict()
+    state = random_narrow13.state_dict()
     del state['stages.4.act.weight']
     torch.save({'model_ema': state}, path)
     with pytest.raises(CheckpointError, match=r'missing keys \(1\): stages.4.act.weight'):
         _load(path)
 
 
-def test_the_load_is_logged(trained_narrow13, tmp_path):
+def test_the_load_is_logged(random_narrow13, tmp_path):
     path, log = tmp_path / 'ok.pth', tmp_path / 'load.log'
-    torch.save(_forms(trained_narrow13)['model_ema'], path)
+    torch.save(_forms(random_narrow13)['model_ema'], path)
     MMLogger.get_instance('test_the_load_is_logged', log_file=str(log))
     _load(path)
-    assert (f'VanillaNet-custom: loaded 240 tensors from {path} (custom widths '
-            '(8, 8, 16, 32, 32, 32, 32, 32, 32, 32, 64, 64) (training layout, act_num 4))'
-            ) in log.read_text()
+    logged = log.read_text()  # names the file and what it holds
+    assert str(path) in logged and '(training layout, act_num 4)' in logged
 
 
-def test_a_checkpoint_that_would_run_code_is_refused(trained_narrow13, tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused(random_narrow13, tmp_path):
     path, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
-    torch.save({'model_ema': trained_narrow13.state_dict(), 'args': RunsCode(marker)}, path)
+    torch.save({'model_ema': random_narrow13.state_dict(), 'args': RunsCode(marker)}, path)
     with pytest.raises(CheckpointError, match='could run code from the file.*--unsafe-load'):
         _load(path)
     assert not marker.exists()
 
 
-def test_a_truncated_checkpoint_is_named(trained_narrow13, tmp_path):
+def test_a_truncated_checkpoint_is_named(random_narrow13, tmp_path):
     path = tmp_path / 'cut.pth'
-    torch.save({'model_ema': trained_narrow13.state_dict()}, path)
+    torch.save({'model_ema': random_narrow13.state_dict()}, path)
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match='cut.pth is truncated or corrupt'):
         _load(path)
@@ -150,10 +149,10 @@ def test_a_missing_file_is_named(tmp_path):
         _load(tmp_path / 'nope.pth')
 
 
-def test_checkpoint_from_a_url(trained_narrow13, tmp_path, monkeypatch):
+def test_checkpoint_from_a_url(random_narrow13, tmp_path, monkeypatch):
     served, cache = tmp_path / 'served', tmp_path / 'hub'
     served.mkdir()
-    torch.save(_forms(trained_narrow13)['model_ema'], served / 'vn.pth')
+    torch.save(_forms(random_narrow13)['model_ema'], served / 'vn.pth')
     monkeypatch.setattr(torch.hub, '_hub_dir', str(cache))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
@@ -164,29 +163,31 @@ def test_checkpoint_from_a_url(trained_narrow13, tmp_path, monkeypatch):
         server.shutdown()
     assert (cache / 'checkpoints' / 'vn.pth').exists()
     with torch.no_grad():
-        assert max_rel_diff(trained_narrow13(X), model(X)) == 0
+        assert max_rel_diff(random_narrow13(X), model(X)) == 0
 
 
 def _convert(*args):
-    return subprocess.run([sys.executable, str(ROOT / 'tools' / 'convert_checkpoint.py'), *args],
+    return subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'convert_checkpoint.py'), *args],
                           capture_output=True, text=True)
 
 
-def test_convert_tool_writes_the_deploy_layout(trained_narrow13, tmp_path):
+@pytest.mark.slow
+def test_convert_tool_writes_the_deploy_layout(random_narrow13, tmp_path):
     src, dst = tmp_path / 'train.pth', tmp_path / 'deploy.pth'
-    torch.save(_forms(trained_narrow13)['model_ema'], src)
+    torch.save(_forms(random_narrow13)['model_ema'], src)
     done = _convert(str(src), str(dst))
     assert done.returncode == 0, done.stderr
     assert 'backbone parameters:' in done.stdout and '(deploy)' in done.stdout
     written = torch.load(dst, weights_only=True)
     assert set(written) == {'model'} and 'stages.0.conv.weight' in written['model']
     with torch.no_grad():
-        assert max_rel_diff(trained_narrow13(X), _load(dst, deploy=True)(X)) <= 1e-4
+        assert max_rel_diff(random_narrow13(X), _load(dst, deploy=True)(X)) <= 1e-4
 
 
-def test_convert_tool_keeps_a_detectors_heads(trained_narrow13, tmp_path):
+@pytest.mark.slow
+def test_convert_tool_keeps_a_detectors_heads(random_narrow13, tmp_path):
     src, dst = tmp_path / 'det.pth', tmp_path / 'det_deploy.pth'
-    torch.save(_forms(trained_narrow13)['detector'], src)
+    torch.save(_forms(random_narrow13)['detector'], src)
     assert _convert(str(src), str(dst)).returncode == 0
     written = torch.load(dst, weights_only=True)
     assert 'neck.lateral_convs.0.conv.weight' in written['state_dict']
@@ -194,9 +195,10 @@ def test_convert_tool_keeps_a_detectors_heads(trained_narrow13, tmp_path):
     assert written['meta'] == {'dataset_meta': {'classes': ('a', 'b')}}
 
 
-def test_convert_tool_never_overwrites_without_force(trained_narrow13, tmp_path):
+@pytest.mark.slow
+def test_convert_tool_never_overwrites_without_force(random_narrow13, tmp_path):
     src, dst = tmp_path / 'train.pth', tmp_path / 'mine.pth'
-    torch.save(_forms(trained_narrow13)['model_ema'], src)
+    torch.save(_forms(random_narrow13)['model_ema'], src)
     dst.write_text('precious')
     done = _convert(str(src), str(dst))
     assert done.returncode != 0 and 'pass --force' in done.stderr
@@ -204,10 +206,19 @@ def test_convert_tool_never_overwrites_without_force(trained_narrow13, tmp_path)
     assert _convert(str(src), str(dst), '--force').returncode == 0
 
 
-def test_convert_tool_unsafe_load_writes_plain_tensors(trained_narrow13, tmp_path):
+@pytest.mark.slow
+def test_convert_tool_unsafe_load_writes_plain_tensors(random_narrow13, tmp_path):
     src, dst, marker = tmp_path / 'evil.pth', tmp_path / 'clean.pth', tmp_path / 'ran'
-    torch.save({'model_ema': trained_narrow13.state_dict(), 'args': RunsCode(marker)}, src)
+    torch.save({'model_ema': random_narrow13.state_dict(), 'args': RunsCode(marker)}, src)
     refused = _convert(str(src), str(dst))
     assert refused.returncode != 0 and '--unsafe-load' in refused.stderr and not marker.exists()
     assert _convert(str(src), str(dst), '--unsafe-load').returncode == 0
     torch.load(dst, weights_only=True)
+
+
+def test_loading_leaves_the_allow_list_as_it_was(random_narrow13, tmp_path):
+    path = tmp_path / 'ok.pth'
+    torch.save(_forms(random_narrow13)['model_ema'], path)
+    before = set(torch.serialization.get_safe_globals())
+    _load(path)
+    assert set(torch.serialization.get_safe_globals()) == before

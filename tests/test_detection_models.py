@@ -11,12 +11,11 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from conftest import narrow, randomize
-from mmdet_vanillanet.checkpoint import count_params
-from mmdet_vanillanet.deploy import fuse_detector
+from helpers import CONFIGS_DIR, narrow, randomize
+from mmdet_vanillanet.models.checkpoint import count_params
+from mmdet_vanillanet.models.detector import fuse_detector
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '*.py')))
+CONFIGS = sorted(glob.glob(osp.join(CONFIGS_DIR, '*.py')))
 register_all_modules()
 
 
@@ -33,7 +32,7 @@ def test_every_config_builds_with_matching_widths(config):
 
 def _narrow_detector(config, **test_cfg):
     """A shipped config at 1/64 of the backbone widths, random init, no download."""
-    cfg = Config.fromfile(osp.join(ROOT, 'configs', config))
+    cfg = Config.fromfile(osp.join(CONFIGS_DIR, config))
     if test_cfg:
         cfg.model.test_cfg.rcnn.update(test_cfg)
     backbone = cfg.model.backbone
@@ -107,7 +106,7 @@ def test_published_parameter_counts_are_those_of_the_fused_detectors():
     """77.1M (Mask R-CNN) and 75.4M (RetinaNet) add up with a deploy-mode VanillaNet-13."""
     for config, published in (('mask_rcnn_vanillanet13_coco.py', 77.1),
                               ('retinanet_vanillanet13_coco.py', 75.4)):
-        cfg = Config.fromfile(osp.join(ROOT, 'configs', config))
+        cfg = Config.fromfile(osp.join(CONFIGS_DIR, config))
         cfg.model.backbone.deploy = True
         with torch.device('meta'):
             model = MODELS.build(cfg.model)

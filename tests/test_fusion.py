@@ -5,8 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ARCHS, build_backbone, fused_copy, max_rel_diff, narrow, randomize
+from helpers import ARCHS, build_backbone, fused_copy, max_rel_diff, narrow, randomize
 from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.models import VanillaBlock, resolve_arch
+from mmdet_vanillanet.models.checkpoint import expected_state, fuse_state_dict
+from mmdet_vanillanet.models.series_activation import SeriesActivation
 
 TOLERANCE = 1e-4  # max abs difference, relative to the largest output magnitude
 
@@ -38,8 +41,8 @@ def test_fused_equals_unfused_at_real_width_of_arch_5():
     assert max_rel_diff(expected, got) <= TOLERANCE
 
 
-def test_fused_tree_is_the_released_deploy_layout(trained_narrow13):
-    fused = fused_copy(trained_narrow13)
+def test_fused_tree_is_the_released_deploy_layout(random_narrow13):
+    fused = fused_copy(random_narrow13)
     dims, k = fused.arch.dims, 9  # act_num 4
     released = {'stem.0.weight': (dims[0], 3, 4, 4), 'stem.0.bias': (dims[0], ),
                 'stem.1.weight': (dims[0], 1, k, k), 'stem.1.bias': (dims[0], )}
@@ -55,8 +58,8 @@ def test_fused_tree_is_the_released_deploy_layout(trained_narrow13):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
 
 
-def test_second_switch_changes_nothing(trained_narrow13):
-    fused = fused_copy(trained_narrow13)
+def test_second_switch_changes_nothing(random_narrow13):
+    fused = fused_copy(random_narrow13)
     before = {k: v.clone() for k, v in fused.state_dict().items()}
     fused.switch_to_deploy()
     after = fused.state_dict()
@@ -64,16 +67,16 @@ def test_second_switch_changes_nothing(trained_narrow13):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_fusing_mid_deep_training_is_refused_and_leaves_the_model_intact(trained_narrow13):
-    model = copy.deepcopy(trained_narrow13)
+def test_fusing_mid_deep_training_is_refused_and_leaves_the_model_intact(random_narrow13):
+    model = copy.deepcopy(random_narrow13)
     model.act_learn = 0.5
     with pytest.raises(InputError, match='act_learn=0.5'):
         model.switch_to_deploy()
     assert not model.deploy and 'stages.0.conv1.0.weight' in model.state_dict()
 
 
-def test_deploy_model_refuses_a_training_step(trained_narrow13):
-    fused = fused_copy(trained_narrow13).train()
+def test_deploy_model_refuses_a_training_step(random_narrow13):
+    fused = fused_copy(random_narrow13).train()
     with pytest.raises(RuntimeError, match='fused for deployment'):
         fused(torch.randn(1, 3, 64, 64))
     with torch.no_grad():  # inference in train mode (e.g. a test hook) is harmless
@@ -111,8 +114,8 @@ def _reference_forward(state, x, act_num, act_learn, strides):
 
 
 @pytest.mark.parametrize('act_learn', [0.0, 0.3, 1.0])
-def test_training_forward_follows_the_reference(act_learn, trained_narrow13):
-    model = copy.deepcopy(trained_narrow13)
+def test_training_forward_follows_the_reference(act_learn, random_narrow13):
+    model = copy.deepcopy(random_narrow13)
     model.act_learn = act_learn
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -120,3 +123,36 @@ def test_training_forward_follows_the_reference(act_learn, trained_narrow13):
         ref = _reference_forward(model.state_dict(), x, 4, act_learn, model.arch.strides)
     expected = [ref[i] for i in model.out_indices]
     assert max_rel_diff(expected, got) <= 1e-5
+
+
+def test_blocks_and_activations_build_with_their_default_norm():
+    """norm_cfg defaults to the released BN (eps 1e-6), not None, for every part alone."""
+    block = VanillaBlock(8, 16, stride=2).eval()
+    act = SeriesActivation(8).eval()
+    assert block.act.bn.eps == act.bn.eps == 1e-6
+    assert block(torch.randn(1, 8, 8, 8)).shape == (1, 16, 4, 4)
+
+
+def test_a_norm_that_is_not_batchnorm_is_named_at_fusion():
+    model = build_backbone(arch=narrow('5'), norm_cfg=dict(type='GN', num_groups=1)).eval()
+    with pytest.raises(InputError, match='cannot fuse GroupNorm: only BatchNorm folds'):
+        model.switch_to_deploy()
+
+
+@pytest.mark.parametrize('arch', ['5', '13_x1_5_ada_pool'])
+@pytest.mark.parametrize('deploy', [False, True])
+def test_the_released_layout_from_the_arch_table_is_the_built_one(arch, deploy):
+    """Checkpoint checks read the expected keys and shapes off the ArchSpec, not a model."""
+    layout = 'deploy' if deploy else 'training'
+    with torch.device('meta'):
+        model = build_backbone(arch=narrow(arch), act_num=2, deploy=deploy)
+    expected = expected_state(resolve_arch(narrow(arch)), 2, layout)
+    assert [(k, v.shape) for k, v in expected.items()] == [
+        (k, v.shape) for k, v in model.state_dict().items()]
+
+
+def test_checkpoint_fusion_on_tensors_equals_the_fused_network(random_narrow13):
+    fused = fuse_state_dict(random_narrow13.state_dict())
+    expected = fused_copy(random_narrow13).state_dict()
+    assert fused.keys() == expected.keys()
+    assert all(torch.equal(fused[k], expected[k]) for k in expected)

@@ -7,7 +7,8 @@ with a BN (``cls1``) and a 1000 -> 1000 conv (``cls2``).
 import pytest
 import torch
 
-from conftest import build_backbone
+from helpers import build_backbone
+from mmdet_vanillanet.models.checkpoint import count_params
 from mmdet_vanillanet.models import ARCH_SETTINGS
 
 CLASSES = 1000
@@ -19,7 +20,7 @@ TRAINING_M = {'5': 22.3, '13': 107.7}
 def _params(arch, deploy):
     with torch.device('meta'):
         model = build_backbone(arch=arch, act_num=3, deploy=deploy)
-    return sum(p.numel() for p in model.parameters())
+    return count_params(model.state_dict())
 
 
 @pytest.mark.parametrize('arch', list(DEPLOY_M))

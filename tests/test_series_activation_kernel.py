@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from conftest import build_backbone, fused_copy, max_rel_diff, narrow, randomize  # noqa: E402
+from helpers import build_backbone, fused_copy, max_rel_diff, narrow, randomize  # noqa: E402
 from mmdet_vanillanet.errors import InputError  # noqa: E402
 from mmdet_vanillanet.models import series_activation as act_module  # noqa: E402
 from mmdet_vanillanet.models.series_activation_triton import series_activation  # noqa: E402

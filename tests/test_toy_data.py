@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from mmdet_vanillanet.toy_data import CLASSES, make_toy_coco
+from mmdet_vanillanet.toolkit.toy_data import CLASSES, make_toy_coco
 
 # pycocotools' decode warns under numpy 2 on every mask, which buries real warnings
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
@@ -155,8 +155,8 @@ def test_different_seed_differs(tmp_path, toy):
     assert all(first[k] != other[k] for k in first)
 
 
-def test_image_size_is_width_height(tmp_path):
-    paths = make_toy_coco(str(tmp_path / 'wide'), num_train=3, num_val=3, image_size=(120, 80))
+def test_image_size_is_height_width(tmp_path):
+    paths = make_toy_coco(str(tmp_path / 'wide'), num_train=3, num_val=3, image_size=(80, 120))
     coco = _quiet(COCO, paths['val_ann'])
     for img in coco.dataset['images']:
         assert (img['width'], img['height']) == (120, 80)

@@ -4,7 +4,7 @@ import copy
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import build_backbone, narrow, randomize
+from helpers import build_backbone, narrow, randomize
 
 
 def _train_step(model, seed=0):

@@ -19,7 +19,9 @@ from mmdet.registry import MODELS
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.models import ARCH_SETTINGS
-from mmdet_vanillanet.synthetic import max_rel_diff, randomize
+from mmdet_vanillanet.models.checkpoint import count_params
+from mmdet_vanillanet.toolkit.compare import max_rel_diff
+from mmdet_vanillanet.toolkit.weights import randomize
 
 
 def timed(model, x):
@@ -49,7 +51,7 @@ def check(arch, act_num, size, workdir):
     ref, t_unfused = timed(unfused, x)
     out, t_fused = timed(deployed, x)
     rel = max_rel_diff(ref, out)
-    params = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (unfused, deployed)]
+    params = [count_params(m.state_dict()) / 1e6 for m in (unfused, deployed)]
     return rel, params, t_unfused, t_fused
 
 

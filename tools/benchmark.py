@@ -15,18 +15,20 @@ import json
 
 import torch
 from mmdet.utils import register_all_modules
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from mmdet_vanillanet.benchmark import (Settings, build_detector, check_fusion, machine_info,
-                                        matmul_gflops, measure, prepare)
-from mmdet_vanillanet.checkpoint import checkpoint_layout
-from mmdet_vanillanet.cli import one_line_errors
-from mmdet_vanillanet.complexity import pseudo_batch
-from mmdet_vanillanet.deploy import fuse_detector
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.run_checks import check_dataset_paths
-from mmdet_vanillanet.serialization import use_safe_loading
+from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
+from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.toolkit.build import build_detector
+from mmdet_vanillanet.toolkit.cli import (force_weights_only_loading, load_config,
+                                          one_line_errors)
+from mmdet_vanillanet.toolkit.compare import check_fusion
+from mmdet_vanillanet.toolkit.complexity import pseudo_batch
+from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
+from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
+from mmdet_vanillanet.toolkit.timing import Settings, measure, prepare
 
 
 def parse_args():
@@ -81,25 +83,27 @@ def inputs(cfg, args):
 
 def main():
     args = parse_args()
-    use_safe_loading()
+    force_weights_only_loading()
     register_all_modules()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
     part = ('neck' if args.with_neck else 'backbone') if args.backbone_only else 'detector'
     with one_line_errors():
+        cfg = load_config(args.config, args.cfg_options)
         if args.iters < 1 or args.warmup < 0:
             raise InputError(f'--iters {args.iters} --warmup {args.warmup}: need at least one '
                              f'timed image and no negative warm-up')
         if args.checkpoint and checkpoint_layout(args.checkpoint) == 'deploy':
             if args.compare or args.check:
-                raise InputError(f'{args.checkpoint} holds a fused backbone: there is no unfused '
-                                 f'network to --compare or --check against; give the '
-                                 f'training-mode checkpoint')
+                raise deploy_layout_error(args.checkpoint, 'be timed or checked against an '
+                                          'unfused network (--compare, --check)',
+                                          'give the training-mode checkpoint')
             cfg.model.backbone.deploy = True
             args.deploy = True
+        elif cfg.model.backbone.get('deploy', False) and (args.compare or args.check):
+            raise InputError('--compare and --check need the unfused network, but this '
+                             'config builds a fused backbone (model.backbone.deploy=True); '
+                             'use the training-mode config')
         if args.act_impl:
             if cfg.model.backbone.type != 'VanillaNet':
                 raise InputError(f'--act-impl applies to a VanillaNet backbone; this config '
@@ -108,14 +112,16 @@ def main():
         model = build_detector(cfg, args.checkpoint)
         batches = inputs(cfg, args)
         variants = {}
-        if args.compare or not args.deploy:
-            variants['unfused'] = model
-        if model.backbone.deploy:
+        if model.backbone.deploy:  # a deploy-layout checkpoint or a deploy=True config
             variants['fused'] = model
-        elif args.compare or args.deploy or args.check:
-            fused = fuse_detector(copy.deepcopy(model))
-            if args.compare or args.deploy:
-                variants['fused'] = fused
+            args.deploy = True
+        else:
+            if args.compare or not args.deploy:
+                variants['unfused'] = model
+            if args.compare or args.deploy or args.check:
+                fused = fuse_detector(copy.deepcopy(model))
+                if args.compare or args.deploy:
+                    variants['fused'] = fused
         report = dict(config=args.config, checkpoint=args.checkpoint, part=part,
                       settings={k: v for k, v in vars(args).items()
                                 if k not in ('config', 'checkpoint', 'cfg_options')},

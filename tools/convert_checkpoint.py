@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from mmdet_vanillanet.checkpoint import deploy_checkpoint
-from mmdet_vanillanet.cli import one_line_errors
+from mmdet_vanillanet.models.checkpoint import deploy_checkpoint
+from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.serialization import safe_load
 
 

@@ -14,13 +14,15 @@ import runpy
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet_toy.py')
+from mmdet_vanillanet.toolkit.paths import CONFIGS, TOOLS
+from mmdet_vanillanet.toolkit.toy_data import make_toy_coco
+
+CONFIG = osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py')
 
 
 def run_tool(name, *argv):
     """Run tools/NAME.py's main() in this process, as its command line would."""
-    tool = runpy.run_path(osp.join(ROOT, 'tools', f'{name}.py'), run_name=f'tools.{name}')
+    tool = runpy.run_path(osp.join(TOOLS, f'{name}.py'), run_name=f'tools.{name}')
     sys.argv = [f'tools/{name}.py', *argv]
     return tool['main']()
 
@@ -39,7 +41,6 @@ def main():
     args = parse_args()
     data_root = args.data.rstrip('/') + '/'
     if not osp.isdir(args.data):
-        from mmdet_vanillanet.toy_data import make_toy_coco
         make_toy_coco(args.data)
         print(f'generated the toy dataset in {args.data}')
     options = [f'train_dataloader.dataset.data_root={data_root}',

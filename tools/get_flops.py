@@ -6,10 +6,11 @@ import argparse
 
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
-from mmdet_vanillanet.complexity import detector_complexity
-from mmdet_vanillanet.deploy import fuse_detector
+from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.toolkit.cli import load_config, one_line_errors
+from mmdet_vanillanet.toolkit.complexity import detector_complexity
 
 
 def main():
@@ -21,14 +22,13 @@ def main():
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args()
     register_all_modules()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    cfg.model.backbone.init_cfg = None  # random weights count the same; no download
-    model = MODELS.build(cfg.model)
-    if args.deploy:
-        fuse_detector(model.eval())
-    result = detector_complexity(model, tuple(args.shape))
+    with one_line_errors():
+        cfg = load_config(args.config, args.cfg_options)
+        cfg.model.backbone.init_cfg = None  # random weights count the same; no download
+        model = MODELS.build(cfg.model)
+        if args.deploy:
+            fuse_detector(model.eval())
+        result = detector_complexity(model, tuple(args.shape))
     h, w = result['input_shape']
     print(f'{args.config} ({"fused" if args.deploy else "unfused"} backbone), input {h}x{w}:')
     print(f'  params {result["params"] / 1e6:.1f}M, FLOPs {result["flops"] / 1e9:.1f}G')

@@ -10,8 +10,8 @@ import argparse
 import collections
 import json
 
-from mmdet_vanillanet.cli import one_line_errors
-from mmdet_vanillanet.toy_data import CLASSES, make_toy_coco
+from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.toolkit.toy_data import CLASSES, make_toy_coco
 
 
 def parse_args(argv=None):
@@ -20,14 +20,14 @@ def parse_args(argv=None):
     parser.add_argument('--num-train', type=int, default=200, help='training images')
     parser.add_argument('--num-val', type=int, default=50, help='validation images')
     parser.add_argument('--size', type=int, nargs=2, default=(160, 160),
-                        metavar=('WIDTH', 'HEIGHT'), help='image size in pixels')
+                        metavar=('HEIGHT', 'WIDTH'), help='image size in pixels')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--force', action='store_true',
                         help='write into a non-empty --out, replacing the toy files there')
     return parser.parse_args(argv)
 
 
-def describe(split, img_dir, ann_file):
+def summarize_split(split, img_dir, ann_file):
     """One line per split, so a wrong count is visible before a long training run."""
     with open(ann_file, encoding='utf-8') as f:
         coco = json.load(f)
@@ -43,9 +43,9 @@ def main(argv=None):
     with one_line_errors():
         paths = make_toy_coco(args.out, num_train=args.num_train, num_val=args.num_val,
                               image_size=tuple(args.size), seed=args.seed, overwrite=args.force)
-    print(f'wrote toy COCO (seed {args.seed}, {args.size[0]}x{args.size[1]}) to {args.out}')
+    print(f'wrote toy COCO (seed {args.seed}, {args.size[0]}x{args.size[1]} HxW) to {args.out}')
     for split in ('train', 'val'):
-        print(describe(split, paths[f'{split}_img'], paths[f'{split}_ann']))
+        print(summarize_split(split, paths[f'{split}_img'], paths[f'{split}_ann']))
 
 
 if __name__ == '__main__':

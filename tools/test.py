@@ -10,12 +10,13 @@ import os.path as osp
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdet_vanillanet.checkpoint import checkpoint_layout
-from mmdet_vanillanet.cli import add_runner_args, load_config, one_line_errors, parse
-from mmdet_vanillanet.distributed import setup_launcher
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.run_checks import check_dataset_paths
-from mmdet_vanillanet.serialization import use_safe_loading
+from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
+from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
+                                          load_config, one_line_errors, parse,
+                                          set_work_dir)
+from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
+from mmdet_vanillanet.toolkit.launch import setup_launcher
 
 
 def parse_args():
@@ -41,8 +42,8 @@ def configure_deploy(cfg, checkpoint: str, deploy: bool):
     """Fuse before testing, or build the deploy backbone for a deploy-layout checkpoint."""
     layout = checkpoint_layout(checkpoint)
     if layout == 'deploy' and not deploy:
-        raise InputError(f'{checkpoint} holds a fused (deploy-layout) backbone; add --deploy '
-                         f'to test it')
+        raise deploy_layout_error(checkpoint, 'be tested as a training-mode network',
+                                  'add --deploy to test it as the fused network it is')
     if not deploy:
         return
     if layout == 'deploy':
@@ -52,7 +53,8 @@ def configure_deploy(cfg, checkpoint: str, deploy: bool):
 
 
 def build_runner(args):
-    cfg = load_config(args)
+    cfg = load_config(args.config, args.cfg_options)
+    set_work_dir(cfg, args.work_dir, args.config)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
             raise InputError(f'--out {args.out}: the dump file must be a .pkl file')
@@ -77,7 +79,7 @@ def build_runner(args):
 
 def main():
     args = parse_args()
-    use_safe_loading()
+    force_weights_only_loading()
     with one_line_errors():
         return build_runner(args).test()
 

@@ -1,26 +1,27 @@
-"""Train a detector: MMDetection's tools/train.py, with the same flags, plus
+"""Train a detector: MMDetection's tools/train.py, with the same flags. The config decides
+how the run trains (its hooks, configs/_base_/vanillanet_runtime.py, give exact resume and the
+NaN stop under MMDetection's own tool too); this tool adds only command-line behaviour:
 - distributed training on CPU-only machines (gloo), which MMEngine's launcher cannot set up;
 - bad input (a missing or malformed dataset, a bad backbone argument, a checkpoint that does
   not fit) stops the run with a one-line error before anything is trained;
 - --overwrite: without it, a work_dir holding an earlier run's checkpoints is left alone;
-- exact --resume: the random generators are saved with each checkpoint (RandomStateHook), and a
-  truncated last checkpoint is passed over for the one before it;
-- every checkpoint is read with weights_only=True; a NaN or infinite loss stops the run
-  (StopOnNonFiniteLossHook) with the iteration it happened at.
+- --resume passes over a truncated last checkpoint for the one before it;
+- every checkpoint is read with weights_only=True.
 """
 import argparse
 
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdet_vanillanet.cli import add_runner_args, load_config, one_line_errors, parse
-from mmdet_vanillanet.distributed import setup_launcher
 from mmdet_vanillanet.engine import NonFiniteLossError
-from mmdet_vanillanet.run_checks import (check_dataset_paths, check_not_deploy, guard_work_dir,
-                                         resume_checkpoint)
-from mmdet_vanillanet.serialization import safe_load, use_safe_loading
-
-RELIABILITY_HOOKS = ('RandomStateHook', 'StopOnNonFiniteLossHook')
+from mmdet_vanillanet.models.checkpoint import require_training_layout
+from mmdet_vanillanet.serialization import safe_load
+from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
+                                          load_config, one_line_errors, parse,
+                                          set_work_dir)
+from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
+from mmdet_vanillanet.toolkit.launch import setup_launcher
+from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, resume_checkpoint
 
 
 def parse_args():
@@ -43,7 +44,8 @@ def parse_args():
 
 
 def build_runner(args):
-    cfg = load_config(args)
+    cfg = load_config(args.config, args.cfg_options)
+    set_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -63,17 +65,16 @@ def build_runner(args):
 
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
     guard_work_dir(cfg.work_dir, args.resume, args.overwrite)
-    check_not_deploy(cfg.get('load_from'), '--resume' if args.resume else 'load_from')
-    present = {hook.get('type') for hook in cfg.get('custom_hooks', [])}
-    cfg.custom_hooks = [*cfg.get('custom_hooks', []),
-                        *(dict(type=t) for t in RELIABILITY_HOOKS if t not in present)]
+    if cfg.get('load_from'):
+        require_training_layout(cfg.load_from, 'start a training run',
+                                'use the training-mode checkpoint it was converted from')
     setup_launcher(cfg, args.launcher)
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
 def main():
     args = parse_args()
-    use_safe_loading()
+    force_weights_only_loading()
     with one_line_errors(NonFiniteLossError):
         runner = build_runner(args)
         runner.train()

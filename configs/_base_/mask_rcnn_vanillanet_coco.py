@@ -5,7 +5,7 @@
 _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/datasets/coco_instance.py',
-    'mmdet::_base_/default_runtime.py',
+    './vanillanet_runtime.py',
     './vanillanet_schedule_1x.py',
 ]
 

@@ -3,7 +3,6 @@
 # at epoch 10, 8 GPUs x 4 images. (The authors wrote steps [10, 12]; in a 12-epoch run only the
 # first one ever acts.)
 _base_ = ['mmdet::_base_/schedules/schedule_1x.py']
-custom_imports = dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
 
 optim_wrapper = dict(
     _delete_=True,

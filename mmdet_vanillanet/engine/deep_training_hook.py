@@ -10,18 +10,28 @@ import math
 
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from ..errors import InputError
+from ..models.detector import vanillanets_of
 
 
 @HOOKS.register_module()
-class DeepTrainingHook(Hook):
-    """Args:
-        start: act_learn at the beginning (0: a plain ReLU between each block's 1x1 convs).
-        duration: epochs (``by_epoch=True``, stepping once per epoch like the authors') or
-            iterations over which act_learn rises to 1.
-        schedule: 'linear' (start + (1 - start) * t) or 'cosine' (the authors' alternative).
+class VanillaNetDeepTrainingHook(Hook):
+    """Raise the backbone's ``act_learn`` from ``start`` to 1 (the authors' deep training).
+
+    Args:
+        start (float): act_learn at the beginning (0: a plain ReLU between each block's 1x1
+            convs).
+        duration (int): epochs (``by_epoch=True``, stepping once per epoch like the authors')
+            or iterations over which act_learn rises to 1.
+        by_epoch (bool): count ``duration`` in epochs, else in iterations.
+        schedule (str): 'linear' (start + (1 - start) * t) or 'cosine' (the authors'
+            alternative).
+
+    Example:
+        >>> custom_hooks = [dict(type='VanillaNetDeepTrainingHook', start=0.0, duration=100)]
+        >>> VanillaNetDeepTrainingHook(start=0.0, duration=4).value_at(1)
+        0.25
     """
 
     priority = 'NORMAL'
@@ -44,8 +54,7 @@ class DeepTrainingHook(Hook):
 
     @staticmethod
     def backbone(runner):
-        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        return model.backbone
+        return vanillanets_of(runner.model)[0]
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})['act_learn'] = self.backbone(runner).act_learn

@@ -2,16 +2,22 @@
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
-from ..deploy import fuse_detector
 from ..errors import InputError
+from ..models.detector import fuse_detector
 
 
 @HOOKS.register_module()
 class VanillaNetDeployHook(Hook):
-    """Fuses in ``before_test`` only. Validation during training runs on the unfused model:
+    """Fuse every VanillaNet of the model before testing (``tools/test.py --deploy`` adds it).
+
+    Fuses in ``before_test`` only. Validation during training runs on the unfused model:
     fusing the model being trained would end its training, and before deep training has
     raised act_learn to 1 the fusion would not even be exact. (Fused and unfused outputs agree
-    to 1e-4 of their magnitude, so validation AP stands for the deployed AP.)"""
+    to 1e-4 of their magnitude, so validation AP stands for the deployed AP.)
+
+    Example:
+        >>> custom_hooks = [dict(type='VanillaNetDeployHook')]
+    """
 
     priority = 'VERY_LOW'
 

@@ -12,9 +12,15 @@ class NonFiniteLossError(RuntimeError):
 
 @HOOKS.register_module()
 class StopOnNonFiniteLossHook(Hook):
-    """Raises after the iteration whose loss is NaN or infinite, naming it. The checkpoints
-    already written predate it, so ``--resume`` (after lowering the lr or enabling gradient
-    clipping) continues from weights that were still sound."""
+    """Stop training after the iteration whose loss is NaN or infinite, naming it.
+
+    The checkpoints already written predate it, so ``--resume`` (after lowering the lr or
+    enabling gradient clipping) continues from weights that were still sound. Declared in
+    ``configs/_base_/vanillanet_runtime.py``.
+
+    Example:
+        >>> default_hooks = dict(non_finite_loss=dict(type='StopOnNonFiniteLossHook'))
+    """
 
     priority = 'HIGHEST'  # before checkpoint hooks can save what the bad step produced
 

@@ -12,6 +12,11 @@ from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from ..errors import InputError
+from ..models.detector import vanillanets_of
+
+KEYS = ('decay_rate', 'num_layers')
+
 
 def vanillanet_layer_id(name: str, num_layers: int) -> int:
     if name.startswith('backbone.stem'):
@@ -23,11 +28,33 @@ def vanillanet_layer_id(name: str, num_layers: int) -> int:
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class VanillaNetLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
-    """``paramwise_cfg=dict(decay_rate=0.6, num_layers=6)`` as in the authors' configs."""
+    """Layer-wise lr decay over a VanillaNet detector's layer groups (module docstring).
+
+    ``paramwise_cfg`` takes ``decay_rate`` (default 0.6) and ``num_layers`` (default 6, the
+    authors' value for VanillaNet-13: stages two by two, then the stem); ``num_layers`` must
+    cover every stage of the backbone. Other paramwise keys (custom_keys, bias_decay_mult, ...)
+    are refused rather than silently ignored: this constructor sets every group itself.
+
+    Example:
+        >>> optim_wrapper = dict(
+        ...     type='OptimWrapper',
+        ...     constructor='VanillaNetLayerDecayOptimizerConstructor',
+        ...     paramwise_cfg=dict(decay_rate=0.6, num_layers=6),
+        ...     optimizer=dict(type='AdamW', lr=1.3e-4, weight_decay=0.05))
+    """
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
+        unknown = sorted(set(self.paramwise_cfg) - set(KEYS))
+        if unknown:
+            raise InputError(f'VanillaNetLayerDecayOptimizerConstructor: paramwise_cfg keys '
+                             f'{unknown} are not supported; it takes {list(KEYS)}')
         num_layers = self.paramwise_cfg.get('num_layers', 6)
         decay_rate = self.paramwise_cfg.get('decay_rate', 0.6)
+        needed = (vanillanets_of(module)[0].arch.num_stages - 1) // 2 + 1
+        if not isinstance(num_layers, int) or num_layers < needed:
+            raise InputError(f'paramwise_cfg.num_layers={num_layers!r}: this backbone\'s stages '
+                             f'fall into layer groups 1..{needed}, so num_layers must be an '
+                             f'integer >= {needed}')
         groups = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:

@@ -17,6 +17,13 @@ from mmengine.hooks import Hook
 
 @HOOKS.register_module()
 class RandomStateHook(Hook):
+    """Save Python's, numpy's and torch's generator states with each checkpoint and restore
+    them on ``--resume``. Declared in ``configs/_base_/vanillanet_runtime.py``.
+
+    Example:
+        >>> default_hooks = dict(random_state=dict(type='RandomStateHook'))
+    """
+
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -1,28 +1,42 @@
-"""The fusion math of VanillaNet's deploy mode, in one place.
+"""The fusion math of VanillaNet's deploy mode, in one place, on tensors.
 
 Every BN folds into the conv before it, and two 1x1 convs with nothing non-linear between them
 (which is the case once deep training has raised act_learn to 1, as leaky_relu with slope 1 is
 the identity) merge into one conv. The arithmetic runs in float64 so that merging 4096-wide
 layers adds no visible rounding, and the results are contiguous (a non-contiguous merged weight
 made the authors' deploy model slower than the training one, their issue #17).
+
+The same functions fuse a live network (``switch_to_deploy``, through ``conv_bn_of`` and
+``bn_of``) and a checkpoint's tensors (``checkpoint.fuse_state_dict``), so both give the same
+numbers.
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import InputError
 
 Tensor = torch.Tensor
 
 
+class BN(NamedTuple):
+    """What folding needs of a BN layer in eval mode."""
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+    eps: float
+
+
 @torch.no_grad()
-def fold_bn(weight: Tensor, bias: Optional[Tensor], bn: nn.Module) -> Tuple[Tensor, Tensor]:
-    """(weight, bias) of one conv equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+def fold_bn(weight: Tensor, bias: Optional[Tensor], bn: BN) -> Tuple[Tensor, Tensor]:
+    """(weight, bias) of one conv equal to ``bn(conv(x))``.
 
     t = gamma / sqrt(running_var + eps); W' = W * t per output channel;
     b' = beta + (b - running_mean) * t.
     """
-    if bn.running_var is None:
-        raise ValueError(f'cannot fold {bn}: it keeps no running statistics')
     t = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     w = weight.double() * t.reshape(-1, *[1] * (weight.dim() - 1))
     b = bn.bias.double() - bn.running_mean.double() * t
@@ -43,13 +57,27 @@ def merge_1x1(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tuple[Tensor, T
     return w.to(w1.dtype).contiguous(), b.to(w1.dtype).contiguous()
 
 
+def bn_of(module: nn.Module) -> BN:
+    """The folding view of a BN layer; any other normalisation cannot be folded."""
+    if not isinstance(module, _BatchNorm):
+        raise InputError(f'cannot fuse {type(module).__name__}: only BatchNorm folds into the '
+                         f'conv before it (use norm_cfg=dict(type="BN") or "SyncBN")')
+    if module.running_var is None:
+        raise InputError(f'cannot fuse {module}: it keeps no running statistics')
+    return BN(module.weight, module.bias, module.running_mean, module.running_var, module.eps)
+
+
+def conv_bn_of(pair: nn.Sequential) -> Tuple[Tensor, Tensor]:
+    """(weight, bias) of a (conv, BN) pair folded into one conv."""
+    conv, bn = pair[0], pair[1]
+    return fold_bn(conv.weight, conv.bias, bn_of(bn))
+
+
 def merge_conv_bn_pair(first: nn.Sequential, second: nn.Sequential) -> nn.Conv2d:
     """One conv equal to ``second(first(x))`` for two (conv, BN) pairs, ``second`` 1x1."""
-    conv1, conv2 = first[0], second[0]
-    w1, b1 = fold_bn(conv1.weight, conv1.bias, first[1])
-    w2, b2 = fold_bn(conv2.weight, conv2.bias, second[1])
-    weight, bias = merge_1x1(w1, b1, w2, b2)
-    merged = nn.Conv2d(conv1.in_channels, conv2.out_channels, conv1.kernel_size,
+    weight, bias = merge_1x1(*conv_bn_of(first), *conv_bn_of(second))
+    conv1 = first[0]
+    merged = nn.Conv2d(conv1.in_channels, weight.shape[0], conv1.kernel_size,
                        stride=conv1.stride, padding=conv1.padding,
                        device=weight.device, dtype=weight.dtype)
     merged.weight.data.copy_(weight)

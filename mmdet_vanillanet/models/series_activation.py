@@ -21,7 +21,7 @@ from mmcv.cnn import build_norm_layer
 from mmengine.model.weight_init import trunc_normal_
 
 from ..errors import InputError
-from .fusion import fold_bn
+from .fusion import bn_of, fold_bn
 
 ACT_IMPLS = ('auto', 'triton', 'torch')
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -112,7 +112,7 @@ class SeriesActivation(nn.Module):
     def switch_to_deploy(self):
         if self.deploy:
             return
-        weight, bias = fold_bn(self.weight, None, self.bn)
+        weight, bias = fold_bn(self.weight, None, bn_of(self.bn))
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
         del self.bn

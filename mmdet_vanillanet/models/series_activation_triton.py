@@ -11,7 +11,8 @@ ROWS_IN x BLOCK_W tile X_j, and adds the banded matrix product S_j @ X_j, where
 S_j[t, r] = w[r - t, j] (zero off the band 0 <= r - t < k). The products run on the tensor
 cores, and a tile loads k * (BLOCK_H + k - 1) / BLOCK_H inputs per output (13.5 for k = 9)
 instead of the k * k of a direct convolution, which would make the kernel bound by load
-instructions rather than by arithmetic or memory (benchmarks/gpu_backbones.py reports which bound it meets).
+instructions rather than by arithmetic or memory (benchmarks/gpu_backbones.py reports which
+bound it meets).
 
 Precision. Tiles are held in fp32 and multiplied as tf32, whose 11-bit significand holds every
 fp16 and bf16 value exactly: for half inputs the products are exact (the weights are first

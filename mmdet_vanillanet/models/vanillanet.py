@@ -19,6 +19,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .checkpoint import load_pretrained
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .fusion import merge_conv_bn_pair
@@ -79,27 +80,42 @@ class VanillaNet(BaseModule):
     """VanillaNet backbone ("VanillaNet: the Power of Minimalism in Deep Learning", NeurIPS 2023).
 
     Args:
-        arch: a name from ``ARCH_SETTINGS`` ('5' ... '13', '13_x1_5', '13_x1_5_ada_pool') or a
-            dict with ``dims`` and ``strides`` (optionally ``ada_pool``, ``stem_stride``,
-            ``stem_padding``) for custom widths.
-        act_num: half-width of the series activation's kernel, which is (2 * act_num + 1)^2.
-        out_indices: stage indices whose outputs are returned, and ``'stem'`` for the stem's.
-            Default: the last map at each stride (4, 8, 16, 32), e.g. (0, 1, 8, 10) for arch 13
-            and ('stem', 0, 1, 2) for arch 5, which has no stage at stride 4.
-        frozen_stages: -1 freezes nothing; k >= 0 freezes the stem and the first k stages
-            (no gradient, BN in eval mode).
-        norm_eval: keep every BN layer in eval mode during training.
-        norm_cfg: normalisation after each conv (BN with eps 1e-6 as released; SyncBN for
-            multi-GPU training).
-        with_cp: recompute each stage in the backward pass (gradient checkpointing) to save
-            memory.
-        deploy: build the fused network directly (to load a deploy checkpoint).
-        act_impl: how the fused network computes its activations: 'auto' (a Triton kernel for
-            CUDA tensors in inference, PyTorch elsewhere), 'triton' (the kernel, an error where
-            it cannot run) or 'torch'. Also settable after construction (``model.act_impl``).
-            The training-mode (unfused) network always runs PyTorch.
-        init_cfg: ``dict(type='Pretrained', checkpoint=...)`` loads a released ImageNet file or a
-            detector checkpoint, checked key by key (see ``mmdet_vanillanet.checkpoint``).
+        arch (str | dict): a name from ``ARCH_SETTINGS`` ('5' ... '13', '13_x1_5',
+            '13_x1_5_ada_pool') or a dict with ``dims`` and ``strides`` (optionally
+            ``ada_pool``, ``stem_stride``, ``stem_padding``) for custom widths. Default: '13'.
+        act_num (int): half-width of the series activation's kernel, which is
+            (2 * act_num + 1)^2. Default: 3 (the detection checkpoint uses 4).
+        out_indices (Sequence[int | str], optional): stage indices whose outputs are returned,
+            and ``'stem'`` for the stem's. Default: the last map at each stride (4, 8, 16, 32),
+            e.g. (0, 1, 8, 10) for arch 13 and ('stem', 0, 1, 2) for arch 5, which has no stage
+            at stride 4.
+        frozen_stages (int): -1 freezes nothing; k >= 0 freezes the stem and the first k stages
+            (no gradient, BN in eval mode). Default: -1.
+        norm_eval (bool): keep every BN layer in eval mode during training. Default: False.
+        norm_cfg (dict): normalisation after each conv (BN with eps 1e-6 as released; SyncBN
+            for multi-GPU training). Only BatchNorm can be fused for deployment.
+        with_cp (bool): recompute each stage in the backward pass (gradient checkpointing) to
+            save memory. Default: False.
+        deploy (bool): build the fused network directly (to load a deploy checkpoint).
+            Default: False.
+        act_impl (str): how the fused network computes its activations: 'auto' (a Triton
+            kernel for CUDA tensors in inference, PyTorch elsewhere), 'triton' (the kernel, an
+            error where it cannot run) or 'torch'. Also settable after construction
+            (``model.act_impl``). The training-mode (unfused) network always runs PyTorch.
+            Default: 'auto'.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads a released
+            ImageNet file or a detector checkpoint, checked key by key (see
+            ``mmdet_vanillanet.models.checkpoint``).
+
+    Example:
+        >>> import torch
+        >>> from mmdet_vanillanet.models import VanillaNet
+        >>> model = VanillaNet(arch='5').eval()
+        >>> [tuple(out.shape) for out in model(torch.rand(1, 3, 64, 64))]
+        [(1, 512, 16, 16), (1, 1024, 8, 8), (1, 2048, 4, 4), (1, 4096, 2, 2)]
+        >>> model.switch_to_deploy()  # every BN folded, each block's 1x1 convs merged
+        >>> model.out_channels
+        (512, 1024, 2048, 4096)
     """
 
     def __init__(self,
@@ -288,8 +304,6 @@ class VanillaNet(BaseModule):
         return size
 
     def init_weights(self):
-        # Imported here: checkpoint loading builds VanillaNets itself.
-        from ..checkpoint import load_pretrained
         if self.init_cfg is not None and self.init_cfg.get('type') == 'Pretrained':
             load_pretrained(self, self.init_cfg['checkpoint'], self.init_cfg.get('prefix'))
             self._is_init = True

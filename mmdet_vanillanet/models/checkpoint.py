@@ -5,6 +5,10 @@ or ``state_dict`` or bare, in training-mode layout (``stem1``, ``stages.i.conv1`
 layout (``stem``, ``stages.i.conv``), with classifier keys (``cls1``, ``cls2``, ``cls``); and
 detector checkpoints whose backbone keys carry the ``backbone.`` prefix. All are accepted; a
 file that does not fit the model is an error that says why, never a silent partial load.
+
+Everything here works on tensors: the shapes a model expects come from its ArchSpec
+(``expected_state``), and conversion to the deploy layout applies fusion.py's math to the
+file's tensors (``fuse_state_dict``); no network is built.
 """
 import re
 from collections import OrderedDict
@@ -13,8 +17,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
-from .models.arch_settings import ARCH_SETTINGS, ArchSpec
-from .serialization import CheckpointError, safe_load
+from ..serialization import CheckpointError, safe_load
+from .arch_settings import ARCH_SETTINGS, ArchSpec
+from .fusion import BN, fold_bn, merge_1x1
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -79,7 +84,7 @@ def dims_of(state: StateDict) -> Tuple[int, ...]:
     return tuple(dims)
 
 
-def describe(state: StateDict) -> str:
+def describe_backbone(state: StateDict) -> str:
     """'arch 13 (training layout, act_num 4)' or the widths when no released arch matches."""
     try:
         dims, act_num, layout = dims_of(state), act_num_of(state), layout_of(state)
@@ -112,23 +117,96 @@ def check_fits(model_state: StateDict, state: StateDict, filename: str):
                     for label, items in (('shape mismatches', wrong), ('missing keys', missing),
                                          ('unexpected keys', unexpected)) if items]
         raise CheckpointError(
-            f'{filename} does not fit this VanillaNet ({describe(model_state)}); the file holds '
-            f'{describe(state)}. ' + '; '.join(problems))
+            f'{filename} does not fit this VanillaNet ({describe_backbone(model_state)}); the '
+            f'file holds {describe_backbone(state)}. ' + '; '.join(problems))
+
+
+def _bn(state: StateDict, prefix: str, eps: float) -> BN:
+    return BN(state[f'{prefix}.weight'], state[f'{prefix}.bias'],
+              state[f'{prefix}.running_mean'], state[f'{prefix}.running_var'], eps)
+
+
+def _conv_bn(state: StateDict, prefix: str, eps: float):
+    """A released (conv, BN) pair, keys ``prefix.0.*`` and ``prefix.1.*``, folded."""
+    return fold_bn(state[f'{prefix}.0.weight'], state[f'{prefix}.0.bias'],
+                   _bn(state, f'{prefix}.1', eps))
 
 
 def fuse_state_dict(state: StateDict, norm_eps: float = 1e-6) -> StateDict:
-    """Deploy-layout weights from training-layout ones, by building and fusing the network.
+    """Deploy-layout weights from training-layout ones: the fusion of ``switch_to_deploy``,
+    applied to the tensors (every BN folded, each block's two 1x1 convs merged)."""
+    fused = OrderedDict()
+    fused['stem.0.weight'], fused['stem.0.bias'] = merge_1x1(
+        *_conv_bn(state, 'stem1', norm_eps), *_conv_bn(state, 'stem2', norm_eps))
+    fused['stem.1.weight'], fused['stem.1.bias'] = fold_bn(
+        state['stem2.2.weight'], None, _bn(state, 'stem2.2.bn', norm_eps))
+    for i in range(len(dims_of(state)) - 1):
+        stage = f'stages.{i}'
+        fused[f'{stage}.conv.weight'], fused[f'{stage}.conv.bias'] = merge_1x1(
+            *_conv_bn(state, f'{stage}.conv1', norm_eps),
+            *_conv_bn(state, f'{stage}.conv2', norm_eps))
+        fused[f'{stage}.act.weight'], fused[f'{stage}.act.bias'] = fold_bn(
+            state[f'{stage}.act.weight'], None, _bn(state, f'{stage}.act.bn', norm_eps))
+    return fused
 
-    Strides and pools carry no weights, so the widths read off the file are all it needs.
-    """
-    from .models.vanillanet import VanillaNet
-    dims = dims_of(state)
-    model = VanillaNet(arch=ArchSpec(dims=dims, strides=(1, ) * (len(dims) - 1)),
-                       act_num=act_num_of(state), norm_cfg=dict(type='BN', eps=norm_eps),
-                       init_cfg=None)
-    model.load_state_dict(state, strict=False)
-    model.switch_to_deploy()
-    return model.state_dict()
+
+def expected_state(arch: ArchSpec, act_num: int, layout: str) -> StateDict:
+    """The released key layout of a backbone, as tensors on the meta device (shapes only)."""
+    k = 2 * act_num + 1
+    shapes = OrderedDict()
+
+    def conv(prefix, out_c, in_c, size=1):
+        shapes[f'{prefix}.weight'] = (out_c, in_c, size, size)
+        shapes[f'{prefix}.bias'] = (out_c, )
+
+    def bn(prefix, c):
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            shapes[f'{prefix}.{name}'] = (c, )
+        shapes[f'{prefix}.num_batches_tracked'] = ()
+
+    def act(prefix, c):
+        shapes[f'{prefix}.weight'] = (c, 1, k, k)
+        if layout == 'deploy':
+            shapes[f'{prefix}.bias'] = (c, )
+        else:
+            bn(f'{prefix}.bn', c)
+
+    d = arch.dims
+    if layout == 'deploy':
+        conv('stem.0', d[0], 3, 4)
+        act('stem.1', d[0])
+    else:
+        conv('stem1.0', d[0], 3, 4)
+        bn('stem1.1', d[0])
+        conv('stem2.0', d[0], d[0])
+        bn('stem2.1', d[0])
+        act('stem2.2', d[0])
+    for i in range(arch.num_stages):
+        stage = f'stages.{i}'
+        if layout == 'deploy':
+            conv(f'{stage}.conv', d[i + 1], d[i])
+        else:
+            conv(f'{stage}.conv1.0', d[i], d[i])
+            bn(f'{stage}.conv1.1', d[i])
+            conv(f'{stage}.conv2.0', d[i + 1], d[i])
+            bn(f'{stage}.conv2.1', d[i + 1])
+        act(f'{stage}.act', d[i + 1])
+    return OrderedDict((key, torch.empty(shape, device='meta', dtype=torch.int64
+                                         if key.endswith('num_batches_tracked') else None))
+                       for key, shape in shapes.items())
+
+
+def deploy_layout_error(filename: str, purpose: str, remedy: str) -> CheckpointError:
+    """The one message for a fused checkpoint where training-layout weights are needed."""
+    return CheckpointError(
+        f'{filename} holds a fused (deploy-layout) VanillaNet, whose BN statistics and separate '
+        f'1x1 convs were merged away, so it cannot {purpose}; {remedy}')
+
+
+def require_training_layout(filename: str, purpose: str, remedy: str):
+    """Raise ``deploy_layout_error`` if ``filename`` holds a fused backbone."""
+    if checkpoint_layout(filename) == 'deploy':
+        raise deploy_layout_error(filename, purpose, remedy)
 
 
 def load_pretrained(model, filename: str, prefix: Optional[str] = None):
@@ -136,28 +214,20 @@ def load_pretrained(model, filename: str, prefix: Optional[str] = None):
     state = backbone_state_dict(safe_load(filename), prefix)
     layout = layout_of(state)
     if layout == 'deploy' and not model.deploy:
-        raise CheckpointError(
-            f'{filename} is a deploy (fused) checkpoint, which cannot be loaded into a '
-            f'training-mode VanillaNet: its BN statistics and its separate 1x1 convs were merged '
-            f'away and cannot be recovered. Set deploy=True in the backbone config for '
-            f'inference, or start from the training-mode checkpoint to train.')
+        raise deploy_layout_error(
+            filename, 'be loaded into a training-mode VanillaNet',
+            'set deploy=True in the backbone config for inference, or start from the '
+            'training-mode checkpoint to train')
     fuse = model.deploy and layout == 'training'
-    check_fits(_training_twin_state(model) if fuse else model.state_dict(), state, filename)
-    source = describe(state)
+    check_fits(expected_state(model.arch, model.act_num, layout) if fuse
+               else model.state_dict(), state, filename)
+    source = describe_backbone(state)
     if fuse:
         state = fuse_state_dict(state, model.norm_cfg.get('eps', 1e-5))
     # check_fits has proved every key and shape, bar the optional num_batches_tracked.
     model.load_state_dict(state, strict=False)
     print_log(f'VanillaNet-{model.arch_name}: loaded {len(state)} tensors from {filename} '
               f'({source}{", fused on load" if fuse else ""})', logger='current')
-
-
-def _training_twin_state(model) -> StateDict:
-    """The state dict shapes a training-mode twin of a deploy model would have."""
-    from .models.vanillanet import VanillaNet
-    with torch.device('meta'):
-        twin = VanillaNet(arch=model.arch, act_num=model.act_num, init_cfg=None)
-    return twin.state_dict()
 
 
 def checkpoint_layout(filename: str) -> str:
@@ -168,7 +238,8 @@ def checkpoint_layout(filename: str) -> str:
 
 
 def count_params(state: StateDict) -> int:
-    """Learned numbers in a state dict (BN running statistics are not parameters)."""
+    """Learned numbers in a state dict (BN running statistics are not parameters); the one
+    count every tool and test uses, for modules through their ``state_dict()``."""
     return sum(v.numel() for k, v in state.items()
                if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
 

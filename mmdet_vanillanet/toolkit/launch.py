@@ -7,7 +7,7 @@ import torch.distributed as dist
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
-from .errors import InputError
+from ..errors import InputError
 
 
 # In MMEngine's root registry: the Runner looks wrappers up there.

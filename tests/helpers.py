@@ -1,4 +1,6 @@
-"""Running the user's commands (tools/*.py) on a tiny toy set, in subprocesses as a user would."""
+"""What the tests share: narrow networks built as a config would, generated weights, and the
+user's commands (tools/*.py) run on a tiny toy set in subprocesses, as a user would."""
+import copy
 import json
 import os
 import os.path as osp
@@ -6,8 +8,48 @@ import re
 import subprocess
 import sys
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIG = osp.join(ROOT, 'configs', 'mask_rcnn_vanillanet_toy.py')
+from mmdet.registry import MODELS
+
+import mmdet_vanillanet  # noqa: F401  (registers VanillaNet, as a config's custom_imports)
+from mmdet_vanillanet.models import ARCH_SETTINGS
+from mmdet_vanillanet.toolkit.compare import max_rel_diff  # noqa: F401  (for the tests)
+from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+from mmdet_vanillanet.toolkit.weights import randomize  # noqa: F401  (for the tests)
+
+ARCHS = list(ARCH_SETTINGS)
+ROOT = REPO_ROOT
+CONFIGS_DIR = CONFIGS
+CONFIG = osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py')
+
+
+def narrow(arch: str, divisor: int = 64) -> dict:
+    """The released arch with every width divided by ``divisor``: same depth, strides, pools."""
+    spec = ARCH_SETTINGS[arch]
+    return dict(dims=[d // divisor for d in spec.dims], strides=list(spec.strides),
+                ada_pool=spec.ada_pool, stem_stride=spec.stem_stride,
+                stem_padding=spec.stem_padding)
+
+
+def build_backbone(**cfg):
+    """Build through mmdet's registry, as a config would."""
+    return MODELS.build(dict(type='VanillaNet', **cfg))
+
+
+def fused_copy(model):
+    fused = copy.deepcopy(model)
+    fused.switch_to_deploy()
+    return fused
+
+
+class RunsCode:
+    """Pickles as a call of open(marker, 'w'): a checkpoint holding it would create the marker
+    file when unpickled without weights_only protection."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
 
 
 def toy_options(data_root, epochs=2):

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .errors import InputError
+from ..errors import InputError
 
 CLASSES = ('circle', 'square', 'triangle')
 
@@ -38,12 +38,13 @@ def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
                   overwrite: bool = False) -> Dict[str, str]:
     """Write the toy set under ``out_dir`` and return where its parts are.
 
-    ``image_size`` is (width, height), as in mmdet's scales. Image ``i`` of a split depends only
-    on (seed, split, i), so a larger set extends a smaller one with the same seed. The same
-    arguments give byte-identical files. An existing non-empty ``out_dir`` is refused unless
-    ``overwrite`` is true; then only the files this function writes are replaced.
+    ``image_size`` is (height, width), as every size our tools take (--shape, --size). Image
+    ``i`` of a split depends only on (seed, split, i), so a larger set extends a smaller one
+    with the same seed. The same arguments give byte-identical files. An existing non-empty
+    ``out_dir`` is refused unless ``overwrite`` is true; then only the files this function
+    writes are replaced.
     """
-    width, height = (int(v) for v in image_size)
+    height, width = (int(v) for v in image_size)
     if min(width, height) < MIN_SIZE + 2 * (MARGIN + GAP):
         raise InputError(f'image_size {tuple(image_size)} is too small for {MIN_SIZE} px shapes')
     if num_train < 0 or num_val < 0:

@@ -1,6 +1,4 @@
 """Stand-ins for the released weights, for checks, tests and demos on machines without them."""
-from typing import Sequence
-
 import torch
 
 
@@ -24,9 +22,3 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         else:
             tensor.copy_(torch.randn(tensor.shape, generator=gen) / tensor[0].numel() ** 0.5)
     return model
-
-
-def max_rel_diff(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor]) -> float:
-    """Largest absolute difference over all maps, relative to the largest expected magnitude."""
-    diff = max((a - b).abs().max().item() for a, b in zip(expected, got))
-    return diff / max(a.abs().max().item() for a in expected)

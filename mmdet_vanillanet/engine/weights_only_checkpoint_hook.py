@@ -1,0 +1,25 @@
+"""Checkpoints that load with weights_only=True (torch >= 2.6's default), whoever loads them."""
+from mmdet.registry import HOOKS
+from mmengine.hooks import Hook
+from mmengine.logging.history_buffer import HistoryBuffer
+
+from ..serialization import WeightsOnlyHistoryBuffer
+
+
+@HOOKS.register_module()
+class WeightsOnlyCheckpointHook(Hook):
+    """Writes the message hub's history buffers of every checkpoint as
+    :class:`~mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer`, which pickles nothing
+    that a weights_only load must refuse. Declared in ``configs/_base_/vanillanet_runtime.py``.
+
+    Example:
+        >>> default_hooks = dict(weights_only=dict(type='WeightsOnlyCheckpointHook'))
+    """
+
+    priority = 'VERY_LOW'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        # The message hub's state holds deep copies, so retyping them touches nothing live.
+        for buffer in checkpoint.get('message_hub', {}).get('log_scalars', {}).values():
+            if type(buffer) is HistoryBuffer:
+                buffer.__class__ = WeightsOnlyHistoryBuffer

@@ -1,0 +1,83 @@
+"""What the command-line tools share: MMDetection's common flags, loading the config the way
+MMDetection's tools do, weights_only loading for the whole tool process, and printing the
+user's errors on one line instead of a traceback."""
+import argparse
+import contextlib
+import os
+import os.path as osp
+import sys
+from typing import Optional
+
+from mmengine.config import Config, DictAction
+
+from mmengine.logging import print_log
+from mmengine.runner import CheckpointLoader
+
+from ..errors import InputError
+from ..serialization import safe_load
+
+USER_ERRORS = (InputError, FileNotFoundError, FileExistsError)
+
+
+def add_runner_args(parser: argparse.ArgumentParser):
+    """--cfg-options, --launcher and --local-rank, as in MMDetection's train and test tools."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override some settings in the used config, the key-value pair '
+                        'in xxx=yyy format will be merged into config file.')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse(parser: argparse.ArgumentParser):
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """The config file with --cfg-options merged: how every tool and benchmark reads one."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'config file not found: {path}')
+    cfg = Config.fromfile(path)
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
+    """work_dir from --work-dir, else the config's, else work_dirs/CONFIG_NAME, as
+    MMDetection's tools set it."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def force_weights_only_loading():
+    """For the tool's whole process: make every torch.load weights_only, MMEngine's own
+    loaders included (torchvision://, open-mmlab://, ... call torch.load without the
+    argument), and route MMEngine's local and URL loading through ``safe_load`` for its
+    messages. A TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment is overruled, with a
+    warning."""
+    if os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None) is not None:
+        print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is ignored: checkpoints are always loaded '
+                  'with weights_only=True (tools/convert_checkpoint.py --unsafe-load rewrites a '
+                  'trusted file as plain tensors)', logger='current', level=30)
+    os.environ['TORCH_FORCE_WEIGHTS_ONLY_LOAD'] = '1'
+
+    def load(filename, map_location=None):
+        return safe_load(filename, map_location=map_location or 'cpu')
+
+    CheckpointLoader.register_scheme(prefixes=['', 'http://', 'https://'], loader=load,
+                                     force=True)
+
+
+@contextlib.contextmanager
+def one_line_errors(*more):
+    """Exit with 'error: <message>' for the user's errors (and ``more`` exception types)."""
+    try:
+        yield
+    except (*USER_ERRORS, *more) as err:
+        sys.exit(f'error: {err}')

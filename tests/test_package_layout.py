@@ -1,0 +1,187 @@
+"""The package's architecture: the plugin that configs import is separable from the tools' code,
+has no import cycle, changes no global state beyond what it documents, and a config trains the
+same under MMDetection's own tools and ours."""
+import argparse
+import ast
+import doctest
+import importlib
+import glob
+import json
+import os.path as osp
+import runpy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+from helpers import CONFIG, ROOT, toy_options
+
+PACKAGE = osp.join(ROOT, 'mmdet_vanillanet')
+# Imports inside functions, each with the reason it cannot be at the top of its module.
+LATE_IMPORTS = {
+    # Triton is optional: CPU users and the training path never import it.
+    ('mmdet_vanillanet.models.series_activation', 'mmdet_vanillanet.models.'
+     'series_activation_triton'),
+}
+
+
+def module_name(path):
+    rel = osp.relpath(path, ROOT)[:-3].replace(osp.sep, '.')
+    return rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
+
+
+def imports_of(path, modules):
+    """(module-level imports, function-level imports) of the package's own modules."""
+    name = module_name(path)
+    package = name if path.endswith('__init__.py') else name.rsplit('.', 1)[0]
+    tree = ast.parse(open(path).read())
+    top, late = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            # `from pkg import mod` imports the module pkg.mod; `from mod import name`, mod.
+            targets = [f'{target}.{a.name}' if f'{target}.{a.name}' in modules else target
+                       for a in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        targets = {t for t in targets if t.startswith('mmdet_vanillanet')}
+        (top if node.col_offset == 0 else late).update(targets)
+    return top, late
+
+
+def package_graph():
+    modules = {module_name(p): p for p in glob.glob(osp.join(PACKAGE, '**', '*.py'),
+                                                    recursive=True)}
+    graph, late = {}, {}
+    for name, path in modules.items():
+        top, inner = imports_of(path, modules)
+        edges = {t for t in top if t in modules and t != name}
+        # Importing a.b.c runs the __init__ of a.b first.
+        for target in list(edges):
+            parts = target.split('.')
+            edges.update('.'.join(parts[:i]) for i in range(1, len(parts))
+                         if '.'.join(parts[:i]) in modules and '.'.join(parts[:i]) != name
+                         and not name.startswith('.'.join(parts[:i]) + '.'))
+        graph[name] = edges
+        late[name] = {t for t in inner if t in modules}
+    return graph, late
+
+
+def test_no_import_cycle_and_no_late_import_without_a_reason():
+    graph, late = package_graph()
+    state = {}
+
+    def visit(node, path):
+        state[node] = 'open'
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != 'open', f'import cycle: {" -> ".join(path + [nxt])}'
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 'done'
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    found = {(m, t) for m, targets in late.items() for t in targets}
+    assert found == LATE_IMPORTS
+
+
+def test_the_plugin_never_imports_the_tools_code():
+    graph, _ = package_graph()
+    plugin = [m for m in graph if not m.startswith('mmdet_vanillanet.toolkit')]
+    assert len(plugin) > 10
+    for module in plugin:
+        assert not any(t.startswith('mmdet_vanillanet.toolkit') for t in graph[module]), module
+
+
+def test_importing_the_plugin_registers_and_changes_nothing_else():
+    """In a fresh interpreter: the registries gain our modules; MMEngine's classes, its
+    checkpoint loaders and the environment stay as they were."""
+    probe = '''
+import json, os, sys
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner import CheckpointLoader
+before = (HistoryBuffer.__getstate__, dict(CheckpointLoader._schemes), dict(os.environ))
+import mmdet_vanillanet
+from mmdet.registry import HOOKS, MODELS
+after = (HistoryBuffer.__getstate__, dict(CheckpointLoader._schemes), dict(os.environ))
+print(json.dumps(dict(
+    same=[a == b for a, b in zip(before, after)],
+    toolkit=[m for m in sys.modules if m.startswith('mmdet_vanillanet.toolkit')],
+    registered=[MODELS.get('VanillaNet') is not None,
+                all(HOOKS.get(h) is not None for h in ('RandomStateHook',
+                    'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook'))])))
+'''
+    out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == dict(same=[True, True, True], toolkit=[], registered=[True, True])
+
+
+def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root, tmp_path):
+    """MMDetection's tools/train.py builds its Runner from the config alone."""
+    options = toy_options(data_root)
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    theirs = Config.fromfile(CONFIG)
+    theirs.merge_from_dict(parser.parse_args(['--cfg-options', *options]).cfg_options)
+    theirs.work_dir = str(tmp_path / 'theirs')
+    their_hooks = [type(h).__name__ for h in Runner.from_cfg(theirs).hooks]
+
+    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='tools.train')
+    argv = sys.argv
+    sys.argv = ['tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'ours'),
+                '--cfg-options', *options]
+    try:
+        ours = train['build_runner'](train['parse_args']())
+    finally:
+        sys.argv = argv
+    our_hooks = [type(h).__name__ for h in ours.hooks]
+    assert our_hooks == their_hooks
+    for hook in ('RandomStateHook', 'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook',
+                 'VanillaNetDeepTrainingHook'):
+        assert hook in our_hooks
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(osp.join(ROOT, 'configs', '*.py'))))
+def test_every_config_declares_the_runtime_it_needs(path):
+    cfg = Config.fromfile(path)
+    assert cfg.custom_imports == dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
+    assert {h['type'] for h in cfg.default_hooks.values()} >= {
+        'RandomStateHook', 'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook'}
+
+
+def test_make_install_names_a_missing_python_before_doing_anything():
+    done = subprocess.run(['make', '-s', 'check-python', 'PYTHON=/nowhere/python3.11'],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "error: '/nowhere/python3.11' is not a Python >= 3.9" in done.stderr
+    assert subprocess.run(['make', '-s', 'check-python'], cwd=ROOT).returncode == 0
+
+
+def test_the_model_index_names_configs_that_exist():
+    index = yaml.safe_load(open(osp.join(ROOT, 'metafile.yml')))
+    configs = [model['Config'] for model in index['Models']]
+    assert configs and all(osp.isfile(osp.join(ROOT, c)) for c in configs)
+    collections = {c['Name'] for c in index['Collections']}
+    assert {m['In Collection'] for m in index['Models']} == collections
+
+
+@pytest.mark.parametrize('module', [
+    'mmdet_vanillanet.models.vanillanet', 'mmdet_vanillanet.engine.deep_training_hook',
+    'mmdet_vanillanet.engine.deploy_hook', 'mmdet_vanillanet.engine.finite_loss_hook',
+    'mmdet_vanillanet.engine.random_state_hook', 'mmdet_vanillanet.engine.layer_decay_optimizer',
+    'mmdet_vanillanet.engine.weights_only_checkpoint_hook'])
+def test_the_docstring_examples_run(module):
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
