@@ -14,4 +14,4 @@ from .serialization import allow_runner_checkpoint_types
 
 allow_runner_checkpoint_types()
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'

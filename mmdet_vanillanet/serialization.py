@@ -29,6 +29,10 @@ class CheckpointError(InputError, RuntimeError):
     """A checkpoint that cannot be read, or that does not fit the model."""
 
 
+class TruncatedCheckpointError(CheckpointError):
+    """A checkpoint whose write was cut short (a kill, a full disk): an earlier one may do."""
+
+
 def _numpy_globals():
     core = getattr(np, '_core', None) or np.core  # numpy 2 renamed core to _core
     found = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
@@ -86,20 +90,17 @@ def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: boo
     """Read a checkpoint without unpickling arbitrary objects (``unsafe`` only for trusted
     files, through ``tools/convert_checkpoint.py --unsafe-load``)."""
     source = open_checkpoint(filename)
-    # Allowed for this load only: torch's context manager removes on exit what it added, so it
-    # is given only the types that are not allowed already (by the plugin's import).
-    allowed = set(torch.serialization.get_safe_globals())
+    # The types MMEngine writes were allow-listed when the plugin was imported (before this
+    # module could be).
     try:
-        with torch.serialization.safe_globals([t for t in RUNNER_CHECKPOINT_TYPES
-                                               if t not in allowed]):
-            try:
-                return torch.load(source, map_location=map_location, weights_only=not unsafe,
-                                  mmap=mmap and isinstance(source, str))
-            except RuntimeError as err:
-                if not (mmap and 'mmap can only be used' in str(err)):
-                    raise
-                # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
-                return torch.load(source, map_location=map_location, weights_only=not unsafe)
+        try:
+            return torch.load(source, map_location=map_location, weights_only=not unsafe,
+                              mmap=mmap and isinstance(source, str))
+        except RuntimeError as err:
+            if not (mmap and 'mmap can only be used' in str(err)):
+                raise
+            # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
+            return torch.load(source, map_location=map_location, weights_only=not unsafe)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f'{filename} holds Python objects beyond tensors and the types MMEngine writes, '
@@ -107,11 +108,11 @@ def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: boo
             f'file, rewrite it as plain tensors with `python tools/convert_checkpoint.py '
             f'{filename} OUT --unsafe-load`. (torch said: {str(err).splitlines()[0]})') from None
     except (EOFError, OSError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f'{filename} is truncated or corrupt ({err}); '
-                              f'use an earlier checkpoint or download it again') from None
+        raise TruncatedCheckpointError(f'{filename} is truncated or corrupt ({err}); use an '
+                                       f'earlier checkpoint or download it again') from None
     except RuntimeError as err:
         if 'PytorchStreamReader' in str(err) or 'zip archive' in str(err):
-            raise CheckpointError(f'{filename} is truncated or corrupt '
-                                  f'({str(err).splitlines()[0]}); use an earlier checkpoint '
-                                  f'or download it again') from None
+            raise TruncatedCheckpointError(f'{filename} is truncated or corrupt '
+                                           f'({str(err).splitlines()[0]}); use an earlier '
+                                           f'checkpoint or download it again') from None
         raise

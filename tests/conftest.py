@@ -1,9 +1,16 @@
 """Fixtures; the helpers the tests share are in helpers.py."""
-import pytest
-import torch
+import os
 
-from helpers import build_backbone, narrow, randomize
-from mmdet_vanillanet.toolkit.toy_data import make_toy_coco
+# The Triton kernel's tests run in Triton's interpreter (CI has no GPU). Triton reads this when
+# it is first imported, and torch may import it early, so it is set here, before any test
+# module is collected. Subprocesses (helpers.run) do not inherit it.
+os.environ['TRITON_INTERPRET'] = '1'
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import build_backbone, narrow, randomize  # noqa: E402
+from mmdet_vanillanet.toolkit.toy_data import make_toy_coco  # noqa: E402
 
 
 @pytest.fixture(scope='session')

@@ -17,8 +17,6 @@ from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 from mmdet_vanillanet.toolkit.weights import randomize  # noqa: F401  (for the tests)
 
 ARCHS = list(ARCH_SETTINGS)
-ROOT = REPO_ROOT
-CONFIGS_DIR = CONFIGS
 CONFIG = osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py')
 
 
@@ -68,10 +66,11 @@ def toy_options(data_root, epochs=2):
 
 def run(*argv, expect_ok=True, launcher=None, env=None):
     """Run a command in the repo root; check its exit status and return its output."""
-    env = {**{k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'},
+    env = {**{k: v for k, v in os.environ.items()
+              if k not in ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'TRITON_INTERPRET')},
            **(env or {})}
     cmd = launcher or [sys.executable]
-    done = subprocess.run([*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+    done = subprocess.run([*cmd, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     output = done.stdout + done.stderr
     assert (done.returncode == 0) == expect_ok, output[-3000:]
@@ -90,6 +89,14 @@ def evaluate(checkpoint, data_root, work_dir, *extra, **kw):
 
 def ap(output, metric):
     return float(re.findall(rf'coco/{metric}_mAP: ([-\d.]+)', output)[-1])
+
+
+def first_logged_iter_of_last_run(work_dir):
+    """The first iteration the newest run in work_dir logged (a resumed run starts after the
+    checkpoint's)."""
+    runs = sorted(d for d, _, files in os.walk(work_dir) if 'scalars.json' in files)
+    with open(osp.join(runs[-1], 'scalars.json')) as f:
+        return min(json.loads(line)['iter'] for line in f if '"iter"' in line)
 
 
 def scalars(work_dir):

@@ -8,11 +8,11 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
+from helpers import CONFIG, run
+from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.build import build_detector
 from mmdet_vanillanet.toolkit.compare import check_fusion
-from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.weights import randomize
-from helpers import CONFIG, run
 
 register_all_modules()
 
@@ -26,6 +26,7 @@ def test_compare_writes_sane_json(tmp_path, extra):
                  '--act-impl', 'torch', *extra)
     report = json.loads(out.read_text())
     assert report['act_impl'] == 'torch' and report['settings']['act_impl'] == 'torch'
+    assert report['results']['fused']['activation'] == 'torch'
     assert report['machine']['torch'] == torch.__version__ and report['machine']['threads'] >= 1
     assert report['settings']['iters'] == 2 and report['check_max_rel_diff'] <= 1e-4
     assert set(report['results']) == {'unfused', 'fused'}

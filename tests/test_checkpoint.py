@@ -11,7 +11,7 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 
-from helpers import ROOT, RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
+from helpers import REPO_ROOT, RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
 from mmdet_vanillanet.serialization import CheckpointError
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -167,8 +167,8 @@ def test_checkpoint_from_a_url(random_narrow13, tmp_path, monkeypatch):
 
 
 def _convert(*args):
-    return subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'convert_checkpoint.py'), *args],
-                          capture_output=True, text=True)
+    tool = osp.join(REPO_ROOT, 'tools', 'convert_checkpoint.py')
+    return subprocess.run([sys.executable, tool, *args], capture_output=True, text=True)
 
 
 @pytest.mark.slow

@@ -11,15 +11,15 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from helpers import CONFIGS_DIR, narrow, randomize
+from helpers import CONFIGS, narrow, randomize
 from mmdet_vanillanet.models.checkpoint import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
 
-CONFIGS = sorted(glob.glob(osp.join(CONFIGS_DIR, '*.py')))
+CONFIG_FILES = sorted(glob.glob(osp.join(CONFIGS, '*.py')))
 register_all_modules()
 
 
-@pytest.mark.parametrize('config', CONFIGS, ids=osp.basename)
+@pytest.mark.parametrize('config', CONFIG_FILES, ids=osp.basename)
 def test_every_config_builds_with_matching_widths(config):
     cfg = Config.fromfile(config)
     with torch.device('meta'):  # real widths, no memory
@@ -32,7 +32,7 @@ def test_every_config_builds_with_matching_widths(config):
 
 def _narrow_detector(config, **test_cfg):
     """A shipped config at 1/64 of the backbone widths, random init, no download."""
-    cfg = Config.fromfile(osp.join(CONFIGS_DIR, config))
+    cfg = Config.fromfile(osp.join(CONFIGS, config))
     if test_cfg:
         cfg.model.test_cfg.rcnn.update(test_cfg)
     backbone = cfg.model.backbone
@@ -106,7 +106,7 @@ def test_published_parameter_counts_are_those_of_the_fused_detectors():
     """77.1M (Mask R-CNN) and 75.4M (RetinaNet) add up with a deploy-mode VanillaNet-13."""
     for config, published in (('mask_rcnn_vanillanet13_coco.py', 77.1),
                               ('retinanet_vanillanet13_coco.py', 75.4)):
-        cfg = Config.fromfile(osp.join(CONFIGS_DIR, config))
+        cfg = Config.fromfile(osp.join(CONFIGS, config))
         cfg.model.backbone.deploy = True
         with torch.device('meta'):
             model = MODELS.build(cfg.model)

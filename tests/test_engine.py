@@ -11,7 +11,7 @@ from mmengine.config import Config
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.optim import build_optim_wrapper
 
-from helpers import CONFIGS_DIR
+from helpers import CONFIGS
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import safe_load
 
@@ -68,14 +68,14 @@ def _mmdet2_mask_rcnn_keys(num_stages=11, fpn_levels=4, mask_convs=4):
 
 
 def test_released_mmdet2_detector_keys_are_exactly_ours():
-    cfg = Config.fromfile(osp.join(CONFIGS_DIR, 'mask_rcnn_vanillanet13_coco.py'))
+    cfg = Config.fromfile(osp.join(CONFIGS, 'mask_rcnn_vanillanet13_coco.py'))
     with torch.device('meta'):
         model = MODELS.build(cfg.model)
     assert set(model.state_dict()) == _mmdet2_mask_rcnn_keys()
 
 
 def _toy_detector():
-    cfg = Config.fromfile(osp.join(CONFIGS_DIR, 'mask_rcnn_vanillanet_toy.py'))
+    cfg = Config.fromfile(osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py'))
     return MODELS.build(cfg.model)
 
 

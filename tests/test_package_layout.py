@@ -4,8 +4,8 @@ same under MMDetection's own tools and ours."""
 import argparse
 import ast
 import doctest
-import importlib
 import glob
+import importlib
 import json
 import os.path as osp
 import runpy
@@ -13,13 +13,18 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from helpers import CONFIG, ROOT, toy_options
+from helpers import CONFIG, REPO_ROOT, RunsCode, toy_options
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.serialization import CheckpointError
+from mmdet_vanillanet.toolkit.cli import require_runtime_hooks
+from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
 
-PACKAGE = osp.join(ROOT, 'mmdet_vanillanet')
+PACKAGE = osp.join(REPO_ROOT, 'mmdet_vanillanet')
 # Imports inside functions, each with the reason it cannot be at the top of its module.
 LATE_IMPORTS = {
     # Triton is optional: CPU users and the training path never import it.
@@ -29,7 +34,7 @@ LATE_IMPORTS = {
 
 
 def module_name(path):
-    rel = osp.relpath(path, ROOT)[:-3].replace(osp.sep, '.')
+    rel = osp.relpath(path, REPO_ROOT)[:-3].replace(osp.sep, '.')
     return rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
 
 
@@ -123,7 +128,7 @@ print(json.dumps(dict(
                     'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook'))])))
 '''
     out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stdout
+                         cwd=REPO_ROOT, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     assert result == dict(same=[True, True, True], toolkit=[], registered=[True, True])
 
@@ -138,7 +143,7 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
     theirs.work_dir = str(tmp_path / 'theirs')
     their_hooks = [type(h).__name__ for h in Runner.from_cfg(theirs).hooks]
 
-    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='tools.train')
+    train = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'train.py'), run_name='tools.train')
     argv = sys.argv
     sys.argv = ['tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'ours'),
                 '--cfg-options', *options]
@@ -153,7 +158,7 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
         assert hook in our_hooks
 
 
-@pytest.mark.parametrize('path', sorted(glob.glob(osp.join(ROOT, 'configs', '*.py'))))
+@pytest.mark.parametrize('path', sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*.py'))))
 def test_every_config_declares_the_runtime_it_needs(path):
     cfg = Config.fromfile(path)
     assert cfg.custom_imports == dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
@@ -163,25 +168,40 @@ def test_every_config_declares_the_runtime_it_needs(path):
 
 def test_make_install_names_a_missing_python_before_doing_anything():
     done = subprocess.run(['make', '-s', 'check-python', 'PYTHON=/nowhere/python3.11'],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode != 0
     assert "error: '/nowhere/python3.11' is not a Python >= 3.9" in done.stderr
-    assert subprocess.run(['make', '-s', 'check-python'], cwd=ROOT).returncode == 0
+    assert subprocess.run(['make', '-s', 'check-python'], cwd=REPO_ROOT).returncode == 0
 
 
 def test_the_model_index_names_configs_that_exist():
-    index = yaml.safe_load(open(osp.join(ROOT, 'metafile.yml')))
+    index = yaml.safe_load(open(osp.join(REPO_ROOT, 'metafile.yml')))
     configs = [model['Config'] for model in index['Models']]
-    assert configs and all(osp.isfile(osp.join(ROOT, c)) for c in configs)
+    assert configs and all(osp.isfile(osp.join(REPO_ROOT, c)) for c in configs)
     collections = {c['Name'] for c in index['Collections']}
     assert {m['In Collection'] for m in index['Models']} == collections
 
 
-@pytest.mark.parametrize('module', [
-    'mmdet_vanillanet.models.vanillanet', 'mmdet_vanillanet.engine.deep_training_hook',
-    'mmdet_vanillanet.engine.deploy_hook', 'mmdet_vanillanet.engine.finite_loss_hook',
-    'mmdet_vanillanet.engine.random_state_hook', 'mmdet_vanillanet.engine.layer_decay_optimizer',
-    'mmdet_vanillanet.engine.weights_only_checkpoint_hook'])
+@pytest.mark.parametrize('module', ['mmdet_vanillanet.models.vanillanet',
+                                    'mmdet_vanillanet.engine.deep_training_hook'])
 def test_the_docstring_examples_run(module):
+    """The examples that compute something (the hooks' others are config snippets, which
+    test_every_config_declares_the_runtime_it_needs and the pipeline tests build)."""
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_training_config_without_the_runtime_hooks_is_named(tmp_path):
+    cfg = Config.fromfile(CONFIG)
+    require_runtime_hooks(cfg)
+    cfg.default_hooks.weights_only = None  # as --cfg-options default_hooks.weights_only=None
+    with pytest.raises(InputError, match=r"does not declare \['WeightsOnlyCheckpointHook'\]"):
+        require_runtime_hooks(cfg)
+
+
+def test_resume_never_passes_over_a_file_it_refuses_to_load(tmp_path):
+    """Passing over it would restart the run from an older file, or from nothing."""
+    torch.save({'state_dict': {}, 'meta': RunsCode(tmp_path / 'pwned')}, tmp_path / 'epoch_2.pth')
+    with pytest.raises(CheckpointError, match='could run code'):
+        resume_checkpoint(str(tmp_path))
+    assert not (tmp_path / 'pwned').exists()

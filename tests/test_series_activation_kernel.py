@@ -1,18 +1,22 @@
 """The Triton series-activation kernel, run by Triton's interpreter on the CPU, against PyTorch."""
+import importlib
 import os
 
-# Triton compiles a kernel for its interpreter when the kernel's module is imported with this
-# set; nothing imports that module before this file's tests, and nothing else uses Triton.
-os.environ['TRITON_INTERPRET'] = '1'
+import pytest
+import torch
+import torch.nn.functional as F
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from helpers import build_backbone, fused_copy, max_rel_diff, narrow, randomize
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.models import series_activation as act_module
 
-from helpers import build_backbone, fused_copy, max_rel_diff, narrow, randomize  # noqa: E402
-from mmdet_vanillanet.errors import InputError  # noqa: E402
-from mmdet_vanillanet.models import series_activation as act_module  # noqa: E402
-from mmdet_vanillanet.models.series_activation_triton import series_activation  # noqa: E402
+
+@pytest.fixture(scope='module')
+def interpreter():
+    """The kernel's module, run by Triton's interpreter (conftest.py sets TRITON_INTERPRET)."""
+    assert os.environ.get('TRITON_INTERPRET') == '1'
+    return importlib.import_module('mmdet_vanillanet.models.series_activation_triton')
+
 
 # Relative L2 error against float64 PyTorch. The interpreter rounds to bf16 by truncation
 # (a GPU rounds to nearest), hence the looser bf16 bound.
@@ -42,37 +46,46 @@ def random_case(shape, k, dtype, seed):
 
 @pytest.mark.parametrize('pool', [1, 2])
 @pytest.mark.parametrize('k', [3, 7, 9])
-def test_kernel_equals_conv_of_relu(k, pool):
-    # 5x6: smaller than the kernel (the pooled 2x3 too); 19x66: odd and even sides, more
-    # than one tile of rows (16) and of columns (64) without pooling.
-    for i, (h, w) in enumerate([(5, 6), (19, 66)]):
+def test_kernel_equals_conv_of_relu(k, pool, interpreter):
+    # 5x6: smaller than the kernel (the pooled 2x3 too); 37x131: odd sides, more than one
+    # tile of rows (16) and of columns (64), pooled (18x65) or not.
+    for i, (h, w) in enumerate([(5, 6), (37, 131)]):
         x, weight, bias = random_case((2, 2, h, w), k, torch.float32, seed=10 * k + i)
-        got = series_activation(x, weight, bias, pool)
+        got = interpreter.series_activation(x, weight, bias, pool)
         expected = reference(x, weight, bias, pool)
         assert got.shape == expected.shape and got.dtype == torch.float32
         assert relative_error(got, expected) <= TOLERANCE[torch.float32]
 
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_kernel_in_half_precision(dtype):
+def test_kernel_in_half_precision(dtype, interpreter):
     for pool in (1, 2):
         x, weight, bias = random_case((2, 2, 9, 20), 9, dtype, seed=pool)
-        got = series_activation(x, weight, bias, pool)
+        got = interpreter.series_activation(x, weight, bias, pool)
         expected = reference(x, weight.to(dtype), bias, pool)
         assert got.dtype == dtype
         assert relative_error(got, expected) <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
 @pytest.mark.parametrize('pool', [1, 2])
-def test_a_nan_input_is_never_hidden(pool):
+def test_a_non_finite_input_is_never_hidden(pool, bad, interpreter):
     x, weight, bias = random_case((1, 2, 11, 13), 7, torch.float32, seed=3)
-    x[0, 1, 5, 6] = float('nan')
-    got = series_activation(x, weight, bias, pool)
+    x[0, 1, 5, 6] = bad
+    got = interpreter.series_activation(x, weight, bias, pool)
     expected = reference(x, weight, bias, pool)
-    # Every output PyTorch makes NaN is NaN (neither relu nor the pool may drop it); the
-    # other channel is untouched.
-    assert expected.isnan().any() and got[expected.isnan()].isnan().all()
+    # Every output PyTorch makes non-finite is non-finite (neither relu nor the pool may drop
+    # it); the other channel is untouched.
+    assert not expected.isfinite().all() and not got[~expected.isfinite()].isfinite().any()
     assert relative_error(got[:, :1], expected[:, :1]) <= TOLERANCE[torch.float32]
+
+
+def test_the_kernel_names_inputs_it_cannot_take(interpreter):
+    x, weight, bias = random_case((1, 2, 8, 8), 3, torch.float32, seed=4)
+    for args in ((x.transpose(2, 3), weight, bias, 1), (x, weight[..., :2, :2], bias, 1),
+                 (x, weight[..., :2], bias, 1), (x, weight, bias[:1], 1)):
+        with pytest.raises(ValueError, match='takes a contiguous'):
+            interpreter.series_activation(*args)
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from helpers import CONFIG, ROOT, ap, evaluate, run, scalars, toy_options, train
+from helpers import (CONFIG, REPO_ROOT, ap, evaluate, first_logged_iter_of_last_run, run,
+                     scalars, toy_options, train)
 from mmdet_vanillanet.serialization import safe_load
 
 pytestmark = pytest.mark.slow  # every test here runs the tools in subprocesses
@@ -61,8 +62,8 @@ def test_deploy_checkpoint_is_tested_with_deploy_and_refused_without(trained, da
 
 def test_resume_continues_where_the_run_stopped(data_root, tmp_path):
     train(tmp_path, data_root, epochs=1)
-    output = train(tmp_path, data_root, '--resume', epochs=2)
-    assert 'resumed epoch: 1, iter: 4' in output
+    train(tmp_path, data_root, '--resume', epochs=2)
+    assert first_logged_iter_of_last_run(tmp_path) == 5  # continues after epoch 1's 4 iters
     logged = [s for s in scalars(tmp_path) if s.get('epoch') == 2 and 'act_learn' in s]
     assert [s['act_learn'] for s in logged] == [1.0] * 4
     assert torch.load(tmp_path / 'epoch_2.pth', weights_only=True)['meta']['iter'] == 8
@@ -78,10 +79,9 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(trained, data_ro
 def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
                 '--master_port=29517']
-    output = run(osp.join(ROOT, 'tests', 'dist_train_worker.py'), CONFIG, '--launcher',
-                 'pytorch', '--work-dir', str(tmp_path), '--cfg-options',
-                 *toy_options(data_root, epochs=1), 'train_dataloader.batch_size=2',
-                 launcher=torchrun)
+    run(osp.join(REPO_ROOT, 'tests', 'dist_train_worker.py'), CONFIG, '--launcher', 'pytorch',
+        '--work-dir', str(tmp_path), '--cfg-options', *toy_options(data_root, epochs=1),
+        'train_dataloader.batch_size=2', launcher=torchrun)
     rank0 = torch.load(tmp_path / 'rank0.pth', weights_only=True)
     rank1 = torch.load(tmp_path / 'rank1.pth', weights_only=True)
     saved = torch.load(tmp_path / 'epoch_1.pth', weights_only=True)['state_dict']
@@ -91,7 +91,6 @@ def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
     statistics = ('running_mean', 'running_var', 'num_batches_tracked')
     weights = [k for k in rank0 if not k.endswith(statistics)]
     assert len(weights) > 100 and all(torch.equal(rank0[k], rank1[k]) for k in weights)
-    assert 'Distributed training: True' in output and 'GPU number: 2' in output
 
 
 def test_missing_dataset_is_named_with_how_to_get_it(tmp_path):
@@ -111,7 +110,7 @@ def test_act_num_mismatch_stops_before_training(data_root, tmp_path):
                  *toy_options(data_root, 1), 'model.backbone.init_cfg.type=Pretrained',
                  f'model.backbone.init_cfg.checkpoint={tmp_path}/act4.pth', expect_ok=False)
     assert 'was trained with act_num=4' in output and 'set act_num=4' in output
-    assert 'Epoch(train)' not in output
+    assert not list((tmp_path / 'run').glob('*.pth'))  # nothing was trained
 
 
 def test_a_mmdetection_2x_checkpoint_is_tested_as_it_is(trained, data_root, tmp_path):

@@ -11,6 +11,8 @@ input is one generated image of --shape, padded to 32 as the test pipeline would
 """
 import argparse
 import copy
+import importlib.metadata
+import importlib.util
 import json
 
 import torch
@@ -21,6 +23,7 @@ from mmengine.runner import Runner
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
 from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.toolkit.build import build_detector
 from mmdet_vanillanet.toolkit.cli import (force_weights_only_loading, load_config,
                                           one_line_errors)
@@ -28,7 +31,7 @@ from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import Settings, measure, prepare
+from mmdet_vanillanet.toolkit.timing import Settings, autocast, measure, prepare
 
 
 def parse_args():
@@ -126,7 +129,7 @@ def main():
                       settings={k: v for k, v in vars(args).items()
                                 if k not in ('config', 'checkpoint', 'cfg_options')},
                       act_impl=getattr(model.backbone, 'act_impl', None),
-                      machine=machine_info(args.device), results={})
+                      triton=triton_version(), machine=machine_info(args.device), results={})
         if args.check:
             tensor = model.data_preprocessor(batches[0], False)['inputs']
             report['check_max_rel_diff'] = check_fusion(model, fused, tensor)
@@ -135,8 +138,9 @@ def main():
                             args.channels_last, args.compile, not args.no_progress)
         for name, variant in variants.items():
             print(f'{name}: timing {args.iters} images ...')
-            report['results'][name] = measure(prepare(variant, settings), batches, part,
-                                              settings)
+            variant = prepare(variant, settings)
+            report['results'][name] = measure(variant, batches, part, settings)
+            report['results'][name]['activation'] = activation_used(variant, batches, settings)
     if part != 'detector':
         rate = matmul_gflops(args.device)
         report['matmul_gflop_s'] = rate
@@ -150,6 +154,23 @@ def main():
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=2)
         print(f'wrote {args.out}')
+
+
+def triton_version():
+    spec = importlib.util.find_spec('triton')
+    return importlib.metadata.version('triton') if spec else None
+
+
+def activation_used(model, batches, settings) -> str:
+    """What the backbone's activations ran on this input ('triton' or 'torch (why)')."""
+    acts = [m for m in model.backbone.modules() if isinstance(m, SeriesActivation)]
+    if not acts:
+        return 'n/a'
+    tensor = model.data_preprocessor(batches[0], False)['inputs']
+    if settings.channels_last:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(settings.device, settings.precision):
+        return acts[0].implementation_for(tensor)
 
 
 def print_table(report):

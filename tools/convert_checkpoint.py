@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from mmdet_vanillanet.models.checkpoint import deploy_checkpoint
-from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.serialization import safe_load
+from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
 
 
 def parse_args():

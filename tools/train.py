@@ -18,7 +18,7 @@ from mmdet_vanillanet.models.checkpoint import require_training_layout
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
                                           load_config, one_line_errors, parse,
-                                          set_work_dir)
+                                          require_runtime_hooks, set_work_dir)
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.launch import setup_launcher
 from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, resume_checkpoint
@@ -45,6 +45,7 @@ def parse_args():
 
 def build_runner(args):
     cfg = load_config(args.config, args.cfg_options)
+    require_runtime_hooks(cfg)
     set_work_dir(cfg, args.work_dir, args.config)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

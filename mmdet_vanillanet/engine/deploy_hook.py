@@ -15,8 +15,9 @@ class VanillaNetDeployHook(Hook):
     raised act_learn to 1 the fusion would not even be exact. (Fused and unfused outputs agree
     to 1e-4 of their magnitude, so validation AP stands for the deployed AP.)
 
-    Example:
-        >>> custom_hooks = [dict(type='VanillaNetDeployHook')]
+    Example (in a config)::
+
+            custom_hooks = [dict(type='VanillaNetDeployHook')]
     """
 
     priority = 'VERY_LOW'

@@ -18,8 +18,9 @@ class StopOnNonFiniteLossHook(Hook):
     enabling gradient clipping) continues from weights that were still sound. Declared in
     ``configs/_base_/vanillanet_runtime.py``.
 
-    Example:
-        >>> default_hooks = dict(non_finite_loss=dict(type='StopOnNonFiniteLossHook'))
+    Example (in a config)::
+
+            default_hooks = dict(non_finite_loss=dict(type='StopOnNonFiniteLossHook'))
     """
 
     priority = 'HIGHEST'  # before checkpoint hooks can save what the bad step produced

@@ -35,12 +35,13 @@ class VanillaNetLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     cover every stage of the backbone. Other paramwise keys (custom_keys, bias_decay_mult, ...)
     are refused rather than silently ignored: this constructor sets every group itself.
 
-    Example:
-        >>> optim_wrapper = dict(
-        ...     type='OptimWrapper',
-        ...     constructor='VanillaNetLayerDecayOptimizerConstructor',
-        ...     paramwise_cfg=dict(decay_rate=0.6, num_layers=6),
-        ...     optimizer=dict(type='AdamW', lr=1.3e-4, weight_decay=0.05))
+    Example (in a config)::
+
+            optim_wrapper = dict(
+                type='OptimWrapper',
+                constructor='VanillaNetLayerDecayOptimizerConstructor',
+                paramwise_cfg=dict(decay_rate=0.6, num_layers=6),
+                optimizer=dict(type='AdamW', lr=1.3e-4, weight_decay=0.05))
     """
 
     def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:

@@ -20,8 +20,9 @@ class RandomStateHook(Hook):
     """Save Python's, numpy's and torch's generator states with each checkpoint and restore
     them on ``--resume``. Declared in ``configs/_base_/vanillanet_runtime.py``.
 
-    Example:
-        >>> default_hooks = dict(random_state=dict(type='RandomStateHook'))
+    Example (in a config)::
+
+            default_hooks = dict(random_state=dict(type='RandomStateHook'))
     """
 
     priority = 'VERY_LOW'

@@ -12,8 +12,9 @@ class WeightsOnlyCheckpointHook(Hook):
     :class:`~mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer`, which pickles nothing
     that a weights_only load must refuse. Declared in ``configs/_base_/vanillanet_runtime.py``.
 
-    Example:
-        >>> default_hooks = dict(weights_only=dict(type='WeightsOnlyCheckpointHook'))
+    Example (in a config)::
+
+            default_hooks = dict(weights_only=dict(type='WeightsOnlyCheckpointHook'))
     """
 
     priority = 'VERY_LOW'

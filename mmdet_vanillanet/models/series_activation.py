@@ -92,12 +92,26 @@ class SeriesActivation(nn.Module):
                      padding=self.act_num, groups=self.channels)
         return x if self.deploy else self.bn(x)
 
+    def implementation_for(self, x: torch.Tensor) -> str:
+        """What a call on ``x`` runs: 'triton', or 'torch (why not the kernel)'."""
+        if not self.deploy or self.act_impl == 'torch':
+            return 'torch'
+        kernel, why_not = self._kernel_for(x)
+        return 'triton' if kernel is not None else f'torch ({why_not})'
+
     def _kernel_for(self, x: torch.Tensor):
         """(the Triton kernel, None) if it can compute this call, else (None, why not)."""
         interpreted = os.environ.get('TRITON_INTERPRET') == '1'
         if x.device.type != 'cuda' and (self.act_impl == 'auto' or not interpreted):
             return None, (f'the input is on {x.device.type}; the kernel runs on CUDA devices '
                           f'(on the CPU only under TRITON_INTERPRET=1, for tests)')
+        if x.device.type == 'cuda' and (torch.version.hip is not None
+                                        or torch.cuda.get_device_capability(x.device) < (8, 0)):
+            return None, (f'{torch.cuda.get_device_name(x.device)} is not an NVIDIA GPU of '
+                          f'compute capability 8.0 or newer, which the kernel needs (tf32)')
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return None, ('a traced or exported graph would not record a Triton kernel; trace '
+                          "or export with act_impl='torch'")
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None, ('it has no backward pass; run inference under torch.no_grad() or '
                           'torch.inference_mode()')

@@ -17,10 +17,11 @@ bound it meets).
 Precision. Tiles are held in fp32 and multiplied as tf32, whose 11-bit significand holds every
 fp16 and bf16 value exactly: for half inputs the products are exact (the weights are first
 rounded to the input's type, as autocast does) and accumulate in fp32. fp32 inputs use three
-tf32 products per multiply (tf32x3), within about 1e-6 of fp32 arithmetic. A NaN in the input
-is kept through relu and the pool, but the banded product spreads it to every output row of
-its tile in the k columns around it (0 * NaN is NaN), where PyTorch's NaNs stay in a k x k
-neighbourhood: the outputs are NaN wherever PyTorch's are, and in a few more places.
+tf32 products per multiply (tf32x3), within about 1e-6 of fp32 arithmetic. A NaN or an
+infinity in the input is kept through relu and the pool, but the banded product spreads it as
+NaN to every output row of its tile in the k columns around it (0 * inf is NaN), where
+PyTorch's stay in a k x k neighbourhood: the outputs are non-finite wherever PyTorch's are,
+and in a few more places (a network that overflows is broken either way).
 """
 import torch
 import triton
@@ -89,6 +90,12 @@ def series_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     n, c, h_in, w_in = x.shape
     k = weight.shape[-1]
+    if (not x.is_contiguous() or tuple(weight.shape) != (c, 1, k, k) or k % 2 == 0
+            or tuple(bias.shape) != (c, ) or pool < 1):
+        raise ValueError(f'series_activation takes a contiguous (N, C, H, W) map, a (C, 1, k, k) '
+                         f'kernel with k odd and a (C, ) bias, and pool >= 1; got '
+                         f'{tuple(x.shape)} (contiguous: {x.is_contiguous()}), '
+                         f'{tuple(weight.shape)}, {tuple(bias.shape)}, pool={pool}')
     h, w = h_in // pool, w_in // pool
     y = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype)
     if y.numel() == 0:

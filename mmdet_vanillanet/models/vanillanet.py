@@ -19,9 +19,9 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .checkpoint import load_pretrained
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
+from .checkpoint import load_pretrained
 from .fusion import merge_conv_bn_pair
 from .series_activation import SeriesActivation, check_act_impl
 
@@ -130,6 +130,7 @@ class VanillaNet(BaseModule):
                  act_impl: str = 'auto',
                  init_cfg=dict(type='TruncNormal', layer='Conv2d', std=.02, bias=0.)):
         super().__init__(init_cfg=init_cfg)
+        check_act_impl(act_impl)
         self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
         self.arch = resolve_arch(arch)
         if not isinstance(act_num, int) or act_num < 0:

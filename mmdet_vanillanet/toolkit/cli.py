@@ -46,6 +46,21 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
+RUNTIME_HOOKS = ('RandomStateHook', 'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook')
+
+
+def require_runtime_hooks(cfg: Config):
+    """A training config must declare the hooks every run needs (exact resume, the NaN stop,
+    checkpoints that load with weights_only): the config, not the tool, decides how it trains."""
+    declared = {h.get('type') for h in (cfg.get('default_hooks') or {}).values() if h}
+    declared |= {h.get('type') for h in cfg.get('custom_hooks') or []}
+    missing = [h for h in RUNTIME_HOOKS if h not in declared]
+    if missing:
+        raise InputError(f'the config does not declare {missing}, which every run needs (its '
+                         f'checkpoints could not be resumed or tested safely); add '
+                         f'configs/_base_/vanillanet_runtime.py to its _base_ files')
+
+
 def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
     """work_dir from --work-dir, else the config's, else work_dirs/CONFIG_NAME, as
     MMDetection's tools set it."""

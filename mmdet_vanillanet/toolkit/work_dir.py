@@ -7,7 +7,7 @@ import re
 
 from mmengine.logging import print_log
 
-from ..serialization import CheckpointError, safe_load
+from ..serialization import TruncatedCheckpointError, safe_load
 
 
 def existing_checkpoints(work_dir: str):
@@ -44,7 +44,9 @@ def resume_checkpoint(work_dir: str):
     """The checkpoint to resume from: the one MMEngine's ``last_checkpoint`` names, else the
     newest ``epoch_N``/``iter_N`` file (``best_*`` files lack the optimizer state), passing over a
     truncated or corrupt one (a write cut short by a kill or a full disk) with a warning for the
-    one before it. None when there is none."""
+    one before it. None when there is none. A file that cannot be loaded safely is an error, not
+    passed over: resuming from an earlier file, or from none, would silently redo or replace
+    the run's work."""
     candidates = sorted((p for p in glob.glob(osp.join(work_dir, '*.pth'))
                          if re.fullmatch(r'(epoch|iter)_\d+\.pth', osp.basename(p))),
                         key=_step, reverse=True)
@@ -56,7 +58,7 @@ def resume_checkpoint(work_dir: str):
     for path in candidates:
         try:
             safe_load(path, mmap=True)
-        except CheckpointError as err:
+        except TruncatedCheckpointError as err:
             print_log(f'not resuming from {path}: {err}', logger='current', level=30)
             continue
         return path
