@@ -90,9 +90,9 @@ def test_the_kernel_names_inputs_it_cannot_take(interpreter):
 
 @pytest.fixture(scope='module')
 def deployed13():
-    """A narrow deploy-mode VanillaNet-13 (act_num 4, widths / 128: the interpreter runs one
+    """A narrow deploy-mode VanillaNet-13 (act_num 4, widths / 256: the interpreter runs one
     program per channel plane): pools in stages 1, 2 and 9."""
-    model = randomize(build_backbone(arch=narrow('13', 128), act_num=4)).eval()
+    model = randomize(build_backbone(arch=narrow('13', 256), act_num=4)).eval()
     return fused_copy(model)
 
 
