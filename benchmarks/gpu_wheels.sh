@@ -2,8 +2,9 @@
 # The pure-Python wheels that benchmarks/gpu_backbones.py needs on a CUDA machine that has
 # torch, Triton and torchvision but no OpenMMLab packages and no network: mmcv-lite (mmcv
 # without its compiled ops, which the backbone does not need), mmengine, mmdet (their pinned
-# versions) and what they import that such a machine lacks. Run here; it fills .whl/ (ignored
-# by git, about 3 MB). There:
+# versions) and what they import that such a machine lacks (the device image already has
+# opencv-python-headless, rich, matplotlib, pyyaml and scipy). Run here; it fills .whl/
+# (ignored by git, about 4 MB). There:
 #
 #   pip install --no-index --no-deps --target /tmp/site .whl/*.whl
 #   PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_backbones.py
