@@ -24,7 +24,11 @@ def build_detector(cfg, checkpoint: Optional[str] = None):
         (test_cfg.rcnn if 'rcnn' in test_cfg else test_cfg).score_thr = 0.0
     model = MODELS.build(model_cfg)
     if checkpoint:
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+        meta = load_checkpoint(model, checkpoint, map_location='cpu', strict=True).get('meta')
+        # Deep training writes act_learn into each checkpoint (VanillaNetDeepTrainingHook): a
+        # mid-schedule file computes with it, and fusing it is refused.
+        if (meta or {}).get('act_learn') is not None:
+            model.backbone.act_learn = meta['act_learn']
     else:
         randomize(model.backbone)
     return model.eval()

@@ -1,0 +1,151 @@
+"""Exporting a fused detector's backbone, neck or raw outputs to ONNX, and checking the file
+with onnxruntime against PyTorch (tools/export_onnx.py).
+
+The parts: 'backbone' (the fused VanillaNet's maps), 'neck' (backbone + neck) and 'raw'
+(backbone + neck + head: a single-stage detector's head outputs; for a two-stage one the neck
+maps and the RPN head's outputs, which its RoI heads, run in PyTorch, start from). The legacy
+(TorchScript) exporter is the default: its graphs are plain ONNX operators that TensorRT and
+onnxruntime both take, and dynamic batch, height and width need no ranges; the dynamo exporter
+(torch.export) is there as an option.
+"""
+import os
+import os.path as osp
+import warnings
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+import torch.nn as nn
+
+from ..errors import InputError
+from ..models.checkpoint import count_params
+from ..models.detector import vanillanets_of
+
+PARTS = ('backbone', 'neck', 'raw')
+OPSET = 17  # TensorRT 8.6+ and every current onnxruntime
+
+
+class ExportedPart(nn.Module):
+    """The part of a detector to export, returning a flat tuple of tensors."""
+
+    def __init__(self, detector: nn.Module, part: str):
+        super().__init__()
+        if part not in PARTS:
+            raise InputError(f'--part {part!r}: choose one of {list(PARTS)}')
+        if part != 'backbone' and not getattr(detector, 'with_neck', False):
+            raise InputError(f'--part {part}: {type(detector).__name__} has no neck')
+        self.detector, self.part = detector, part
+        self.head = None
+        if part == 'raw':
+            self.head = getattr(detector, 'bbox_head', None) or getattr(detector, 'rpn_head',
+                                                                        None)
+            if self.head is None:
+                raise InputError(f'--part raw: {type(detector).__name__} has neither a '
+                                 f'bbox_head nor an rpn_head')
+
+    def parameter_count(self) -> int:
+        """Learned numbers of the modules the export runs."""
+        parts = [self.detector.backbone]
+        if self.part != 'backbone':
+            parts.append(self.detector.neck)
+        if self.head is not None:
+            parts.append(self.head)
+        return sum(count_params(m.state_dict()) for m in parts)
+
+    @property
+    def two_stage(self) -> bool:
+        return self.part == 'raw' and not hasattr(self.detector, 'bbox_head')
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        feats = self.detector.backbone(x)
+        if self.part == 'backbone':
+            return tuple(feats)
+        feats = self.detector.neck(feats)
+        if self.part == 'neck':
+            return tuple(feats)
+        outs = tuple(t for group in self.head(feats) for t in group)
+        return (*feats, *outs) if self.two_stage else outs
+
+    def output_names(self, x: torch.Tensor) -> List[str]:
+        with torch.no_grad():
+            if self.part in ('backbone', 'neck'):
+                return [f'{self.part}{i}' for i in range(len(self(x)))]
+            feats = self.detector.neck(self.detector.backbone(x))
+            names = [f'neck{i}' for i in range(len(feats))] if self.two_stage else []
+            head = 'rpn_head' if self.two_stage else 'head'
+            for j, group in enumerate(self.head(feats)):
+                names += [f'{head}_out{j}_level{i}' for i in range(len(group))]
+            return names
+
+
+def export(module: ExportedPart, path: str, shape: Sequence[int], static: bool = False,
+           opset: int = OPSET, dynamo: bool = False) -> List[str]:
+    """Write ``module`` to ``path`` for inputs of (batch 1) ``shape`` (H, W), with dynamic
+    batch, height and width unless ``static``; returns the output names."""
+    x = torch.randn(1, 3, *shape)
+    names = module.output_names(x)
+    kwargs = dict(input_names=['input'], output_names=names, opset_version=opset)
+    if not static:
+        if dynamo:
+            side = module.detector.backbone.min_input_size
+            dims = {0: torch.export.Dim('batch', max=1024),
+                    2: torch.export.Dim('height', min=side, max=16384),
+                    3: torch.export.Dim('width', min=side, max=16384)}
+            kwargs['dynamic_shapes'] = (dims, )
+        else:
+            kwargs['dynamic_axes'] = {'input': {0: 'batch', 2: 'height', 3: 'width'}}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The backbone's input-size check is Python: the legacy tracer warns that the graph
+        # will not keep it; the minimum size goes into the file's metadata instead.
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
+        torch.onnx.export(module, (x, ), path, dynamo=dynamo, **kwargs)
+    return names
+
+
+def write_metadata(path: str, module: ExportedPart):
+    """What a consumer of the file needs to know that the graph cannot say."""
+    backbone = vanillanets_of(module.detector)[0]
+    model = onnx.load(path)
+    for key, value in dict(vanillanet_arch=backbone.arch_name,
+                           vanillanet_dims=','.join(map(str, backbone.arch.dims)),
+                           act_num=str(backbone.act_num), part=module.part,
+                           min_input_size=str(backbone.min_input_size),
+                           input='RGB-normalised NCHW float32 (the data preprocessor\'s output), '
+                                 'each side at least min_input_size').items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)
+
+
+def check_with_onnxruntime(module: ExportedPart, path: str,
+                           shapes: Sequence[Tuple[int, ...]]) -> float:
+    """Largest difference of any output, relative to that output's largest magnitude, between
+    onnxruntime running ``path`` and PyTorch, over inputs of the given NCHW shapes."""
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    worst = 0.0
+    for shape in shapes:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(x)]
+        got = session.run(None, {'input': x.numpy()})
+        for e, g in zip(expected, got):
+            if e.shape != g.shape:
+                raise InputError(f'{path}: onnxruntime gave an output of shape {g.shape} where '
+                                 f'PyTorch gives {e.shape} for input {tuple(shape)}')
+            worst = max(worst, float(np.abs(e - g).max() / max(np.abs(e).max(), 1e-12)))
+    return worst
+
+
+def check_output_path(path: str, force: bool):
+    """Before any work: the file must be new (or --force) and its folder writable."""
+    if not path.endswith('.onnx'):
+        raise InputError(f'{path}: the output file must end in .onnx')
+    if osp.exists(path) and not force:
+        raise FileExistsError(f'{path} exists; pass --force to overwrite it')
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        raise InputError(f'{path}: the folder {folder} does not exist')
+    if not os.access(folder, os.W_OK):
+        raise InputError(f'{path}: the folder {folder} is not writable')
