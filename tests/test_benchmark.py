@@ -69,3 +69,19 @@ def test_building_a_detector_leaves_the_config_as_it_was():
     before = copy.deepcopy(cfg.model)
     build_detector(cfg)
     assert cfg.model == before
+
+
+@pytest.mark.slow
+def test_onnxruntime_backend_times_the_exported_fused_backbone_beside_pytorch(tmp_path):
+    out = tmp_path / 'ort.json'
+    run('tools/benchmark.py', CONFIG, '--backbone-only', '--deploy', '--backend', 'onnxruntime',
+        '--shape', '96', '128', '--iters', '2', '--warmup', '1', '--no-progress', '--out',
+        str(out))
+    report = json.loads(out.read_text())
+    ort, fused = report['results']['onnxruntime'], report['results']['fused']
+    assert ort['iters'] == 2 and ort['activation'] == 'onnxruntime' and ort['median_ms'] > 0
+    assert ort['gflops'] == fused['gflops'] and ort['params_m'] == fused['params_m']
+    assert report['onnxruntime_speedup'] == pytest.approx(fused['median_ms'] / ort['median_ms'])
+    refused = run('tools/benchmark.py', CONFIG, '--backend', 'onnxruntime', '--iters', '1',
+                  expect_ok=False)
+    assert 'error: --backend onnxruntime times the fused backbone' in refused

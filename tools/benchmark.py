@@ -11,9 +11,12 @@ input is one generated image of --shape, padded to 32 as the test pipeline would
 """
 import argparse
 import copy
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
+import os.path as osp
+import tempfile
 
 import torch
 from mmdet.utils import register_all_modules
@@ -31,7 +34,8 @@ from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import Settings, autocast, measure, prepare
+from mmdet_vanillanet.toolkit.timing import (Settings, autocast, measure, prepare, summarize,
+                                             time_call)
 
 
 def parse_args():
@@ -60,6 +64,9 @@ def parse_args():
     parser.add_argument('--act-impl', choices=['auto', 'triton', 'torch'],
                         help="the backbone's act_impl (default: the config's, else 'auto'): "
                         'how the fused network computes its activations')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
+                        help='onnxruntime: also time the fused part exported to ONNX in '
+                        'onnxruntime (with --backbone-only), beside the PyTorch rows')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--out', help='write every figure and setting to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -93,6 +100,10 @@ def main():
     part = ('neck' if args.with_neck else 'backbone') if args.backbone_only else 'detector'
     with one_line_errors():
         cfg = load_config(args.config, args.cfg_options)
+        if args.backend == 'onnxruntime' and not args.backbone_only:
+            raise InputError('--backend onnxruntime times the fused backbone (--backbone-only) '
+                             'or backbone and neck (--with-neck); decoding detections from '
+                             'onnxruntime is not provided yet')
         if args.iters < 1 or args.warmup < 0:
             raise InputError(f'--iters {args.iters} --warmup {args.warmup}: need at least one '
                              f'timed image and no negative warm-up')
@@ -141,19 +152,51 @@ def main():
             variant = prepare(variant, settings)
             report['results'][name] = measure(variant, batches, part, settings)
             report['results'][name]['activation'] = activation_used(variant, batches, settings)
+        if args.backend == 'onnxruntime':
+            fused = variants.get('fused') or fuse_detector(copy.deepcopy(model))
+            print(f'onnxruntime: exporting and timing {args.iters} images ...')
+            report['results']['onnxruntime'] = measure_onnxruntime(
+                fused, batches, part, settings, report['results'].get('fused'))
     if part != 'detector':
         rate = matmul_gflops(args.device)
         report['matmul_gflop_s'] = rate
         for result in report['results'].values():
             result['efficiency'] = result['achieved_gflop_s'] / rate
-    if len(report['results']) == 2:
-        report['speedup'] = (report['results']['unfused']['median_ms']
-                             / report['results']['fused']['median_ms'])
+    results = report['results']
+    if 'unfused' in results and 'fused' in results:
+        report['speedup'] = results['unfused']['median_ms'] / results['fused']['median_ms']
+    if 'onnxruntime' in results and 'fused' in results:
+        report['onnxruntime_speedup'] = (results['fused']['median_ms']
+                                         / results['onnxruntime']['median_ms'])
     print_table(report)
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=2)
         print(f'wrote {args.out}')
+
+
+def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
+    """The fused part exported to ONNX (in a temporary folder) and timed in onnxruntime with
+    the same threads; FLOPs and parameters are the fused PyTorch part's."""
+    from mmdet_vanillanet.toolkit import onnx_export  # onnx and onnxruntime: only needed here
+    module = onnx_export.ExportedPart(fused.cpu(), part).eval()
+    tensor = fused.data_preprocessor(batches[0], False)['inputs'].cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, f'{part}.onnx')
+        onnx_export.export(module, path, tuple(tensor.shape[-2:]))
+        session = onnx_export.onnxruntime_session(path, settings.device,
+                                                  torch.get_num_threads())
+        array = tensor.numpy()
+        result = summarize(time_call(lambda: session.run(None, {'input': array}),
+                                     settings.iters, settings.warmup, 'cpu',
+                                     progress=settings.progress))
+    if fused_result is None:
+        once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
+        fused_result = measure(fused, batches, part, once)
+    result.update(gflops=fused_result['gflops'], params_m=fused_result['params_m'],
+                  input_shape=list(tensor.shape[-2:]), activation='onnxruntime')
+    result['achieved_gflop_s'] = 2 * result['gflops'] / (result['median_ms'] / 1e3)
+    return result
 
 
 def triton_version():
@@ -177,12 +220,12 @@ def print_table(report):
     m = report['machine']
     print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
           f"torch {m['torch']}, {m['threads']} threads, act_impl {report['act_impl']}")
-    header = f'{"":<10}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
+    header = f'{"":<12}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
     if 'matmul_gflop_s' in report:
         header += f'{"GFLOP/s":>9}{"of matmul":>11}'
     print(header)
     for name, r in report['results'].items():
-        line = (f'{name:<10}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
+        line = (f'{name:<12}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
                 f'{r["gflops"]:>9.1f}{r["params_m"]:>10.2f}')
         if 'efficiency' in r:
             line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
@@ -191,6 +234,8 @@ def print_table(report):
         print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')
     if 'speedup' in report:
         print(f'fused is {report["speedup"]:.2f}x faster than unfused')
+    if 'onnxruntime_speedup' in report:
+        print(f'onnxruntime is {report["onnxruntime_speedup"]:.2f}x faster than PyTorch fused')
 
 
 if __name__ == '__main__':

@@ -11,7 +11,7 @@ onnxruntime both take, and dynamic batch, height and width need no ranges; the d
 import os
 import os.path as osp
 import warnings
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -123,7 +123,7 @@ def check_with_onnxruntime(module: ExportedPart, path: str,
                            shapes: Sequence[Tuple[int, ...]]) -> float:
     """Largest difference of any output, relative to that output's largest magnitude, between
     onnxruntime running ``path`` and PyTorch, over inputs of the given NCHW shapes."""
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    session = onnxruntime_session(path)
     worst = 0.0
     for shape in shapes:
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
@@ -136,6 +136,20 @@ def check_with_onnxruntime(module: ExportedPart, path: str,
                                  f'PyTorch gives {e.shape} for input {tuple(shape)}')
             worst = max(worst, float(np.abs(e - g).max() / max(np.abs(e).max(), 1e-12)))
     return worst
+
+
+def onnxruntime_session(path: str, device: str = 'cpu',
+                        threads: Optional[int] = None) -> onnxruntime.InferenceSession:
+    """An onnxruntime session for ``path`` on the CPU (``threads`` intra-op threads) or, where
+    onnxruntime-gpu is installed, on CUDA."""
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    provider = 'CUDAExecutionProvider' if device.startswith('cuda') else 'CPUExecutionProvider'
+    if provider not in onnxruntime.get_available_providers():
+        raise InputError(f'onnxruntime has no {provider} here (install onnxruntime-gpu for '
+                         f'CUDA); available: {onnxruntime.get_available_providers()}')
+    return onnxruntime.InferenceSession(path, options, providers=[provider])
 
 
 def check_output_path(path: str, force: bool):
