@@ -34,8 +34,8 @@ from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import (Settings, autocast, measure, prepare, summarize,
-                                             time_call)
+from mmdet_vanillanet.toolkit.timing import (Settings, achieved_gflop_s, autocast, measure,
+                                             prepare, summarize, time_call)
 
 
 def parse_args():
@@ -195,7 +195,7 @@ def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
         fused_result = measure(fused, batches, part, once)
     result.update(gflops=fused_result['gflops'], params_m=fused_result['params_m'],
                   input_shape=list(tensor.shape[-2:]), activation='onnxruntime')
-    result['achieved_gflop_s'] = 2 * result['gflops'] / (result['median_ms'] / 1e3)
+    result['achieved_gflop_s'] = achieved_gflop_s(result)
     return result
 
 

@@ -12,7 +12,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from ..errors import InputError
-from ..models.detector import vanillanets_of
+from ..models.detector import unwrap_model
 
 
 @HOOKS.register_module()
@@ -54,7 +54,8 @@ class VanillaNetDeepTrainingHook(Hook):
 
     @staticmethod
     def backbone(runner):
-        return vanillanets_of(runner.model)[0]
+        # Called every iteration: the detector's attribute, not a walk over its modules.
+        return unwrap_model(runner.model).backbone
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})['act_learn'] = self.backbone(runner).act_learn

@@ -6,8 +6,8 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
-from .checkpoint import count_params
 from ..errors import InputError
+from .checkpoint import count_params
 from .vanillanet import VanillaNet
 
 

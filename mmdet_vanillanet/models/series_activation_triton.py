@@ -1,9 +1,10 @@
 """The deployed series activation as one Triton kernel: y = dwconv_kxk(relu(maxpool_s(x))) + b.
 
 cuDNN has no fast kernel for a 9x9 depthwise convolution, so on a GPU the deployed VanillaNet
-spent most of its time here (benchmarks/results/gpu_backbones_h100.md). This kernel reads each
-map once and writes the result once; the max pool of a downsampling block is applied as the
-map is read (pool and relu commute), so the pooled map is never written.
+spent most of its time here (benchmarks/results/gpu_backbones_h100_pytorch_activation.md).
+This kernel reads each map once and writes the result once; the max pool of a downsampling
+block is applied as the map is read (pool and relu commute), so the pooled map is never
+written.
 
 Design. One program computes a BLOCK_H x BLOCK_W tile of one channel plane. For each of the k
 kernel columns j it loads the relu'd (and pooled) input rows the tile needs, shifted by j, as one

@@ -9,7 +9,6 @@ import sys
 from typing import Optional
 
 from mmengine.config import Config, DictAction
-
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 

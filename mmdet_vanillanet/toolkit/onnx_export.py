@@ -58,26 +58,25 @@ class ExportedPart(nn.Module):
     def two_stage(self) -> bool:
         return self.part == 'raw' and not hasattr(self.detector, 'bbox_head')
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _named_groups(self, x: torch.Tensor) -> List[Tuple[str, Sequence[torch.Tensor]]]:
+        """The part's outputs as (name prefix, maps) groups; each map is named prefix + index."""
         feats = self.detector.backbone(x)
         if self.part == 'backbone':
-            return tuple(feats)
+            return [('backbone', feats)]
         feats = self.detector.neck(feats)
         if self.part == 'neck':
-            return tuple(feats)
-        outs = tuple(t for group in self.head(feats) for t in group)
-        return (*feats, *outs) if self.two_stage else outs
+            return [('neck', feats)]
+        head = 'rpn_head' if self.two_stage else 'head'
+        groups = [(f'{head}_out{j}_level', group) for j, group in enumerate(self.head(feats))]
+        return [('neck', feats), *groups] if self.two_stage else groups
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(t for _, maps in self._named_groups(x) for t in maps)
 
     def output_names(self, x: torch.Tensor) -> List[str]:
         with torch.no_grad():
-            if self.part in ('backbone', 'neck'):
-                return [f'{self.part}{i}' for i in range(len(self(x)))]
-            feats = self.detector.neck(self.detector.backbone(x))
-            names = [f'neck{i}' for i in range(len(feats))] if self.two_stage else []
-            head = 'rpn_head' if self.two_stage else 'head'
-            for j, group in enumerate(self.head(feats)):
-                names += [f'{head}_out{j}_level{i}' for i in range(len(group))]
-            return names
+            return [f'{prefix}{i}' for prefix, maps in self._named_groups(x)
+                    for i in range(len(maps))]
 
 
 def export(module: ExportedPart, path: str, shape: Sequence[int], static: bool = False,

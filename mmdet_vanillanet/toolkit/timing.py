@@ -100,7 +100,11 @@ def measure(model, batches: list, part: str, settings: Settings) -> dict:
                                  settings.precision, settings.progress))
     result.update(gflops=complexity['flops'] / 1e9, params_m=complexity['params'] / 1e6,
                   input_shape=list(tensor.shape[-2:]))
-    # FLOPs count multiply-accumulates (the convention of the published figures); the achieved
-    # rate counts two flops per MAC, like the matrix-multiply reference.
-    result['achieved_gflop_s'] = 2 * result['gflops'] / (result['median_ms'] / 1e3)
+    result['achieved_gflop_s'] = achieved_gflop_s(result)
     return result
+
+
+def achieved_gflop_s(result: dict) -> float:
+    """FLOPs count multiply-accumulates (the convention of the published figures); the achieved
+    rate counts two flops per MAC, like the matrix-multiply reference."""
+    return 2 * result['gflops'] / (result['median_ms'] / 1e3)
