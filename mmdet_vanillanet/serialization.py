@@ -1,27 +1,39 @@
-"""Checkpoint reading that never runs code from the file.
+"""Checkpoint reading that never runs code from the file and never changes anything in the
+loading process but the objects it returns.
 
 Every load goes through ``torch.load(weights_only=True)``. MMEngine's Runner writes a few
-non-tensor objects into its checkpoints (numpy scalars and arrays in the message hub, its
-HistoryBuffer); those specific types, and nothing else, are allow-listed so that resume and
-test work under torch >= 2.6 without turning the protection off.
+non-tensor objects into its checkpoints: its message hub's HistoryBuffers, and numpy arrays and
+scalars (the buffers' histories, the ``eta``). Importing the plugin allow-lists, for every
+weights_only load in the process (torch's list is global), what reads exactly those back:
 
-One thing cannot be allow-listed: HistoryBuffer pickles its statistics methods (min, max, mean,
-current) as ``getattr(HistoryBuffer, 'min')``, and allowing ``getattr`` would let a crafted file
-reach any attribute of any allowed object, which is the hole weights_only closes. The message
-hub's buffers are therefore written as ``WeightsOnlyHistoryBuffer``s, which leave those four
-out (HistoryBuffer.__setstate__ restores them); ``WeightsOnlyCheckpointHook`` does that for
-every checkpoint a run writes, instead of patching MMEngine for the whole process.
+- numpy's names (``numpy.dtype``, ``numpy.ndarray``, ``numpy.core.multiarray._reconstruct`` and
+  ``scalar``, also under ``numpy._core``) resolve to the stand-ins below, not to numpy. They
+  take plain numeric data only (bool, integer, float, complex; any shape and byte order) and
+  build new arrays and scalars from the file's bytes. numpy's own classes cannot be allowed: a
+  pickled dtype's state sets its flags and fields unchecked, so a crafted file could declare an
+  object field over raw bytes, pointers of its choosing (tried: the process crashes).
+- The message hub's buffers load as :class:`WeightsOnlyHistoryBuffer`, which accepts its three
+  data attributes and nothing else, and never writes to HistoryBuffer's class-wide registry of
+  statistics methods. MMEngine's HistoryBuffer is not allowed: unpickling it merges the file's
+  methods into that registry (a file could replace ``mean`` for the whole process), and
+  MMEngine pickles the methods as ``getattr(HistoryBuffer, 'min')``, which a weights_only load
+  refuses anyway (allowing ``getattr`` would let a file reach any attribute of any allowed
+  object). ``WeightsOnlyCheckpointHook`` writes every checkpoint's buffers as this class.
+
+Whatever a file holds, loading it creates new objects only: no class attribute, no registry and
+no shared numpy dtype changes (tests/test_safe_loading.py tries). Anything else in a file is
+refused with the reason.
 """
-import io
-import os
+import math
 import pickle
+import reprlib
 import zipfile
 
 import numpy as np
 import torch
-from mmengine.fileio import get as fetch_bytes
 from mmengine.logging.history_buffer import HistoryBuffer
 
+from .checkpoint_sources import open_checkpoint
 from .errors import InputError
 
 
@@ -33,65 +45,167 @@ class TruncatedCheckpointError(CheckpointError):
     """A checkpoint whose write was cut short (a kill, a full disk): an earlier one may do."""
 
 
-def _numpy_globals():
-    core = getattr(np, '_core', None) or np.core  # numpy 2 renamed core to _core
-    found = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
-    # numpy >= 1.25 pickles dtypes as instances of per-type classes (numpy.dtypes.Float64DType).
-    dtypes = getattr(np, 'dtypes', None)
-    if dtypes is not None:
-        found += [getattr(dtypes, name) for name in dir(dtypes) if name.endswith('DType')]
-    return found
+def _refused(what: str) -> pickle.UnpicklingError:
+    # An UnpicklingError, so that torch.load and safe_load report it as a refused file.
+    return pickle.UnpicklingError(f'{what} is refused: only plain numeric numpy data and '
+                                  f'the message hub buffers our runs write load')
 
 
-DEFAULT_STATISTICS = ('min', 'max', 'current', 'mean')
+def _exact(value, expected) -> bool:
+    """``value == expected`` without calling the file's objects' ``==`` (an array's is
+    elementwise)."""
+    if type(value) is not type(expected):
+        return False
+    if type(expected) is tuple:
+        return len(value) == len(expected) and all(map(_exact, value, expected))
+    return value == expected
+
+
+# What numpy writes as the spec of a bool, integer, float or complex dtype: 'b1', 'i8', 'c16'.
+_PLAIN_SPECS = {np.dtype(code).str[1:] for code in
+                '?' + np.typecodes['AllInteger'] + np.typecodes['AllFloat']}
+
+
+class _NumpyDtype:
+    """What ``numpy.dtype`` in a file unpickles to: numpy writes a dtype as the call
+    ``numpy.dtype(spec, align, copy)`` and a state that sets its byte order (and, for others
+    than plain types, its fields and flags). Only the byte order of a plain type is taken."""
+
+    dtype = None  # None for an instance that the file made without the call
+
+    def __init__(self, spec, align=False, copy=True):  # align, copy: nothing for plain types
+        if not (type(spec) is str and spec in _PLAIN_SPECS):
+            raise _refused(f'numpy dtype {reprlib.repr(spec)}')
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state) -> None:
+        # numpy's state of a plain type: (3, byte order, None, None, None, -1, -1, 0).
+        if self.dtype is None or not (
+                type(state) is tuple and len(state) == 8 and type(state[1]) is str
+                and state[1] in ('<', '>', '|', '=')
+                and _exact(state[:1] + state[2:], (3, None, None, None, -1, -1, 0))):
+            raise _refused(f'numpy dtype state {reprlib.repr(state)}')
+        self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _plain_dtype(spec) -> np.dtype:
+    if type(spec) is not _NumpyDtype or spec.dtype is None:
+        raise _refused(f'numpy data of dtype {reprlib.repr(spec)}')
+    return spec.dtype
+
+
+class _NumpyArray(np.ndarray):
+    """What ``numpy.ndarray`` in a file unpickles to: numpy writes an array as the call
+    ``_reconstruct(numpy.ndarray, (0,), b'b')`` and a state that fills it. Pickled again, it is
+    written as a plain ndarray."""
+
+    def __new__(cls, *args, **kwargs):
+        # numpy never writes a call of ndarray(...); a file that does could pass any dtype.
+        raise _refused('a call of numpy.ndarray')
+
+    def __setstate__(self, state) -> None:
+        if self.__dict__.get('_filled'):
+            # A second state would free the data that a tensor made from the array (torch's
+            # _rebuild_device_tensor_from_numpy, in the same file) goes on using.
+            raise _refused('a second state for one numpy array')
+        if not (type(state) is tuple and len(state) == 5):
+            raise _refused(f'numpy array state {reprlib.repr(state)}')
+        version, shape, spec, fortran_order, data = state
+        dtype = _plain_dtype(spec)
+        if not (_exact(version, 1) and type(shape) is tuple
+                and all(type(n) is int and n >= 0 for n in shape)
+                and type(fortran_order) is bool and type(data) is bytes
+                and len(data) == math.prod(shape) * dtype.itemsize):
+            raise _refused(f'a numpy array of shape {reprlib.repr(shape)} from '
+                           f'{type(data).__name__}')
+        super().__setstate__((1, shape, dtype, fortran_order, data))
+        self._filled = True
+
+    def __reduce__(self):
+        return self.view(np.ndarray).__reduce__()
+
+
+def _reconstruct(subtype, shape, typecode) -> _NumpyArray:
+    """numpy's ``_reconstruct``: the empty array that the pickled state then fills."""
+    if not (subtype is _NumpyArray and _exact(shape, (0,)) and _exact(typecode, b'b')):
+        raise _refused('numpy _reconstruct of other than an empty ndarray')
+    return np.empty(0, np.uint8).view(_NumpyArray)
+
+
+def _scalar(spec, data):
+    """numpy's ``scalar``: a numpy scalar (np.float64, ...) from its bytes."""
+    dtype = _plain_dtype(spec)
+    if not (type(data) is bytes and len(data) == dtype.itemsize):
+        raise _refused(f'a numpy {dtype} scalar from {type(data).__name__}')
+    return np.frombuffer(data, dtype)[0]
+
+
+_HISTORY_STATE = ('max_length', '_log_history', '_count_history')
+_DEFAULT_STATISTICS = {name: getattr(HistoryBuffer, name) for name in
+                       ('min', 'max', 'current', 'mean')}
 
 
 class WeightsOnlyHistoryBuffer(HistoryBuffer):
-    """A HistoryBuffer that pickles only the statistics methods registered beyond the four
-    defaults (none, in MMEngine and MMDetection), so that it loads with weights_only=True."""
+    """A HistoryBuffer that pickles its data only, and unpickles into its own attributes only.
+
+    HistoryBuffer keeps its statistics methods in one dict for the whole class, which its
+    pickling writes and its unpickling updates. This class reads them without writing: MMEngine's
+    four defaults, then whatever code registered on HistoryBuffer (registration is done by code,
+    at import, so a resumed process has them without the file)."""
+
+    @property
+    def _statistics_methods(self) -> dict:
+        # A new dict on each access: HistoryBuffer.__init__ setdefaults the four defaults into
+        # it, so that building an instance (a file may call the class) leaves the class alone.
+        return {**_DEFAULT_STATISTICS, **HistoryBuffer._statistics_methods}
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop('statistics_methods', None)
-        custom = {name: method for name, method in HistoryBuffer._statistics_methods.items()
-                  if name not in DEFAULT_STATISTICS}
-        if custom:
-            state['statistics_methods'] = custom
-        return state
+        return {name: self.__dict__[name] for name in _HISTORY_STATE}
+
+    def __setstate__(self, state) -> None:
+        if not (type(state) is dict and len(state) == len(_HISTORY_STATE)
+                and all(type(name) is str for name in state)
+                and set(state) == set(_HISTORY_STATE)):
+            raise _refused(f'a message hub buffer with state {reprlib.repr(state)}')
+        max_length, log, count = (state[name] for name in _HISTORY_STATE)
+        if not (type(max_length) is int and max_length > 0
+                and all(isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype.kind in 'biuf'
+                        for h in (log, count)) and len(log) == len(count)):
+            raise _refused('a message hub buffer with other than 1-D numeric histories')
+        self.max_length = max_length
+        # Plain ndarrays, whichever loader built them (a weights_only load gives _NumpyArrays).
+        self._log_history, self._count_history = np.array(log), np.array(count)
 
 
-RUNNER_CHECKPOINT_TYPES = [HistoryBuffer, WeightsOnlyHistoryBuffer, *_numpy_globals()]
+RUNNER_CHECKPOINT_TYPES = [
+    WeightsOnlyHistoryBuffer, (_NumpyDtype, 'numpy.dtype'), (_NumpyArray, 'numpy.ndarray'),
+    # numpy 2 writes its functions' module as numpy._core.multiarray, numpy 1 as numpy.core.
+    *[(function, f'numpy.{core}.multiarray.{name}') for core in ('core', '_core')
+      for name, function in (('_reconstruct', _reconstruct), ('scalar', _scalar))]]
 
 
 def allow_runner_checkpoint_types():
-    """Allow-list, for every weights_only load in this process (torch's list is global), the
-    types MMEngine's Runner writes into checkpoints. The plugin does this on import, so that
-    MMDetection's own tools can resume and test our runs' checkpoints under torch >= 2.6."""
+    """Allow-list, for every weights_only load in this process (torch's list is global), what
+    reads back the objects MMEngine's Runner writes into checkpoints (above). The plugin does
+    this on import, so that MMDetection's own tools can resume and test our runs' checkpoints
+    under torch >= 2.6."""
     torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_TYPES)
 
 
-def open_checkpoint(filename: str):
-    """A local path as is; URLs through torch's hub cache; other schemes through MMEngine."""
-    if filename.startswith(('http://', 'https://')):
-        model_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
-        os.makedirs(model_dir, exist_ok=True)
-        cached = os.path.join(model_dir, os.path.basename(filename.split('?')[0]))
-        if not os.path.exists(cached):
-            torch.hub.download_url_to_file(filename, cached, progress=True)
-        return cached
-    if '://' in filename:
-        return io.BytesIO(fetch_bytes(filename))
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'checkpoint file not found: {filename}')
-    return filename
+def _unpickler_reason(err: pickle.UnpicklingError) -> str:
+    """The unpickler's own first sentence, from torch's message around it (which opens with
+    advice on loading unsafely)."""
+    text = str(err).split('WeightsUnpickler error:', 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split('. ')[0].rstrip('.') if lines else type(err).__name__
 
 
 def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: bool = False):
     """Read a checkpoint without unpickling arbitrary objects (``unsafe`` only for trusted
     files, through ``tools/convert_checkpoint.py --unsafe-load``)."""
     source = open_checkpoint(filename)
-    # The types MMEngine writes were allow-listed when the plugin was imported (before this
-    # module could be).
+    # What reads back the objects MMEngine writes was allow-listed when the plugin was
+    # imported (before this module could be).
     try:
         try:
             return torch.load(source, map_location=map_location, weights_only=not unsafe,
@@ -103,10 +217,11 @@ def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: boo
             return torch.load(source, map_location=map_location, weights_only=not unsafe)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f'{filename} holds Python objects beyond tensors and the types MMEngine writes, '
-            f'so loading it could run code from the file; it was not loaded. If you trust the '
-            f'file, rewrite it as plain tensors with `python tools/convert_checkpoint.py '
-            f'{filename} OUT --unsafe-load`. (torch said: {str(err).splitlines()[0]})') from None
+            f'{filename} holds Python objects beyond tensors, plain numpy data and the message '
+            f'hub buffers our runs write, so loading it could run code from the file or change '
+            f'the loading process; it was not loaded. If you trust the file, rewrite it as '
+            f'plain tensors with `python tools/convert_checkpoint.py {filename} OUT '
+            f'--unsafe-load`. (torch said: {_unpickler_reason(err)})') from None
     except (EOFError, OSError, zipfile.BadZipFile) as err:
         raise TruncatedCheckpointError(f'{filename} is truncated or corrupt ({err}); use an '
                                        f'earlier checkpoint or download it again') from None

@@ -1,4 +1,5 @@
-"""Checkpoints that load with weights_only=True (torch >= 2.6's default), whoever loads them."""
+"""Checkpoints that load with weights_only=True (torch >= 2.6's default), whoever loads them,
+without letting a file change the loading process."""
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
@@ -9,8 +10,11 @@ from ..serialization import WeightsOnlyHistoryBuffer
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
     """Writes the message hub's history buffers of every checkpoint as
-    :class:`~mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer`, which pickles nothing
-    that a weights_only load must refuse. Declared in ``configs/_base_/vanillanet_runtime.py``.
+    :class:`~mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer`: their data only, where
+    MMEngine's HistoryBuffer would also write its statistics methods as ``getattr`` calls, which
+    a weights_only load refuses. MMEngine's class is not allow-listed for loading (unpickling
+    it changes that class for the whole process); ours is, and after ``--resume`` the loaded
+    buffers carry on as the run's own. Declared in ``configs/_base_/vanillanet_runtime.py``.
 
     Example (in a config)::
 
