@@ -62,7 +62,7 @@ def test_custom_out_indices_and_channels():
     (dict(arch=dict(dims=[8, 16], stride=[2])), "unknown keys \\['stride'\\]"),
     (dict(arch='5', act_num=-1), 'act_num must be an integer >= 0'),
     (dict(arch='5', out_indices=(0, 3)), r'\[3\] not allowed; this arch has stages 0..2'),
-    (dict(arch='5', frozen_stages=4), 'frozen_stages=4 is out of range'),
+    (dict(arch='5', frozen_stages=4), 'frozen_stages=4 is not allowed'),
     (dict(arch='13', out_indices=(8, 1)), 'must be in network order without repeats'),
     (dict(arch='5', out_indices=(0, 'stem')), "'stem' first"),
     (dict(arch='5', out_indices=(1, 1)), 'without repeats'),

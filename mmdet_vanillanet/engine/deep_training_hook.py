@@ -2,9 +2,10 @@
 training, then keep 1 (so that the network can be fused for deployment).
 
 During training act_learn is a function of the runner's epoch or iteration, so a resumed run
-takes the value the uninterrupted run would have had. It is also written into each checkpoint's
-meta and set again when one is loaded for testing: a checkpoint from the middle of the schedule
-computes with the act_learn it was trained at (and cannot be fused).
+takes the value the uninterrupted run would have had. Checkpoints need nothing from this hook:
+the backbone's state dict carries an act_learn below 1 (see models/vanillanet.py), so whoever
+loads a checkpoint from the middle of the schedule computes with the act_learn it was trained at
+(and cannot fuse it), with or without this hook in the config.
 """
 import math
 
@@ -56,14 +57,6 @@ class VanillaNetDeepTrainingHook(Hook):
     def backbone(runner):
         # Called every iteration: the detector's attribute, not a walk over its modules.
         return unwrap_model(runner.model).backbone
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault('meta', {})['act_learn'] = self.backbone(runner).act_learn
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        value = checkpoint.get('meta', {}).get('act_learn')
-        if value is not None:
-            self.backbone(runner).act_learn = value
 
     def before_train_epoch(self, runner) -> None:
         if self.by_epoch:

@@ -6,6 +6,10 @@ layout (``stem``, ``stages.i.conv``), with classifier keys (``cls1``, ``cls2``, 
 detector checkpoints whose backbone keys carry the ``backbone.`` prefix. All are accepted; a
 file that does not fit the model is an error that says why, never a silent partial load.
 
+A backbone saved before deep training ends also holds the scalar ``act_learn`` (see
+vanillanet.py); it is no weight of the released layouts, so the fit checks pass over it, and
+fusion refuses weights saved at any value but 1.
+
 Everything here works on tensors: the shapes a model expects come from its ArchSpec
 (``expected_state``), and conversion to the deploy layout applies fusion.py's math to the
 file's tensors (``fuse_state_dict``); no network is built.
@@ -26,6 +30,9 @@ StateDict = Dict[str, torch.Tensor]
 CONTAINER_KEYS = ('model_ema', 'state_dict', 'model')
 CLASSIFIER = re.compile(r'^(cls|cls1|cls2)\.')
 PREFIXES = ('module.', 'backbone.')
+# Tensors a fitting file may lack: BN's counters are absent from files of old torch versions.
+OPTIONAL_KEYS = re.compile(r'.*num_batches_tracked$')
+ACT_LEARN = 'act_learn'  # the state-dict key of a backbone saved at act_learn != 1
 
 
 def container_state(checkpoint) -> StateDict:
@@ -106,9 +113,10 @@ def check_fits(model_state: StateDict, state: StateDict, filename: str):
             f'{filename} was trained with act_num={file_act_num} ({kernel}x{kernel} activation '
             f'kernels) but the model has act_num={(model_kernel - 1) // 2}: set '
             f'act_num={file_act_num} in the backbone config')
-    optional = re.compile(r'.*num_batches_tracked$')  # absent from files of old torch versions
-    missing = [k for k in model_state if k not in state and not optional.match(k)]
-    unexpected = [k for k in state if k not in model_state]
+    # act_learn is no tensor to fit: the load sets it from the file, 1 where the file has none.
+    missing = [k for k in model_state if k not in state and not OPTIONAL_KEYS.match(k)
+               and k != ACT_LEARN]
+    unexpected = [k for k in state if k not in model_state and k != ACT_LEARN]
     wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
              for k, v in model_state.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
@@ -135,6 +143,12 @@ def _conv_bn(state: StateDict, prefix: str, eps: float):
 def fuse_state_dict(state: StateDict, norm_eps: float = 1e-6) -> StateDict:
     """Deploy-layout weights from training-layout ones: the fusion of ``switch_to_deploy``,
     applied to the tensors (every BN folded, each block's two 1x1 convs merged)."""
+    act_learn = float(state.get(ACT_LEARN, 1.0))
+    if act_learn != 1.0:
+        raise CheckpointError(
+            f'these weights were saved at act_learn={act_learn}, before deep training finished: '
+            'their 1x1 conv pairs merge into one conv only at act_learn=1, so fusing them would '
+            'change what they compute; use a checkpoint from the end of the schedule')
     fused = OrderedDict()
     fused['stem.0.weight'], fused['stem.0.bias'] = merge_1x1(
         *_conv_bn(state, 'stem1', norm_eps), *_conv_bn(state, 'stem2', norm_eps))
@@ -241,4 +255,5 @@ def count_params(state: StateDict) -> int:
     """Learned numbers in a state dict (BN running statistics are not parameters); the one
     count every tool and test uses, for modules through their ``state_dict()``."""
     return sum(v.numel() for k, v in state.items()
-               if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+               if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked',
+                                  ACT_LEARN)))

@@ -6,6 +6,13 @@
 No shortcuts, no attention, no depth beyond a dozen layers. ``act_learn`` is the deep-training
 slope: 0 makes the leaky_relu a ReLU (two non-linear layers per block), 1 makes it the identity,
 after which ``switch_to_deploy`` merges every block into a single 1x1 conv and an activation.
+
+A backbone saved before deep training ends (act_learn < 1) carries its act_learn in its state
+dict, as the scalar ``act_learn`` (``backbone.act_learn`` in a detector), and loading that state
+dict sets it: whatever loads the weights (MMEngine's load_checkpoint, MMDetection's tools and
+DetInferencer, mmdeploy) computes what was trained, and fusing then refuses. At act_learn = 1 the
+key is absent, so the state dict has exactly the released key layout, and a state dict without
+it (the released checkpoints) loads at act_learn = 1.
 """
 import copy
 from typing import Sequence, Tuple, Union
@@ -21,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
-from .checkpoint import load_pretrained
+from .checkpoint import ACT_LEARN, load_pretrained
 from .fusion import merge_conv_bn_pair
 from .series_activation import SeriesActivation, check_act_impl
 
@@ -32,6 +39,32 @@ def conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: in
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
         build_norm_layer(norm_cfg, out_channels)[1])
+
+
+def _is_int(value) -> bool:
+    """An int that is not a bool (True would pass for 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _save_act_learn(module, state_dict, prefix, local_metadata):
+    """State-dict post-hook: the key only where act_learn is not 1 (float64, so the value
+    reloads exactly)."""
+    if module.act_learn != 1.0:
+        state_dict[prefix + ACT_LEARN] = torch.tensor(module.act_learn, dtype=torch.float64)
+
+
+def _load_act_learn(module, state_dict, prefix, local_metadata, strict, missing_keys,
+                    unexpected_keys, error_msgs):
+    """Load-state-dict pre-hook: consume the key (so that no loader reports it as unexpected)
+    and set act_learn; weights without it were saved at 1. A load that holds none of this
+    backbone's keys (a partial state dict) leaves act_learn as it is."""
+    value = state_dict.pop(prefix + ACT_LEARN, None)
+    if value is None and not any(key.startswith(prefix) for key in state_dict):
+        return
+    try:
+        module.act_learn = 1.0 if value is None else float(value)
+    except (InputError, TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f'loading {prefix}{ACT_LEARN}: {error}') from None
 
 
 class VanillaBlock(nn.Module):
@@ -133,23 +166,26 @@ class VanillaNet(BaseModule):
         check_act_impl(act_impl)
         self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
         self.arch = resolve_arch(arch)
-        if not isinstance(act_num, int) or act_num < 0:
+        if not _is_int(act_num) or act_num < 0:
             raise InputError(f'act_num must be an integer >= 0 (kernel 2*act_num+1), '
                              f'got {act_num!r}')
         num_stages = self.arch.num_stages
         if out_indices is None:
             out_indices = self.arch.default_out_indices()
+        if not isinstance(out_indices, (list, tuple)):
+            raise InputError(f'out_indices must be a list or tuple of stage indices, e.g. '
+                             f'out_indices=({out_indices!r}, ), got {out_indices!r}')
         out_indices = tuple(out_indices)
         valid = [STEM, *range(num_stages)]
-        bad = [i for i in out_indices if i not in valid]
+        bad = [i for i in out_indices if not (_is_int(i) or i == STEM) or i not in valid]
         if bad or not out_indices:
             raise InputError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
                              f'has stages 0..{num_stages - 1}, and {STEM!r} names the stem')
         if [valid.index(i) for i in out_indices] != sorted({valid.index(i) for i in out_indices}):
             raise InputError(f'out_indices {out_indices} must be in network order without '
                              f'repeats ({STEM!r} first), as the maps are returned in that order')
-        if not -1 <= frozen_stages <= num_stages:
-            raise InputError(f'frozen_stages={frozen_stages} is out of range: -1 freezes '
+        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
+            raise InputError(f'frozen_stages={frozen_stages!r} is not allowed: -1 freezes '
                              f'nothing, 0 the stem, k the stem and the first k stages, up to '
                              f'{num_stages} for this arch')
         self.act_num = act_num
@@ -180,6 +216,8 @@ class VanillaNet(BaseModule):
                          norm_cfg, deploy) for i in range(num_stages))
         self.act_impl = act_impl
         self._freeze_stages()
+        self.register_state_dict_post_hook(_save_act_learn)
+        self.register_load_state_dict_pre_hook(_load_act_learn)
 
     # --- the network -------------------------------------------------------------------------
 

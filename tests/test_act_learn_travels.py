@@ -1,0 +1,135 @@
+"""act_learn travels with the weights: a backbone saved before deep training ends holds it in its
+state dict, and every loader (ours, MMEngine's, MMDetection's test tool and DetInferencer) sets
+it, while the released key layouts stay exactly as they are."""
+import glob
+import os.path as osp
+import pickle
+
+import mmdet
+import pytest
+import torch
+from mmdet.apis import DetInferencer
+from mmengine.config import Config
+from mmengine.runner import load_checkpoint
+
+from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, run, toy_options
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.models.arch_settings import resolve_arch
+from mmdet_vanillanet.models.checkpoint import count_params, expected_state
+from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.serialization import CheckpointError
+from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
+
+MMDET_TEST = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
+MID = 0.25  # act_learn of the first epoch below: start 0.25, reaching 1 after one epoch
+
+
+NARROW = dict(arch=narrow('13'), act_num=4)
+
+
+def _backbone():
+    return randomize(build_backbone(**NARROW)).eval()
+
+
+def test_the_key_is_there_only_below_1_and_every_loader_sets_act_learn(tmp_path):
+    model = _backbone()
+    released = set(expected_state(model.arch, 4, 'training'))
+    assert set(model.state_dict()) == released
+    assert set(fused_copy(model).state_dict()) == set(expected_state(model.arch, 4, 'deploy'))
+    params = count_params(model.state_dict())
+    model.act_learn = 0.3
+    state = model.state_dict()
+    assert set(state) == released | {'act_learn'} and count_params(state) == params
+    assert state['act_learn'].item() == 0.3  # float64: the value comes back exactly
+    torch.save({'state_dict': state}, tmp_path / 'mid.pth')
+    for strict in (True, False):  # strict: the key is no unexpected key to MMEngine either
+        loaded = build_backbone(**NARROW)
+        load_checkpoint(loaded, str(tmp_path / 'mid.pth'), strict=strict)
+        assert loaded.act_learn == 0.3
+    loaded.load_state_dict({k: v for k, v in state.items() if k != 'act_learn'})
+    assert loaded.act_learn == 1.0  # weights without the key (released ones) were saved at 1
+    deployed = fused_copy(_backbone())
+    with pytest.raises(InputError, match='loading act_learn: act_learn=0.3: a deployed'):
+        deployed.load_state_dict({**deployed.state_dict(), 'act_learn': state['act_learn']})
+
+
+def test_the_released_file_checks_accept_the_key_and_fusion_refuses_it(tmp_path):
+    model = _backbone()
+    model.act_learn = 0.3
+    path = tmp_path / 'detector.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in model.state_dict().items()}}, path)
+    init_cfg = dict(type='Pretrained', checkpoint=str(path))
+    loaded = build_backbone(**NARROW, init_cfg=init_cfg)
+    loaded.init_weights()  # the fit checks pass, and the load sets act_learn
+    assert loaded.act_learn == 0.3
+    deployed = build_backbone(**NARROW, init_cfg=init_cfg, deploy=True)
+    with pytest.raises(CheckpointError, match='saved at act_learn=0.3, before deep training'):
+        deployed.init_weights()  # fused on load: refused
+    with pytest.raises(CheckpointError, match='saved at act_learn=0.3'):
+        deploy_checkpoint(torch.load(path, weights_only=True))  # tools/convert_checkpoint.py
+
+
+@pytest.fixture(scope='module')
+def run_dir(data_root, tmp_path_factory):
+    """Two toy epochs: epoch_1.pth from the middle of deep training, epoch_2.pth after it."""
+    work_dir = tmp_path_factory.mktemp('act_learn_run')
+    run('tools/train.py', CONFIG, '--work-dir', str(work_dir), '--cfg-options',
+        *toy_options(data_root, 2), f'custom_hooks.0.start={MID}')
+    return work_dir
+
+
+@pytest.mark.slow
+def test_a_mid_schedule_checkpoint_holds_act_learn_and_a_finished_one_the_released_layout(
+        run_dir):
+    mid = torch.load(run_dir / 'epoch_1.pth', weights_only=True)
+    assert mid['state_dict']['backbone.act_learn'].item() == MID and 'act_learn' not in mid['meta']
+    finished = torch.load(run_dir / 'epoch_2.pth', weights_only=True)['state_dict']
+    backbone = Config.fromfile(CONFIG).model.backbone
+    released = expected_state(resolve_arch(backbone.arch), backbone.act_num, 'training')
+    assert {k for k in finished if k.startswith('backbone.')} == {
+        f'backbone.{k}' for k in released}
+
+
+def _predictions(output_file):
+    with open(output_file, 'rb') as f:
+        return torch.cat([torch.as_tensor(p['pred_instances']['bboxes']) for p in pickle.load(f)])
+
+
+@pytest.mark.slow
+def test_mmdetections_own_test_tool_computes_with_the_trained_act_learn(run_dir, data_root):
+    """MMDetection's tools/test.py, on a config without our deep-training hook (as the COCO
+    configs are), gives what ours gives."""
+    checkpoint = str(run_dir / 'epoch_1.pth')
+    options = [o for o in toy_options(data_root) if not o.startswith('custom_hooks')]
+    theirs = run(MMDET_TEST, CONFIG, checkpoint, '--work-dir', str(run_dir / 'theirs'),
+                 '--out', str(run_dir / 'theirs.pkl'), '--cfg-options', *options,
+                 'custom_hooks=[]')
+    ours = run('tools/test.py', CONFIG, checkpoint, '--work-dir', str(run_dir / 'ours'),
+               '--out', str(run_dir / 'ours.pkl'), '--cfg-options', *toy_options(data_root))
+    assert [ap(theirs, m) for m in ('bbox', 'segm')] == [ap(ours, m) for m in ('bbox', 'segm')]
+    torch.testing.assert_close(_predictions(run_dir / 'theirs.pkl'),
+                               _predictions(run_dir / 'ours.pkl'))
+    output = run('tools/test.py', CONFIG, checkpoint, '--deploy', '--work-dir',
+                 str(run_dir / 'fused'), '--cfg-options', *toy_options(data_root), expect_ok=False)
+    assert output.strip().splitlines()[-1].startswith(
+        f'error: cannot fuse VanillaNet with act_learn={MID}')
+
+
+@pytest.mark.slow
+def test_det_inferencer_gets_the_trained_act_learn_and_fusion_refuses_it(run_dir, data_root):
+    inferencer = DetInferencer(model=CONFIG, weights=str(run_dir / 'epoch_1.pth'), device='cpu',
+                               show_progress=False)
+    model = inferencer.model
+    assert model.backbone.act_learn == MID
+    image = sorted(glob.glob(f'{data_root}val/*'))[0]
+    model.roi_head.test_cfg.score_thr = 0.0  # always max_per_img detections, to compare
+
+    def scores():
+        return inferencer(image, return_datasamples=True)['predictions'][0].pred_instances.scores
+
+    trained = scores()
+    model.backbone.act_learn = 1.0
+    assert not torch.allclose(scores(), trained)  # the default act_learn would compute otherwise
+    model.backbone.act_learn = MID
+    with pytest.raises(InputError, match=f'cannot fuse VanillaNet with act_learn={MID}'):
+        fuse_detector(model)
