@@ -1,13 +1,16 @@
-"""The VanillaNet inside a detector: finding it through model wrappers, and fusing it for
-deployment (the one function the deploy hook, tools/test.py --deploy and the benchmark use)."""
-from typing import List
+"""The VanillaNet inside a detector: finding it through model wrappers, checking that a
+detector checkpoint fits, and fusing it for deployment (the one function the deploy hook,
+tools/test.py --deploy and the benchmark use)."""
+import re
+from typing import Dict, List, Sequence
 
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from ..errors import InputError
-from .checkpoint import count_params
+from ..serialization import CheckpointError
+from .checkpoint import OPTIONAL_KEYS, check_fits, count_params
 from .vanillanet import VanillaNet
 
 
@@ -35,3 +38,48 @@ def fuse_detector(model: nn.Module) -> nn.Module:
             print_log(f'fused VanillaNet-{backbone.arch_name}: {before / 1e6:.2f}M -> '
                       f'{after / 1e6:.2f}M parameters', logger='current')
     return model
+
+
+def _listed(label: str, keys: List[str]) -> str:
+    return f'{label} ({len(keys)}): {", ".join(keys[:4])}' + (', ...' if len(keys) > 4 else '')
+
+
+def check_detector_fits(model: nn.Module, state: Dict, filename: str,
+                        replaced: Sequence[str] = ()) -> List[str]:
+    """Raise a CheckpointError unless ``state`` (a detector's state dict, keys possibly
+    prefixed by ``module.``) holds every tensor of ``model`` in its shape and nothing else: the
+    VanillaNet's part first, whose message names act_num, arch and layout, then the rest.
+
+    Keys under the module names in ``replaced`` (heads replaced on purpose, e.g.
+    ``roi_head.bbox_head.fc_cls`` when fine-tuning to another number of classes) may be
+    missing or of another shape; they are left at their initialisation. Returns the file's
+    keys to drop for that (those of another shape)."""
+    model = unwrap_model(model)
+    expected = model.state_dict()
+    file_keys = {re.sub(r'^module\.', '', k): k for k in state}
+    free = tuple(f'{name}.' for name in replaced)
+    backbones = tuple(f'{name}.' for name, m in model.named_modules()
+                      if isinstance(m, VanillaNet) and not f'{name}.'.startswith(free))
+    for prefix in backbones:
+        check_fits({k[len(prefix):]: v for k, v in expected.items() if k.startswith(prefix)},
+                   {k[len(prefix):]: state[file_keys[k]] for k in file_keys
+                    if k.startswith(prefix)}, filename)
+    rest = [k for k in expected if not k.startswith(backbones)]
+    missing = [k for k in rest if k not in file_keys and not k.startswith(free)
+               and not OPTIONAL_KEYS.match(k)]
+    unexpected = [k for k in file_keys if k not in expected
+                  and not k.startswith(backbones + free)]
+    wrong = [f'{k}: file {tuple(state[file_keys[k]].shape)} vs model {tuple(expected[k].shape)}'
+             for k in rest if k in file_keys and not k.startswith(free)
+             and state[file_keys[k]].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        problems = [_listed(label, keys) for label, keys in (
+            ('shape mismatches', wrong), ('missing keys', missing),
+            ('unexpected keys', unexpected)) if keys]
+        raise CheckpointError(
+            f'{filename} does not fit this {type(model).__name__}: {"; ".join(problems)}. '
+            f'If you replaced these parts on purpose (fine-tuning to other classes), name '
+            f'them in the config: default_hooks.checkpoint_fit.replaced=[...] (README, '
+            f'Reliability)')
+    return [file_keys[k] for k in expected if k.startswith(free) and k in file_keys
+            and state[file_keys[k]].shape != expected[k].shape]

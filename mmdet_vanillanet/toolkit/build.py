@@ -1,12 +1,26 @@
 """The detector a benchmark or check times: the config's model in eval mode, with a checkpoint's
 weights or generated ones."""
 import copy
+import re
 from typing import Optional
 
 from mmdet.registry import MODELS
-from mmengine.runner import load_checkpoint
 
+from ..models.detector import check_detector_fits
+from ..serialization import safe_load
 from .weights import randomize
+
+
+def load_detector_weights(model, checkpoint: str, device='cpu'):
+    """A detector checkpoint into ``model``, refused in one line unless it fits exactly."""
+    loaded = safe_load(checkpoint, map_location=device)
+    state = loaded.get('state_dict', loaded)
+    check_detector_fits(model, state, checkpoint)
+    # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
+    # middle of deep training sets the backbone's act_learn as it loads (a key of its state
+    # dict), so that fusing it is refused.
+    model.load_state_dict({re.sub(r'^module\.', '', k): v for k, v in state.items()},
+                          strict=False)
 
 
 def build_detector(cfg, checkpoint: Optional[str] = None):
@@ -24,11 +38,7 @@ def build_detector(cfg, checkpoint: Optional[str] = None):
         (test_cfg.rcnn if 'rcnn' in test_cfg else test_cfg).score_thr = 0.0
     model = MODELS.build(model_cfg)
     if checkpoint:
-        meta = load_checkpoint(model, checkpoint, map_location='cpu', strict=True).get('meta')
-        # Deep training writes act_learn into each checkpoint (VanillaNetDeepTrainingHook): a
-        # mid-schedule file computes with it, and fusing it is refused.
-        if (meta or {}).get('act_learn') is not None:
-            model.backbone.act_learn = meta['act_learn']
+        load_detector_weights(model, checkpoint)
     else:
         randomize(model.backbone)
     return model.eval()
