@@ -89,4 +89,4 @@ custom_hooks = [dict(type='VanillaNetDeepTrainingHook', start=0.0, duration=max_
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10),
-    checkpoint=dict(type='CheckpointHook', interval=max_epochs // 4, max_keep_ckpts=2))
+    checkpoint=dict(interval=max_epochs // 4, max_keep_ckpts=2))

@@ -50,8 +50,9 @@ class RunsCode:
         return (open, (self.marker, 'w'))
 
 
-def toy_options(data_root, epochs=2):
-    """16 images, 4 per batch, `epochs` epochs with act_learn reaching 1 after the first."""
+def toy_options(data_root, epochs=2, seed=0):
+    """16 images, 4 per batch, `epochs` epochs with act_learn reaching 1 after the first;
+    seeded unless ``seed`` is None (the shipped configs set no seed)."""
     keys = ('batch_size=4', 'num_workers=0', 'persistent_workers=False',
             f'dataset.data_root={data_root}')
     options = [f'{split}_dataloader.{key}' for split in ('train', 'val', 'test') for key in keys]
@@ -60,8 +61,8 @@ def toy_options(data_root, epochs=2):
         f'test_evaluator.ann_file={data_root}annotations/instances_val.json',
         f'train_cfg.max_epochs={epochs}', f'train_cfg.val_interval={epochs}',
         'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
-        'custom_hooks.0.duration=1', 'model.test_cfg.rcnn.score_thr=0.0',
-        'randomness.seed=0']
+        'custom_hooks.0.duration=1', 'model.test_cfg.rcnn.score_thr=0.0'] + (
+        [] if seed is None else [f'randomness.seed={seed}'])
 
 
 def run(*argv, expect_ok=True, launcher=None, env=None):
@@ -77,9 +78,10 @@ def run(*argv, expect_ok=True, launcher=None, env=None):
     return output
 
 
-def train(work_dir, data_root, *extra, epochs=2, **kw):
+def train(work_dir, data_root, *extra, epochs=2, seed=0, options=(), **kw):
+    """tools/train.py on the toy set; ``options`` are more --cfg-options."""
     return run('tools/train.py', CONFIG, '--work-dir', str(work_dir), *extra,
-               '--cfg-options', *toy_options(data_root, epochs), **kw)
+               '--cfg-options', *toy_options(data_root, epochs, seed), *options, **kw)
 
 
 def evaluate(checkpoint, data_root, work_dir, *extra, **kw):

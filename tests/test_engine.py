@@ -1,5 +1,5 @@
-"""The engine parts (deep-training schedule, layer decay, weights_only checkpoints) and the
-MMDetection 2.x key layout of the released detectors."""
+"""The engine parts (deep-training schedule, layer decay, weights_only checkpoints, the
+non-finite guard) and the MMDetection 2.x key layout of the released detectors."""
 import math
 import os.path as osp
 
@@ -8,10 +8,14 @@ import torch
 from mmdet.registry import HOOKS, MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer, MessageHub
+from mmengine.model import BaseModel
 from mmengine.optim import build_optim_wrapper
+from mmengine.runner import Runner
 
 from helpers import CONFIGS
+from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import safe_load
 
@@ -105,3 +109,86 @@ def test_checkpoints_load_with_weights_only_and_keep_their_statistics(tmp_path):
     buffer = loaded['message_hub']['log_scalars']['train/loss']
     assert buffer.mean() == 2.0 and buffer.statistics('max') == 3.0
     assert type(hub.get_scalar('train/loss')) is HistoryBuffer  # the live one is untouched
+
+
+class _Diverging(BaseModel):
+    """One weight at -3e38 whose loss (the weight) is finite, and whose gradient step with
+    lr=3e38 takes it past float32's range: a finite loss that leaves an infinite weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((1, ), -3e38))
+
+    def forward(self, inputs, data_samples=None, mode='loss'):
+        return dict(loss=self.w.sum())
+
+
+def test_a_finite_loss_step_that_blows_up_the_weights_is_never_checkpointed(tmp_path):
+    """The non-finite guard checks the weights after the step, before the checkpoint hook of
+    the same iteration runs."""
+    runner = Runner(
+        model=_Diverging(), work_dir=str(tmp_path),
+        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * 2, batch_size=1,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=2),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=3e38)),
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1,
+                                           by_epoch=False),
+                           non_finite=dict(type='StopOnNonFiniteHook')),
+        default_scope='mmdet', experiment_name='diverging')
+    with pytest.raises(NonFiniteError) as err:
+        runner.train()
+    assert str(err.value).startswith('non-finite values at iteration 1 (epoch 1, batch 1): '
+                                     '1 weight tensors (w). Training stopped; no checkpoint')
+    assert not list(tmp_path.glob('*.pth'))
+
+
+class _Quadratic(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, inputs, data_samples=None, mode='loss'):
+        return dict(loss=(self.w ** 2).sum())
+
+
+@HOOKS.register_module(force=True)
+class LrRecorderHook(Hook):
+    def __init__(self, lrs):
+        self.lrs = lrs
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        self.lrs.append(runner.optim_wrapper.get_lr()['lr'][0])
+
+
+def _lr_run(work_dir, lr, iters, resume=False):
+    """A Runner on a tiny real model with warm-up and step decay, checkpointing every 2
+    iterations; returns the lr of each iteration it trained."""
+    runner = Runner(
+        model=_Quadratic(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * 8, batch_size=1,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr, momentum=0.9)),
+        param_scheduler=[dict(type='LinearLR', start_factor=0.1, by_epoch=False, end=3),
+                         dict(type='MultiStepLR', by_epoch=False, milestones=[3], gamma=0.5)],
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=2,
+                                           by_epoch=False),
+                           resume_lr=dict(type='ResumeLrFromConfigHook'),
+                           weights_only=dict(type='WeightsOnlyCheckpointHook')),
+        resume=resume, default_scope='mmdet', experiment_name=f'lr{lr}{resume}')
+    lrs = []
+    runner.register_hook(dict(type='LrRecorderHook', lrs=lrs), priority='LOWEST')
+    runner.train()
+    return lrs
+
+
+def test_resume_with_another_lr_continues_the_schedule_scaled(tmp_path):
+    """What the non-finite stop recommends: --resume with a lower lr takes it, at the same
+    point of the schedule (MMEngine alone would restore the checkpoint's lr)."""
+    whole = _lr_run(tmp_path / 'whole', 0.2, 6)
+    _lr_run(tmp_path / 'halved', 0.2, 4)
+    resumed = _lr_run(tmp_path / 'halved', 0.1, 6, resume=True)
+    assert resumed == pytest.approx([lr / 2 for lr in whole[4:]], rel=1e-12)

@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 from helpers import CONFIG, REPO_ROOT, RunsCode, toy_options
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import CheckpointError
-from mmdet_vanillanet.toolkit.cli import require_runtime_hooks
+from mmdet_vanillanet.toolkit.cli import RUNTIME_HOOKS, require_runtime_hooks
 from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
 
 PACKAGE = osp.join(REPO_ROOT, 'mmdet_vanillanet')
@@ -112,7 +112,7 @@ def test_the_plugin_never_imports_the_tools_code():
 def test_importing_the_plugin_registers_and_changes_nothing_else():
     """In a fresh interpreter: the registries gain our modules; MMEngine's classes, its
     checkpoint loaders and the environment stay as they were."""
-    probe = '''
+    probe = f'''
 import json, os, sys
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
@@ -124,8 +124,7 @@ print(json.dumps(dict(
     same=[a == b for a, b in zip(before, after)],
     toolkit=[m for m in sys.modules if m.startswith('mmdet_vanillanet.toolkit')],
     registered=[MODELS.get('VanillaNet') is not None,
-                all(HOOKS.get(h) is not None for h in ('RandomStateHook',
-                    'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook'))])))
+                all(HOOKS.get(h) is not None for h in {RUNTIME_HOOKS!r})])))
 '''
     out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
                          cwd=REPO_ROOT, check=True).stdout
@@ -153,8 +152,7 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
         sys.argv = argv
     our_hooks = [type(h).__name__ for h in ours.hooks]
     assert our_hooks == their_hooks
-    for hook in ('RandomStateHook', 'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook',
-                 'VanillaNetDeepTrainingHook'):
+    for hook in (*RUNTIME_HOOKS, 'VanillaNetDeepTrainingHook'):
         assert hook in our_hooks
 
 
@@ -162,8 +160,7 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
 def test_every_config_declares_the_runtime_it_needs(path):
     cfg = Config.fromfile(path)
     assert cfg.custom_imports == dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
-    assert {h['type'] for h in cfg.default_hooks.values()} >= {
-        'RandomStateHook', 'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook'}
+    assert {h['type'] for h in cfg.default_hooks.values()} >= set(RUNTIME_HOOKS)
 
 
 def test_make_install_names_a_missing_python_before_doing_anything():
@@ -203,5 +200,5 @@ def test_resume_never_passes_over_a_file_it_refuses_to_load(tmp_path):
     """Passing over it would restart the run from an older file, or from nothing."""
     torch.save({'state_dict': {}, 'meta': RunsCode(tmp_path / 'pwned')}, tmp_path / 'epoch_2.pth')
     with pytest.raises(CheckpointError, match='could run code'):
-        resume_checkpoint(str(tmp_path))
+        resume_checkpoint(Config(dict(work_dir=str(tmp_path), default_hooks={})))
     assert not (tmp_path / 'pwned').exists()

@@ -72,7 +72,7 @@ def test_resume_continues_where_the_run_stopped(data_root, tmp_path):
 def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(trained, data_root):
     before = (trained / 'epoch_2.pth').read_bytes()
     output = train(trained, data_root, expect_ok=False)
-    assert 'already holds checkpoints of an earlier run' in output and '--overwrite' in output
+    assert 'an earlier run left checkpoints' in output and '--overwrite' in output
     assert (trained / 'epoch_2.pth').read_bytes() == before
 
 

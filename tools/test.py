@@ -2,7 +2,8 @@
 --deploy, which tests the fused (deployed) network:
 - a training-mode checkpoint is loaded as usual and the backbone is fused before testing;
 - a deploy-layout checkpoint (tools/convert_checkpoint.py) is loaded into a deploy backbone.
-A deploy-layout checkpoint without --deploy is an error rather than a silent partial load.
+A deploy-layout checkpoint without --deploy is an error rather than a silent partial load, as
+is any checkpoint that does not fit (the config's CheckpointFitHook).
 """
 import argparse
 import os.path as osp
@@ -14,9 +15,10 @@ from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
 from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
                                           load_config, one_line_errors, parse,
-                                          set_work_dir)
+                                          require_runtime_hooks, set_work_dir)
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.launch import setup_launcher
+from mmdet_vanillanet.toolkit.work_dir import require_writable
 
 
 def parse_args():
@@ -54,6 +56,7 @@ def configure_deploy(cfg, checkpoint: str, deploy: bool):
 
 def build_runner(args):
     cfg = load_config(args.config, args.cfg_options)
+    require_runtime_hooks(cfg)
     set_work_dir(cfg, args.work_dir, args.config)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
@@ -62,7 +65,8 @@ def build_runner(args):
             raise FileExistsError(f'--out {args.out} exists; remove it or choose another name')
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
-    check_dataset_paths(cfg, ('test_dataloader', ))
+    check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
+    require_writable(cfg.work_dir)
     configure_deploy(cfg, args.checkpoint, args.deploy)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:

@@ -3,9 +3,13 @@ how the run trains (its hooks, configs/_base_/vanillanet_runtime.py, give exact 
 NaN stop under MMDetection's own tool too); this tool adds only command-line behaviour:
 - distributed training on CPU-only machines (gloo), which MMEngine's launcher cannot set up;
 - bad input (a missing or malformed dataset, a bad backbone argument, a checkpoint that does
-  not fit) stops the run with a one-line error before anything is trained;
+  not fit, an unwritable work_dir) stops the run with a one-line error before anything is
+  trained; --invalid-boxes chooses whether boxes of non-positive size or outside their image
+  are refused (default) or dropped (as MMDetection's dataset does), with a count;
 - --overwrite: without it, a work_dir holding an earlier run's checkpoints is left alone;
-- --resume passes over a truncated last checkpoint for the one before it;
+- --resume finds the run's checkpoints wherever the config's checkpoint hook writes them,
+  passes over a truncated last one for the one before it, and is an error when none is
+  readable;
 - every checkpoint is read with weights_only=True.
 """
 import argparse
@@ -13,7 +17,7 @@ import argparse
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdet_vanillanet.engine import NonFiniteLossError
+from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.models.checkpoint import require_training_layout
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
@@ -21,7 +25,8 @@ from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_lo
                                           require_runtime_hooks, set_work_dir)
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.launch import setup_launcher
-from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, resume_checkpoint
+from mmdet_vanillanet.toolkit.work_dir import (guard_work_dir, require_writable,
+                                               resume_checkpoint)
 
 
 def parse_args():
@@ -39,6 +44,9 @@ def parse_args():
     parser.add_argument('--overwrite', action='store_true',
                         help='start afresh in a work_dir that holds checkpoints of an earlier '
                         'run, replacing them')
+    parser.add_argument('--invalid-boxes', choices=['refuse', 'drop'], default='refuse',
+                        help='boxes of non-positive size or outside their image: refuse the '
+                        'dataset (default), or drop them with a count, as MMDetection does')
     add_runner_args(parser)
     return parse(parser)
 
@@ -57,15 +65,17 @@ def build_runner(args):
                                '"auto_scale_lr.base_batch_size" in your configuration file.')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.load_from = resume_checkpoint(cfg.work_dir)
+        cfg.load_from = resume_checkpoint(cfg)
         cfg.resume = cfg.load_from is not None  # nothing (readable) to resume: start afresh
     elif args.resume is not None:
         safe_load(args.resume, mmap=True)  # a truncated or unsafe file is named here
         cfg.resume = True
         cfg.load_from = args.resume
 
-    check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
-    guard_work_dir(cfg.work_dir, args.resume, args.overwrite)
+    check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
+                        invalid_boxes=args.invalid_boxes)
+    guard_work_dir(cfg, args.resume, args.overwrite)
+    require_writable(cfg.work_dir)
     if cfg.get('load_from'):
         require_training_layout(cfg.load_from, 'start a training run',
                                 'use the training-mode checkpoint it was converted from')
@@ -76,7 +86,7 @@ def build_runner(args):
 def main():
     args = parse_args()
     force_weights_only_loading()
-    with one_line_errors(NonFiniteLossError):
+    with one_line_errors(NonFiniteError):
         runner = build_runner(args)
         runner.train()
     return runner

@@ -3,6 +3,7 @@ MMDetection's tools do, weights_only loading for the whole tool process, and pri
 user's errors on one line instead of a traceback."""
 import argparse
 import contextlib
+import errno
 import os
 import os.path as osp
 import sys
@@ -12,10 +13,15 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
+from ..checkpoint_sources import HTTP, ZOO_PREFIXES
 from ..errors import InputError
 from ..serialization import safe_load
 
 USER_ERRORS = (InputError, FileNotFoundError, FileExistsError)
+# Writes that fail for lack of room or rights: a full disk or quota, a file-size limit, a
+# read-only or forbidden folder.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                errno.EPERM, errno.ENOTDIR}
 
 
 def add_runner_args(parser: argparse.ArgumentParser):
@@ -45,12 +51,14 @@ def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
     return cfg
 
 
-RUNTIME_HOOKS = ('RandomStateHook', 'StopOnNonFiniteLossHook', 'WeightsOnlyCheckpointHook')
+RUNTIME_HOOKS = ('AtomicCheckpointHook', 'CheckpointFitHook', 'RandomStateHook',
+                 'ResumeLrFromConfigHook', 'StopOnNonFiniteHook', 'WeightsOnlyCheckpointHook')
 
 
 def require_runtime_hooks(cfg: Config):
-    """A training config must declare the hooks every run needs (exact resume, the NaN stop,
-    checkpoints that load with weights_only): the config, not the tool, decides how it trains."""
+    """A config must declare the hooks every run needs (atomic checkpoints, strict loading,
+    exact resume, the NaN stop, checkpoints that load with weights_only): the config, not the
+    tool, decides how it trains and what it loads."""
     declared = {h.get('type') for h in (cfg.get('default_hooks') or {}).values() if h}
     declared |= {h.get('type') for h in cfg.get('custom_hooks') or []}
     missing = [h for h in RUNTIME_HOOKS if h not in declared]
@@ -71,10 +79,9 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
 
 def force_weights_only_loading():
     """For the tool's whole process: make every torch.load weights_only, MMEngine's own
-    loaders included (torchvision://, open-mmlab://, ... call torch.load without the
-    argument), and route MMEngine's local and URL loading through ``safe_load`` for its
-    messages. A TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment is overruled, with a
-    warning."""
+    loaders included (mmcls://, s3://, ... call torch.load without the argument), and route
+    MMEngine's local, URL and model-zoo loading through ``safe_load`` for its messages. A
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD in the environment is overruled, with a warning."""
     if os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None) is not None:
         print_log('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is ignored: checkpoints are always loaded '
                   'with weights_only=True (tools/convert_checkpoint.py --unsafe-load rewrites a '
@@ -84,14 +91,21 @@ def force_weights_only_loading():
     def load(filename, map_location=None):
         return safe_load(filename, map_location=map_location or 'cpu')
 
-    CheckpointLoader.register_scheme(prefixes=['', 'http://', 'https://'], loader=load,
+    CheckpointLoader.register_scheme(prefixes=['', *HTTP, *ZOO_PREFIXES], loader=load,
                                      force=True)
 
 
 @contextlib.contextmanager
 def one_line_errors(*more):
-    """Exit with 'error: <message>' for the user's errors (and ``more`` exception types)."""
+    """Exit with 'error: <message>' for the user's errors (and ``more`` exception types), and
+    for writes that fail for lack of room or rights (naming the file)."""
     try:
         yield
     except (*USER_ERRORS, *more) as err:
         sys.exit(f'error: {err}')
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        sys.exit(f'error: cannot write {err.filename or "a file"} ({err.strerror}); free some '
+                 f'space or choose a writable --work-dir (complete checkpoints are kept: '
+                 f'--resume continues from the last one)')
