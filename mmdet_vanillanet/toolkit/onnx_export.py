@@ -11,7 +11,7 @@ onnxruntime both take, and dynamic batch, height and width need no ranges; the d
 import os
 import os.path as osp
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -103,13 +103,27 @@ def export(module: ExportedPart, path: str, shape: Sequence[int], static: bool =
     return names
 
 
+def group_outputs(names: Sequence[str], values: Sequence) -> List[list]:
+    """A file's outputs grouped as the part returned them (the inverse of ``output_names``:
+    the maps named one prefix + index form a group), in order."""
+    groups: Dict[str, list] = {}
+    for name, value in zip(names, values):
+        groups.setdefault(name.rstrip('0123456789'), []).append(value)
+    return list(groups.values())
+
+
+def backbone_metadata(backbone: nn.Module) -> Dict[str, str]:
+    """The metadata a config must match to use the file: its VanillaNet's arch and act_num."""
+    return dict(vanillanet_arch=backbone.arch_name,
+                vanillanet_dims=','.join(map(str, backbone.arch.dims)),
+                act_num=str(backbone.act_num))
+
+
 def write_metadata(path: str, module: ExportedPart):
     """What a consumer of the file needs to know that the graph cannot say."""
     backbone = vanillanets_of(module.detector)[0]
     model = onnx.load(path)
-    for key, value in dict(vanillanet_arch=backbone.arch_name,
-                           vanillanet_dims=','.join(map(str, backbone.arch.dims)),
-                           act_num=str(backbone.act_num), part=module.part,
+    for key, value in dict(**backbone_metadata(backbone), part=module.part,
                            min_input_size=str(backbone.min_input_size),
                            input='RGB-normalised NCHW float32 (the data preprocessor\'s output), '
                                  'each side at least min_input_size').items():

@@ -1,0 +1,165 @@
+"""Detections from an exported raw ONNX file (``tools/export_onnx.py ... --part raw``):
+onnxruntime runs what the file holds and MMDetection's own code does the rest, so that the
+detections are the PyTorch model's.
+
+- Preprocessing: the config's test pipeline (images from paths or arrays, loaded as
+  MMDetection's DetInferencer loads them) and the model's data preprocessor.
+- A single-stage detector (RetinaNet, ...): the file holds the network up to the head's
+  outputs; the head's own ``predict_by_feat`` decodes them (priors, box coder, NMS).
+- A two-stage detector (Mask R-CNN, ...): the file holds backbone, neck and RPN head; the RPN
+  head's ``predict_by_feat`` gives the proposals, and the RoI heads (box and mask) run in
+  PyTorch on the file's neck maps, with their weights from the checkpoint.
+
+    detector = OnnxDetector('configs/mask_rcnn_vanillanet_toy.py', 'toy.onnx', 'epoch_40.pth')
+    samples = detector.predict(['a.jpg', 'b.jpg'])  # a DetDataSample per image
+"""
+import copy
+import os.path as osp
+from typing import Any, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmcv.transforms import Compose
+from mmdet.registry import MODELS
+from mmdet.structures import DetDataSample
+from mmdet.utils import get_test_pipeline_cfg
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import init_default_scope
+
+from ..errors import InputError
+from .build import load_detector_weights
+from .cli import load_config
+from .compare import max_rel_diff
+from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
+
+Image = Union[str, np.ndarray]
+
+
+class OnnxDetector:
+    """A detector whose network runs in onnxruntime from a raw ONNX file, decoded by the
+    config's MMDetection heads.
+
+    Args:
+        config: the config (path or Config) the file was exported from; it gives the test
+            pipeline, the data preprocessor and the heads' decoding settings (``test_cfg``).
+        onnx_file: written by ``tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part raw``.
+        checkpoint: the checkpoint the file was exported from. A two-stage detector needs it
+            (its RoI heads run in PyTorch); a single-stage one has every weight in the file.
+        device: where onnxruntime ('cuda' needs onnxruntime-gpu) and the PyTorch heads run.
+        threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
+
+    A file that does not fit the config (another arch or act_num, not the raw part, another
+    detector's outputs) or, for a two-stage detector, whose RPN head differs from the
+    checkpoint's, is refused with an :class:`InputError`.
+    """
+
+    def __init__(self, config: Union[str, Config], onnx_file: str,
+                 checkpoint: Optional[str] = None, device: str = 'cpu',
+                 threads: Optional[int] = None):
+        cfg = load_config(config) if isinstance(config, str) else config
+        init_default_scope(cfg.get('default_scope', 'mmdet'))
+        if not osp.isfile(onnx_file):
+            raise FileNotFoundError(f'ONNX file not found: {onnx_file}')
+        self.onnx_file = onnx_file
+        # Built without init_weights: the heads get the checkpoint's weights, decoding needs
+        # none, and the backbone runs only once, to name the outputs the file must have.
+        self.model = MODELS.build(cfg.model).to(device).eval()
+        self.part = ExportedPart(self.model, 'raw')  # a one-line error without neck or head
+        self.session = onnxruntime_session(onnx_file, device, threads)
+        self.min_input_size = self._check_metadata()
+        if checkpoint:
+            load_detector_weights(self.model, checkpoint, device)
+        elif self.part.two_stage:
+            raise InputError(f'{type(self.model).__name__} runs its RoI heads in PyTorch: give '
+                             f'the checkpoint {onnx_file} was exported from')
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._check_outputs()
+        self.pipeline = Compose(image_pipeline(cfg))
+
+    @torch.no_grad()
+    def predict(self, inputs: Union[Image, Sequence[Image], dict]) -> List[DetDataSample]:
+        """Detections for an image (path or HWC BGR array), a list of images (run as one
+        padded batch) or a data batch from the config's dataloader; one DetDataSample per
+        image with ``pred_instances`` as ``model.test_step`` gives them (rescaled to the
+        original image)."""
+        if not isinstance(inputs, dict):
+            images = [inputs] if isinstance(inputs, (str, np.ndarray)) else inputs
+            # img_id is one of PackDetInputs' meta keys; an image outside a dataset has none.
+            inputs = pseudo_collate([
+                self.pipeline(dict(img_path=image, img_id=i) if isinstance(image, str)
+                              else dict(img=image, img_id=i)) for i, image in enumerate(images)])
+        data = self.model.data_preprocessor(inputs, False)
+        images, samples = data['inputs'], data['data_samples']
+        if min(images.shape[-2:]) < self.min_input_size:
+            raise InputError(f'input {images.shape[-2]}x{images.shape[-1]}: {self.onnx_file} '
+                             f'needs each side at least {self.min_input_size} pixels (its graph '
+                             f'does not check it); resize the image larger')
+        neck, head_outputs = self._run(images)
+        metas = [sample.metainfo for sample in samples]
+        # The calls model.predict makes, from the head's outputs on.
+        if self.part.two_stage:
+            proposals = self.part.head.predict_by_feat(*head_outputs, batch_img_metas=metas,
+                                                       rescale=False)
+            results = self.model.roi_head.predict(neck, proposals, samples, rescale=True)
+        else:
+            results = self.part.head.predict_by_feat(*head_outputs, batch_img_metas=metas,
+                                                     rescale=True)
+        return self.model.add_pred_to_datasample(samples, results)
+
+    def _run(self, images: torch.Tensor):
+        """The file's outputs on ``images``: (neck maps or None, the head's output groups)."""
+        values = self.session.run(None, {'input': images.cpu().numpy()})
+        groups = group_outputs(self.output_names,
+                               [torch.from_numpy(v).to(images.device) for v in values])
+        return (tuple(groups[0]), groups[1:]) if self.part.two_stage else (None, groups)
+
+    def _check_metadata(self) -> int:
+        """Refuse a file that is not the config's raw part; return its minimum input side."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if 'part' not in meta:
+            raise InputError(f'{self.onnx_file} has no VanillaNet metadata: write it with '
+                             f'tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part raw')
+        if meta['part'] != 'raw':
+            raise InputError(f'{self.onnx_file} holds the {meta["part"]} part; decoding '
+                             f'detections needs the head outputs: export it with --part raw')
+        wrong = [f'{key} {meta.get(key)} where the config has {value}' for key, value
+                 in backbone_metadata(self.part.detector.backbone).items()
+                 if meta.get(key) != value]
+        if wrong:
+            raise InputError(f'{self.onnx_file} does not fit the config: {"; ".join(wrong)}; '
+                             f'export it from this config')
+        return int(meta['min_input_size'])
+
+    @torch.no_grad()
+    def _check_outputs(self):
+        """The file must give the outputs the config's detector gives (same heads and levels)
+        and, for a two-stage detector, its RPN head must be the checkpoint's, or the RoI heads
+        would decode maps of another network: checked once on a small input."""
+        side = 2 * self.min_input_size
+        x = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+        x = x.to(self.model.data_preprocessor.device)
+        expected = self.part.output_names(x)
+        if self.output_names != expected:
+            raise InputError(f'{self.onnx_file} gives {len(self.output_names)} outputs '
+                             f'({", ".join(self.output_names[:3])}, ...) where the config\'s '
+                             f'{type(self.model).__name__} gives {len(expected)} '
+                             f'({", ".join(expected[:3])}, ...); export it from this config')
+        if self.part.two_stage:
+            neck, rpn_outputs = self._run(x)
+            flat = [t for group in rpn_outputs for t in group]
+            diff = max_rel_diff([t for group in self.part.head(neck) for t in group], flat)
+            if not diff <= 1e-3:
+                raise InputError(f'the RPN head in {self.onnx_file} differs from the '
+                                 f'checkpoint\'s (by {diff:.2g} of its outputs\' magnitude): '
+                                 f'give the checkpoint the file was exported from')
+
+
+def image_pipeline(cfg: Config) -> List[Any]:
+    """The config's test pipeline, loading a path or an array as DetInferencer does."""
+    pipeline = copy.deepcopy(get_test_pipeline_cfg(cfg))
+    loaders = [t for t in pipeline if t['type'].split('.')[-1] == 'LoadImageFromFile']
+    if not loaders:
+        raise InputError('the config\'s test pipeline has no LoadImageFromFile to replace')
+    loaders[0]['type'] = 'mmdet.InferencerLoader'
+    return pipeline

@@ -1,0 +1,192 @@
+"""Inference with an exported raw ONNX file (toolkit/onnx_inference.py): onnxruntime runs the
+fused network, MMDetection's own heads decode its outputs, and the detections and COCO AP are
+those of the fused PyTorch model.
+
+The weights are generated, not trained: a training run short enough for a test leaves the toy
+AP near 0 all the same (40 iterations: box AP 0.017, after 2.8 minutes on a shared 2-core
+machine). What the comparison needs is many detections of every class, scattered in score,
+with non-empty masks (see _center_roi_logits), compared one by one over the whole toy val
+split; the COCO AP of both (0 here) is compared too, through MMDetection's CocoMetric."""
+import copy
+
+import mmcv
+import onnx
+import pytest
+import torch
+from mmdet.apis import inference_detector
+from mmdet.registry import MODELS
+from mmengine.config import Config
+from mmengine.evaluator import Evaluator
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
+
+from helpers import CONFIG, CONFIGS, narrow, randomize
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.toolkit import onnx_export
+from mmdet_vanillanet.toolkit.onnx_inference import OnnxDetector
+
+
+def _toy_config(data_root):
+    cfg = Config.fromfile(CONFIG)
+    cfg.test_dataloader.update(batch_size=3, num_workers=0, persistent_workers=False)
+    cfg.test_dataloader.dataset.data_root = data_root
+    cfg.test_evaluator.ann_file = f'{data_root}annotations/instances_val.json'
+    return cfg
+
+
+def _retinanet_config():
+    cfg = Config.fromfile(f'{CONFIGS}/retinanet_vanillanet13_coco.py')
+    cfg.model.backbone.update(arch=narrow('13'), init_cfg=None)
+    cfg.model.neck.update(in_channels=[16, 32, 64], out_channels=32)
+    cfg.model.bbox_head.update(in_channels=32, feat_channels=32, stacked_convs=1)
+    cfg.test_dataloader.dataset.pipeline[1].scale = (320, 320)  # toy images, not COCO's
+    return cfg
+
+
+@torch.no_grad()
+def _center_roi_logits(model, batch):
+    """Generated RoI heads give every box one class and near-empty masks: the mean of their
+    inputs dominates the logits. Centring each class and mask logit on a batch spreads the
+    labels over the classes and gives masks that cover part of their box, so that both
+    comparisons below mean something."""
+    layers = (model.roi_head.bbox_head.fc_cls, model.roi_head.mask_head.conv_logits)
+    means = {}
+
+    def record(layer, _, out):  # per output channel, over the batch's boxes (and pixels)
+        means[layer] = out.transpose(0, 1).flatten(1).mean(1)
+
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    model.test_step(batch)
+    for hook, layer in zip(hooks, layers):
+        hook.remove()
+        layer.bias -= means[layer]
+
+
+def _generated(cfg, folder, seed=0, part='raw'):
+    """A model of ``cfg`` with generated weights, its checkpoint, and its fused ``part`` in
+    ONNX; returns (fused model, checkpoint, ONNX file)."""
+    init_default_scope('mmdet')
+    model = randomize(MODELS.build(cfg.model), seed=seed).eval()
+    if hasattr(model, 'roi_head'):
+        _center_roi_logits(model, next(iter(Runner.build_dataloader(cfg.test_dataloader))))
+    checkpoint = str(folder / f'seed{seed}.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    fused = fuse_detector(model)
+    module = onnx_export.ExportedPart(fused, part).eval()
+    path = str(folder / f'seed{seed}_{part}.onnx')
+    onnx_export.export(module, path, (160, 160))
+    onnx_export.write_metadata(path, module)
+    return fused, checkpoint, path
+
+
+@pytest.fixture(scope='module')
+def mask_rcnn(tmp_path_factory, data_root):
+    cfg = _toy_config(data_root)
+    return (cfg, *_generated(cfg, tmp_path_factory.mktemp('mask_rcnn')))
+
+
+@pytest.fixture(scope='module')
+def retinanet(tmp_path_factory):
+    cfg = _retinanet_config()
+    return (cfg, *_generated(cfg, tmp_path_factory.mktemp('retinanet')))
+
+
+def assert_same_detections(expected, got):
+    want, have = expected.pred_instances, got.pred_instances
+    assert torch.equal(want.labels, have.labels)
+    assert torch.allclose(want.bboxes, have.bboxes, rtol=0, atol=1e-3)  # pixels
+    assert torch.allclose(want.scores, have.scores, rtol=0, atol=1e-5)
+    if 'masks' in want:
+        # A pasted mask is its probabilities thresholded at 0.5: a pixel within ~1e-7 of it
+        # may land on either side (about one pixel in six images here), none more.
+        assert want.masks.shape == have.masks.shape
+        assert (want.masks != have.masks).sum() <= 1e-3 * want.masks.sum()
+
+
+def test_two_stage_detections_and_coco_ap_equal_pytorchs(mask_rcnn):
+    cfg, fused, checkpoint, path = mask_rcnn
+    detector = OnnxDetector(cfg, path, checkpoint)
+    loader = Runner.build_dataloader(cfg.test_dataloader)
+    evaluators = [Evaluator(cfg.test_evaluator) for _ in range(2)]
+    labels, mask_pixels = set(), 0
+    for batch in loader:
+        with torch.no_grad():  # as MMEngine's test loop runs it
+            expected = fused.test_step(batch)
+        got = detector.predict(batch)
+        for e, g in zip(expected, got):
+            assert_same_detections(e, g)
+            labels.update(e.pred_instances.labels.tolist())
+            mask_pixels += int(e.pred_instances.masks.sum())
+        for evaluator, samples in zip(evaluators, (expected, got)):
+            evaluator.process(samples, batch)
+    assert labels == {0, 1, 2} and mask_pixels > 6 * 20 * 20  # the comparisons meant something
+    for evaluator in evaluators:
+        evaluator.dataset_meta = loader.dataset.metainfo
+    expected, got = (e.evaluate(len(loader.dataset)) for e in evaluators)
+    assert set(expected) >= {'coco/bbox_mAP', 'coco/segm_mAP'} and got == expected
+
+
+def test_single_stage_detections_from_files_and_arrays_equal_pytorchs(retinanet, data_root):
+    cfg, fused, _, path = retinanet
+    detector = OnnxDetector(cfg, path)  # every weight is in the file
+    images = [f'{data_root}val/{name}' for name in ('000000.png', '000001.png')]
+    fused.cfg = cfg  # what inference_detector reads the test pipeline from
+    with torch.no_grad():
+        expected = inference_detector(fused, images)
+    got = detector.predict(images)
+    assert got[0].ori_shape == (96, 96) and got[0].img_shape == (320, 320)
+    for e, g in zip(expected, got):
+        assert len(e.pred_instances) > 10
+        assert_same_detections(e, g)
+    assert_same_detections(expected[1], detector.predict(mmcv.imread(images[1]))[0])
+
+
+def test_a_file_that_does_not_fit_the_config_is_refused(mask_rcnn, retinanet, tmp_path):
+    cfg, _, checkpoint, path = mask_rcnn
+    other_act_num = copy.deepcopy(cfg)
+    other_act_num.model.backbone.act_num = 4
+    with pytest.raises(InputError, match='act_num 3 where the config has 4'):
+        OnnxDetector(other_act_num, path, checkpoint)
+    with pytest.raises(InputError, match='vanillanet_dims 8,8,16,32,32,32,32,32,32,32,64,64 '
+                                         'where the config has 32,32,64,128,256,256'):
+        OnnxDetector(cfg, retinanet[3], checkpoint)
+    with pytest.raises(FileNotFoundError, match='ONNX file not found: .*none.onnx'):
+        OnnxDetector(cfg, str(tmp_path / 'none.onnx'), checkpoint)
+    no_loader = copy.deepcopy(cfg)
+    del no_loader.test_dataloader.dataset.pipeline[0]
+    with pytest.raises(InputError, match='test pipeline has no LoadImageFromFile'):
+        OnnxDetector(no_loader, path, checkpoint)
+    with pytest.raises(InputError, match='holds the neck part'):
+        OnnxDetector(cfg, _generated(cfg, tmp_path, part='neck')[2], checkpoint)
+    four_levels = _retinanet_config()
+    four_levels.model.neck.num_outs = 4
+    with pytest.raises(InputError, match=r'gives 10 outputs .* RetinaNet gives 8'):
+        OnnxDetector(four_levels, retinanet[3])
+
+
+def test_a_two_stage_detector_needs_the_checkpoint_the_file_came_from(mask_rcnn, tmp_path):
+    cfg, _, _, path = mask_rcnn
+    with pytest.raises(InputError, match='give the checkpoint'):
+        OnnxDetector(cfg, path)
+    _, another, _ = _generated(cfg, tmp_path, seed=1)
+    with pytest.raises(InputError, match='the RPN head in .* differs from the checkpoint'):
+        OnnxDetector(cfg, path, another)
+
+
+@pytest.mark.parametrize('metadata, message', [
+    (None, 'has no VanillaNet metadata'),
+    ({'min_input_size': '400'}, 'input 320x320: .* needs each side at least 400 pixels')])
+def test_the_files_metadata_is_read(retinanet, data_root, tmp_path, metadata, message):
+    cfg, _, _, path = retinanet
+    model = onnx.load(path)
+    kept = {} if metadata is None else {p.key: p.value for p in model.metadata_props}
+    kept.update(metadata or {})
+    del model.metadata_props[:]
+    for key, value in kept.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    changed = str(tmp_path / 'changed.onnx')
+    onnx.save(model, changed)
+    with pytest.raises(InputError, match=message):
+        OnnxDetector(cfg, changed).predict(f'{data_root}val/000000.png')
