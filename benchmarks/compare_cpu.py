@@ -1,7 +1,9 @@
 """The comparison that matters, in one process so that ratios are fair: Mask R-CNN with
 VanillaNet-13 (unfused and fused), VanillaNet-9 and -5 (fused), ResNet-50 and Swin-T
-(MMDetection's own configs) at one input size, the whole detector and the backbone alone; then
-the fused VanillaNet-13 backbone at detection resolution against the machine's matmul rate.
+(MMDetection's own configs) at one input size, the whole detector and the backbone alone, and
+each fused VanillaNet backbone exported to ONNX and run in onnxruntime with the same threads;
+then the VanillaNet-13 backbone at detection resolution (unfused, fused, and fused in
+onnxruntime) against the machine's matmul rate.
 
     python benchmarks/compare_cpu.py                       # about 10 minutes on 2 cores
     python benchmarks/compare_cpu.py --shape 800 1216 --iters 5
@@ -15,13 +17,14 @@ import json
 import os.path as osp
 
 import mmdet
+import onnxruntime  # the onnxruntime rows: a test requirement and the package's deploy extra
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.toolkit.build import build_detector
 from mmdet_vanillanet.toolkit.cli import load_config
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import Settings, measure
+from mmdet_vanillanet.toolkit.timing import Settings, measure, measure_onnxruntime
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
@@ -35,6 +38,9 @@ MODELS = [  # name, config, fused?
     ('ResNet-50', osp.join(MMDET_CONFIGS, 'mask_rcnn', 'mask-rcnn_r50_fpn_1x_coco.py'), False),
     ('Swin-T', osp.join(MMDET_CONFIGS, 'swin', 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'), False),
 ]
+# The VanillaNet-13 backbone at detection resolution: PyTorch unfused and fused, and the fused
+# backbone exported to ONNX and run in onnxruntime.
+EFFICIENCY_MODES = ('unfused', 'fused', 'onnxruntime')
 
 
 def parse_args():
@@ -67,20 +73,30 @@ def main():
             print(f'{name} {row["mode"]} {part} ...', flush=True)
             row[part] = measure(model, batches, part, settings)
         rows.append(row)
+        if fused:  # the detector's post-processing stays in PyTorch: the backbone only
+            print(f'{name} fused backbone in onnxruntime ...', flush=True)
+            rows.append(dict(model=name, mode='onnxruntime', backbone=measure_onnxruntime(
+                model, batches, 'backbone', settings, row['backbone'])))
         del model
 
     print('VanillaNet-13 backbone at detection resolution ...', flush=True)
     efficiency = dict(shape=args.detection_shape, matmul_gflop_s=matmul_gflops())
     unfused = detector(MODELS[0][1], False)
     big = [pseudo_batch(tuple(args.detection_shape))]
-    for mode, model in (('unfused', unfused), ('fused', fuse_detector(copy.deepcopy(unfused)))):
-        efficiency[mode] = measure(model, big, 'backbone', settings)
+    fused = fuse_detector(copy.deepcopy(unfused))
+    efficiency['unfused'] = measure(unfused, big, 'backbone', settings)
+    efficiency['fused'] = measure(fused, big, 'backbone', settings)
+    efficiency['onnxruntime'] = measure_onnxruntime(fused, big, 'backbone', settings,
+                                                    efficiency['fused'])
+    for mode in EFFICIENCY_MODES:
         efficiency[mode]['efficiency'] = (efficiency[mode]['achieved_gflop_s']
                                           / efficiency['matmul_gflop_s'])
     efficiency['speedup'] = efficiency['unfused']['median_ms'] / efficiency['fused']['median_ms']
+    efficiency['onnxruntime_speedup'] = (efficiency['fused']['median_ms']
+                                         / efficiency['onnxruntime']['median_ms'])
 
-    report = dict(machine=machine_info(), shape=args.shape, iters=args.iters,
-                  warmup=args.warmup, rows=rows, efficiency=efficiency)
+    report = dict(machine=machine_info(), onnxruntime=onnxruntime.__version__, shape=args.shape,
+                  iters=args.iters, warmup=args.warmup, rows=rows, efficiency=efficiency)
     stem = osp.join(args.out_dir, 'cpu_compare')
     with open(stem + '.json', 'w') as f:
         json.dump(report, f, indent=2)
@@ -99,19 +115,23 @@ def markdown(report) -> str:
              '| backbone | mode | detector ms | detector GFLOPs | params M | backbone ms '
              '| backbone GFLOPs | backbone GFLOP/s |', '|---|---|---|---|---|---|---|---|']
     for r in report['rows']:
-        d, b = r['detector'], r['backbone']
-        lines.append(f'| {r["model"]} | {r["mode"]} | {d["median_ms"]:.0f} | {d["gflops"]:.1f} '
-                     f'| {d["params_m"]:.1f} | {b["median_ms"]:.0f} | {b["gflops"]:.1f} '
-                     f'| {b["achieved_gflop_s"]:.0f} |')
+        d, b = r.get('detector'), r['backbone']
+        # onnxruntime rows have no detector figures: only the backbone runs there.
+        detector = (f'{d["median_ms"]:.0f} | {d["gflops"]:.1f} | {d["params_m"]:.1f}' if d
+                    else '- | - | -')
+        lines.append(f'| {r["model"]} | {r["mode"]} | {detector} | {b["median_ms"]:.0f} '
+                     f'| {b["gflops"]:.1f} | {b["achieved_gflop_s"]:.0f} |')
     e = report['efficiency']
     lines += ['', f'VanillaNet-13 backbone at {e["shape"][0]}x{e["shape"][1]}: dense fp32 '
               f'matmul {e["matmul_gflop_s"]:.0f} GFLOP/s on this machine.', '',
               '| mode | ms | GFLOPs | GFLOP/s | of matmul |', '|---|---|---|---|---|']
-    for mode in ('unfused', 'fused'):
+    for mode in EFFICIENCY_MODES:
         r = e[mode]
         lines.append(f'| {mode} | {r["median_ms"]:.0f} | {r["gflops"]:.1f} '
                      f'| {r["achieved_gflop_s"]:.0f} | {r["efficiency"]:.2f} |')
-    lines += ['', f'Fused is {e["speedup"]:.2f}x faster than unfused at this size.', '']
+    lines += ['', f'Fused is {e["speedup"]:.2f}x faster than unfused at this size; onnxruntime '
+              f'{report["onnxruntime"]} runs the fused backbone {e["onnxruntime_speedup"]:.2f}x '
+              f'faster than PyTorch (the same threads).', '']
     return '\n'.join(lines)
 
 
@@ -122,6 +142,8 @@ def plot(report, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, part in zip(axes, ('detector', 'backbone')):
         for r in report['rows']:
+            if part not in r:  # onnxruntime rows: backbone only
+                continue
             x, y = r[part]['gflops'], r[part]['median_ms'] / 1e3
             marker = 'o' if 'Vanilla' in r['model'] else 's'
             ax.scatter(x, y, marker=marker, s=50)

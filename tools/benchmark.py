@@ -11,12 +11,9 @@ input is one generated image of --shape, padded to 32 as the test pipeline would
 """
 import argparse
 import copy
-import dataclasses
 import importlib.metadata
 import importlib.util
 import json
-import os.path as osp
-import tempfile
 
 import torch
 from mmdet.utils import register_all_modules
@@ -34,8 +31,8 @@ from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import (Settings, achieved_gflop_s, autocast, measure,
-                                             prepare, summarize, time_call)
+from mmdet_vanillanet.toolkit.timing import (Settings, autocast, measure, measure_onnxruntime,
+                                             prepare)
 
 
 def parse_args():
@@ -173,30 +170,6 @@ def main():
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=2)
         print(f'wrote {args.out}')
-
-
-def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
-    """The fused part exported to ONNX (in a temporary folder) and timed in onnxruntime with
-    the same threads; FLOPs and parameters are the fused PyTorch part's."""
-    from mmdet_vanillanet.toolkit import onnx_export  # onnx and onnxruntime: only needed here
-    module = onnx_export.ExportedPart(fused.cpu(), part).eval()
-    tensor = fused.data_preprocessor(batches[0], False)['inputs'].cpu()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = osp.join(tmp, f'{part}.onnx')
-        onnx_export.export(module, path, tuple(tensor.shape[-2:]))
-        session = onnx_export.onnxruntime_session(path, settings.device,
-                                                  torch.get_num_threads())
-        array = tensor.numpy()
-        result = summarize(time_call(lambda: session.run(None, {'input': array}),
-                                     settings.iters, settings.warmup, 'cpu',
-                                     progress=settings.progress))
-    if fused_result is None:
-        once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
-        fused_result = measure(fused, batches, part, once)
-    result.update(gflops=fused_result['gflops'], params_m=fused_result['params_m'],
-                  input_shape=list(tensor.shape[-2:]), activation='onnxruntime')
-    result['achieved_gflop_s'] = achieved_gflop_s(result)
-    return result
 
 
 def triton_version():

@@ -2,8 +2,11 @@
 with the device synchronised around every call, data loading excluded. Shared by
 tools/benchmark.py and the comparison scripts in benchmarks/."""
 import contextlib
+import dataclasses
 import itertools
+import os.path as osp
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List
@@ -108,3 +111,27 @@ def achieved_gflop_s(result: dict) -> float:
     """FLOPs count multiply-accumulates (the convention of the published figures); the achieved
     rate counts two flops per MAC, like the matrix-multiply reference."""
     return 2 * result['gflops'] / (result['median_ms'] / 1e3)
+
+
+def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
+    """The fused part exported to ONNX (in a temporary folder) and timed in onnxruntime with
+    the same threads; FLOPs and parameters are the fused PyTorch part's."""
+    from . import onnx_export  # onnx and onnxruntime: needed only here
+    module = onnx_export.ExportedPart(fused.cpu(), part).eval()
+    tensor = fused.data_preprocessor(batches[0], False)['inputs'].cpu()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, f'{part}.onnx')
+        onnx_export.export(module, path, tuple(tensor.shape[-2:]))
+        session = onnx_export.onnxruntime_session(path, settings.device,
+                                                  torch.get_num_threads())
+        array = tensor.numpy()
+        result = summarize(time_call(lambda: session.run(None, {'input': array}),
+                                     settings.iters, settings.warmup, 'cpu',
+                                     progress=settings.progress))
+    if fused_result is None:
+        once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
+        fused_result = measure(fused, batches, part, once)
+    result.update(gflops=fused_result['gflops'], params_m=fused_result['params_m'],
+                  input_shape=list(tensor.shape[-2:]), activation='onnxruntime')
+    result['achieved_gflop_s'] = achieved_gflop_s(result)
+    return result
