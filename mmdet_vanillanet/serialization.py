@@ -222,6 +222,9 @@ def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: boo
             f'the loading process; it was not loaded. If you trust the file, rewrite it as '
             f'plain tensors with `python tools/convert_checkpoint.py {filename} OUT '
             f'--unsafe-load`. (torch said: {_unpickler_reason(err)})') from None
+    except PermissionError as err:  # not a damaged file: --resume must not pass over it
+        raise CheckpointError(f'cannot read {filename} ({err.strerror}); fix its '
+                              f'permissions') from None
     except (EOFError, OSError, zipfile.BadZipFile) as err:
         raise TruncatedCheckpointError(f'{filename} is truncated or corrupt ({err}); use an '
                                        f'earlier checkpoint or download it again') from None

@@ -69,6 +69,18 @@ def test_the_released_file_checks_accept_the_key_and_fusion_refuses_it(tmp_path)
         deploy_checkpoint(torch.load(path, weights_only=True))  # tools/convert_checkpoint.py
 
 
+def test_a_0_2_0_checkpoint_with_act_learn_in_its_meta_still_computes_with_it(tmp_path):
+    """0.2.0 wrote act_learn into the checkpoint's meta; such a file is read as it was."""
+    state = {f'backbone.{k}': v for k, v in _backbone().state_dict().items()}
+    path = tmp_path / 'v020.pth'
+    torch.save({'state_dict': state, 'meta': {'act_learn': 0.25}}, path)
+    loaded = build_backbone(**NARROW, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    loaded.init_weights()
+    assert loaded.act_learn == 0.25
+    with pytest.raises(CheckpointError, match='saved at act_learn=0.25'):
+        deploy_checkpoint(torch.load(path, weights_only=True))
+
+
 @pytest.fixture(scope='module')
 def run_dir(data_root, tmp_path_factory):
     """Two toy epochs: epoch_1.pth from the middle of deep training, epoch_2.pth after it."""

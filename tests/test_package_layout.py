@@ -30,6 +30,8 @@ LATE_IMPORTS = {
     # Triton is optional: CPU users and the training path never import it.
     ('mmdet_vanillanet.models.series_activation', 'mmdet_vanillanet.models.'
      'series_activation_triton'),
+    # onnx and onnxruntime are the deploy extra: timing PyTorch needs neither.
+    ('mmdet_vanillanet.toolkit.timing', 'mmdet_vanillanet.toolkit.onnx_export'),
 }
 
 

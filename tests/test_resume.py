@@ -37,27 +37,29 @@ def _train_cmd(work_dir, data_root, epochs, *options):
 
 @pytest.mark.slow
 def test_an_unseeded_run_killed_at_a_random_moment_resumes_bit_identically(data_root, tmp_path):
-    """SIGKILL somewhere in epoch 2 of an unseeded run that checkpoints into the hook's out_dir,
-    then --resume: the weights equal, bit for bit, those of an uninterrupted run with the seed
-    the killed run drew."""
+    """SIGKILL after epoch 1's checkpoint (in its validation, or in epoch 2) of an unseeded run
+    that validates every epoch and checkpoints into the hook's out_dir, then --resume: the
+    weights equal, bit for bit, those of an uninterrupted run with the seed the killed run
+    drew."""
     work_dir, out_dir = tmp_path / 'run', tmp_path / 'store'
     saved = out_dir / 'run'  # MMEngine's CheckpointHook: out_dir / the work_dir's name
     option = f'default_hooks.checkpoint.out_dir={out_dir}'
-    proc = subprocess.Popen(_train_cmd(work_dir, data_root, 2, option), cwd=REPO_ROOT,
+    every = 'train_cfg.val_interval=1'  # as the COCO configs: validation after each checkpoint
+    proc = subprocess.Popen(_train_cmd(work_dir, data_root, 2, option, every), cwd=REPO_ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (work_dir / 'last_checkpoint').exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(torch.rand(()).item())  # somewhere in epoch 2 (2 to 4 s long here)
+    time.sleep(torch.rand(()).item() * 3)  # validation and epoch 2 take 4 to 8 s here
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (saved / 'epoch_1.pth').exists() and not (saved / 'epoch_2.pth').exists()
     refused = train(work_dir, data_root, epochs=2, seed=None, options=[option], expect_ok=False)
     assert f'{saved}/epoch_1.pth' in refused and '--overwrite' in refused
-    train(work_dir, data_root, '--resume', epochs=2, seed=None, options=[option])
+    train(work_dir, data_root, '--resume', epochs=2, seed=None, options=[option, every])
     assert first_logged_iter_of_last_run(work_dir) == 5
     seed = _checkpoint(saved / 'epoch_1.pth')['meta']['seed']
-    train(tmp_path / 'whole', data_root, epochs=2, seed=seed)
+    train(tmp_path / 'whole', data_root, epochs=2, seed=seed, options=[every])
     _assert_same_weights(saved / 'epoch_2.pth', tmp_path / 'whole' / 'epoch_2.pth')
 
 
@@ -111,3 +113,9 @@ def test_last_checkpoint_is_followed_wherever_it_points(tmp_path):
         torch.save({'state_dict': {}, 'meta': {'iter': 1}}, path)
     (tmp_path / 'last_checkpoint').write_text(str(elsewhere))
     assert resume_checkpoint(_config(tmp_path)) == str(elsewhere)
+
+
+def test_a_config_without_a_checkpoint_hook_resumes_from_work_dir(tmp_path):
+    torch.save({'state_dict': {}, 'meta': {'epoch': 1}}, tmp_path / 'epoch_1.pth')
+    cfg = Config(dict(work_dir=str(tmp_path), default_hooks=dict(checkpoint=None)))
+    assert resume_checkpoint(cfg) == str(tmp_path / 'epoch_1.pth')

@@ -5,6 +5,7 @@ import os.path as osp
 
 import pytest
 import torch
+from mmdet.models import DetTTAModel
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
@@ -132,3 +133,9 @@ def test_the_export_tool_refuses_it_in_one_line(tmp_path, act_num_2_checkpoint):
     assert output.splitlines()[-1].startswith(f'error: {act_num_2_checkpoint} was trained with '
                                               'act_num=2')
     assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_the_check_sees_through_a_test_time_augmentation_model(detector):
+    """MMDetection's own tools/test.py --tta wraps the detector in a DetTTAModel."""
+    tta = DetTTAModel(module=detector)
+    assert check_detector_fits(tta, detector.state_dict(), 'x.pth') == []

@@ -65,8 +65,9 @@ def build_runner(args):
                                '"auto_scale_lr.base_batch_size" in your configuration file.')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.load_from = resume_checkpoint(cfg)
-        cfg.resume = cfg.load_from is not None  # nothing (readable) to resume: start afresh
+        found = resume_checkpoint(cfg)
+        cfg.resume = found is not None  # no checkpoint yet: a new run, from load_from if any
+        cfg.load_from = found or cfg.get('load_from')
     elif args.resume is not None:
         safe_load(args.resume, mmap=True)  # a truncated or unsafe file is named here
         cfg.resume = True

@@ -89,7 +89,12 @@ class AtomicCheckpointHook(CheckpointHook):
             yield
         finally:
             self.file_backend = backend
+        # A file name template without the step names the outdated file as the new one.
+        written = {self.last_ckpt, getattr(self, 'best_ckpt_path', None),
+                   *getattr(self, 'best_ckpt_path_dict', {}).values()}
         for path in deferred.doomed:
+            if path in written:
+                continue
             if backend.isfile(path):
                 backend.remove(path)
             elif backend.isdir(path):

@@ -12,6 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from ..errors import InputError
+from ..models.checkpoint import adopt_meta_act_learn
 from ..models.detector import check_detector_fits
 
 
@@ -44,12 +45,13 @@ class CheckpointFitHook(Hook):
         self.replaced = tuple(replaced)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        adopt_meta_act_learn(checkpoint)
         # MMEngine loads checkpoint['state_dict'] when there is one, else the dict itself.
         state = checkpoint.get('state_dict', checkpoint)
         replaced = () if runner._resume else self.replaced
         source = runner._load_from or 'the checkpoint'
         for key in check_detector_fits(runner.model, state, source, replaced):
-            del state[key]  # left at its initialisation, without MMEngine's warnings
+            del state[key]  # left at its initialisation (MMEngine lists it as missing)
         if replaced:
             print_log(f'{source}: the weights of {", ".join(replaced)} were loaded only where '
                       f'present and of the same shape (CheckpointFitHook.replaced)',

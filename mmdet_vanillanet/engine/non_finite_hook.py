@@ -5,6 +5,7 @@ import os.path as osp
 
 import torch
 from mmdet.registry import HOOKS
+from mmengine.dist import all_reduce, is_distributed
 from mmengine.hooks import Hook
 
 from ..models.detector import unwrap_model
@@ -28,6 +29,17 @@ def non_finite_tensors(module: torch.nn.Module):
     return [named[i][0] for i in bad]
 
 
+def _on_any_rank(bad: bool, runner) -> bool:
+    """Whether any process found something non-finite: all stop together, rather than one
+    raising while the others wait for it in the next collective (a skipped AMP step, or one
+    rank's own BN statistics, can make them disagree)."""
+    if not is_distributed():
+        return bad
+    flag = torch.tensor(float(bad), device=next(unwrap_model(runner.model).parameters()).device)
+    all_reduce(flag, op='max')
+    return bool(flag.item())
+
+
 @HOOKS.register_module()
 class StopOnNonFiniteHook(Hook):
     """After every training iteration, check the loss terms and what a checkpoint would save
@@ -48,7 +60,7 @@ class StopOnNonFiniteHook(Hook):
                   for k, v in (outputs or {}).items() if k.startswith('loss')}
         bad_losses = {k: v for k, v in losses.items() if not math.isfinite(v)}
         bad_tensors = non_finite_tensors(unwrap_model(runner.model))
-        if not (bad_losses or bad_tensors):
+        if not _on_any_rank(bool(bad_losses or bad_tensors), runner):
             return
         found = []
         if bad_losses:
@@ -56,6 +68,8 @@ class StopOnNonFiniteHook(Hook):
         if bad_tensors:
             names = ', '.join(bad_tensors[:3]) + (', ...' if len(bad_tensors) > 3 else '')
             found.append(f'{len(bad_tensors)} weight tensors ({names})')
+        if not found:
+            found.append('on another process')
         raise NonFiniteError(
             f'non-finite values at iteration {runner.iter + 1} (epoch {runner.epoch + 1}, '
             f'batch {batch_idx + 1}): {"; ".join(found)}. Training stopped; '

@@ -9,10 +9,16 @@ reshuffles from (seed, epoch); but
 - the augmentations (random flips, scales) draw from Python's, numpy's and torch's global
   generators, which a resumed run re-seeds from the start (and MMEngine's resume re-seeds
   again from the checkpoint's seed).
-This hook saves the generators' states with each checkpoint and, on ``--resume``, gives the
-sampler the checkpoint's seed and restores the generators just before training continues,
-after everything that re-seeds them. (With dataloader workers, each worker keeps generators of
-its own that no checkpoint sees: exact with num_workers=0, statistically equivalent otherwise.)
+- validation runs after an epoch's checkpoint is written and draws from torch's generator
+  (building its dataloader's iterator), which a resumed run does not repeat.
+This hook saves the generators' states and the sampler's seed with each checkpoint and, on
+``--resume``, gives the sampler that seed and restores the generators just before training
+continues, after everything that re-seeds them; and it keeps validation from moving the
+training's generators at all. Exact for one process with num_workers=0 and epoch-based loops.
+Not exact: dataloader workers keep generators of their own that no checkpoint sees; with
+several processes only rank 0's generators are saved (each rank restores them); an
+iteration-based loop replays the skipped batches through the pipeline after the restore. These
+resume statistically equivalent.
 """
 import random
 
@@ -20,6 +26,27 @@ import numpy as np
 import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
+
+
+def _generator_states() -> dict:
+    _, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    states = dict(python=random.getstate(), torch=torch.get_rng_state(),
+                  numpy=dict(keys=torch.from_numpy(np_keys.astype(np.int64)), pos=int(np_pos),
+                             has_gauss=int(np_gauss), cached_gaussian=float(np_cached)))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_generator_states(states: dict):
+    version, internal, gauss = states['python']
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(states['torch'])
+    n = states['numpy']
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'],
+                         n['has_gauss'], n['cached_gaussian']))
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states['cuda'])
 
 
 def _seeded_sampler(dataloader):
@@ -46,13 +73,23 @@ class RandomStateHook(Hook):
 
     def __init__(self):
         self._resumed_state = None
+        self._training_state = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        _, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-        checkpoint['random_state'] = dict(
-            python=random.getstate(), torch=torch.get_rng_state(),
-            numpy=dict(keys=torch.from_numpy(np_keys.astype(np.int64)), pos=int(np_pos),
-                       has_gauss=int(np_gauss), cached_gaussian=float(np_cached)))
+        checkpoint['random_state'] = _generator_states()
+        sampler = _seeded_sampler(runner.train_dataloader)
+        if sampler is not None:
+            checkpoint['random_state']['sampler_seed'] = sampler.seed
+
+    def before_val(self, runner) -> None:
+        self._training_state = _generator_states()
+
+    def after_val(self, runner) -> None:
+        # Validation draws nothing from the training's generators: a resumed run, which does
+        # not repeat the validation that followed its checkpoint, draws the same numbers.
+        if self._training_state is not None:
+            _set_generator_states(self._training_state)
+            self._training_state = None
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         # Kept until before_train: MMEngine's resume re-seeds every generator after this call.
@@ -60,19 +97,12 @@ class RandomStateHook(Hook):
             self._resumed_state = checkpoint.get('random_state')
 
     def before_train(self, runner) -> None:
-        if not runner._resume:
+        state = self._resumed_state
+        if not runner._resume or state is None:
             return
-        # By now the runner's seed is the checkpoint's (MMEngine's resume adopts it); the
-        # sampler was built before, with the seed this run drew.
+        # The sampler was built before the checkpoint was read, with the seed this run drew;
+        # checkpoints of 0.2.0 hold no sampler seed, but the runner has adopted theirs.
         sampler = _seeded_sampler(runner.train_dataloader)
         if sampler is not None:
-            sampler.seed = runner.seed
-        state = self._resumed_state
-        if state is None:
-            return
-        version, internal, gauss = state['python']
-        random.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(state['torch'])
-        n = state['numpy']
-        np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'],
-                             n['has_gauss'], n['cached_gaussian']))
+            sampler.seed = state.get('sampler_seed', runner.seed)
+        _set_generator_states(state)

@@ -2,40 +2,33 @@
 
 MMEngine's resume restores the optimizer's and the schedulers' state, lr included, so a run
 resumed with another ``optim_wrapper.optimizer.lr`` (the usual remedy after a divergence)
-silently keeps the old one. This hook compares the lr the config built (each parameter group's
-``initial_lr``, auto_scale_lr applied) with the checkpoint's and, where they differ, scales the
-checkpoint's lr, initial lr and schedulers' base values by their ratio before they are loaded:
-the run continues as if it had been configured with the new lr from the start, at the same
-point of its schedule.
+silently keeps the old one. This hook compares the lr the config built for each parameter
+group (its ``initial_lr``: auto_scale_lr and layer decay applied) with the checkpoint's and,
+where they differ, scales that group's lr and initial lr, and the schedulers' base values for
+it, by their ratio before they are loaded: the run continues as if it had been configured with
+the new lr from the start, at the same point of its schedule. (Absolute values of a schedule,
+such as a cosine schedule's eta_min, are not scaled.)
 """
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 
-def _optimizer_states(state: dict):
-    """The optimizer state dicts in a checkpoint's 'optimizer' entry (one per wrapper)."""
-    if 'param_groups' in state:
-        return [state]
-    return [s for v in state.values() if isinstance(v, dict) for s in _optimizer_states(v)]
-
-
 def _initial_lrs(groups):
     return [g.get('initial_lr', g['lr']) for g in groups]
 
 
-def _wrappers(optim_wrapper):
-    """The OptimWrappers of a runner (one, or several in an OptimWrapperDict)."""
-    inner = getattr(optim_wrapper, 'optim_wrappers', None)
-    return list(inner.values()) if inner else [optim_wrapper]
-
-
-def _scheduler_states(states):
-    """Every scheduler state dict in a checkpoint's 'param_schedulers' (a list, or a dict of
-    lists for several optimizers)."""
-    if isinstance(states, dict):
-        return [s for v in states.values() for s in v]
-    return list(states or [])
+def _by_optimizer(runner, checkpoint):
+    """(name, the config's optimizer, its state in the checkpoint, its schedulers' states) for
+    each optimizer: one, or several in an OptimWrapperDict (keyed by name throughout)."""
+    wrappers = getattr(runner.optim_wrapper, 'optim_wrappers', None)
+    schedulers = checkpoint.get('param_schedulers') or []
+    if not wrappers:
+        yield None, runner.optim_wrapper.optimizer, checkpoint['optimizer'], schedulers
+        return
+    for name, wrapper in wrappers.items():
+        yield (name, wrapper.optimizer, checkpoint['optimizer'].get(name),
+               schedulers.get(name, []) if isinstance(schedulers, dict) else [])
 
 
 @HOOKS.register_module()
@@ -53,26 +46,26 @@ class ResumeLrFromConfigHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if not runner._resume or 'optimizer' not in checkpoint:
             return
-        # The optimizer and schedulers are built from the config before a checkpoint is
+        # The optimizers and schedulers are built from the config before a checkpoint is
         # loaded into them.
-        configured = [lr for wrapper in _wrappers(runner.optim_wrapper)
-                      for lr in _initial_lrs(wrapper.optimizer.param_groups)]
-        saved_states = _optimizer_states(checkpoint['optimizer'])
-        saved = [lr for s in saved_states for lr in _initial_lrs(s['param_groups'])]
-        if len(saved) != len(configured) or not saved or saved[0] == 0:
-            return  # another optimizer layout: MMEngine's loading will say so
-        ratio = configured[0] / saved[0]
-        if ratio == 1:
-            return
-        for state in saved_states:
-            for group in state['param_groups']:
+        for name, optimizer, state, schedulers in _by_optimizer(runner, checkpoint):
+            configured = _initial_lrs(optimizer.param_groups)
+            saved = _initial_lrs(state['param_groups']) if state else []
+            if len(saved) != len(configured) or 0 in saved:
+                continue  # another optimizer layout: MMEngine's loading will say so
+            ratios = [c / s for c, s in zip(configured, saved)]
+            if all(r == 1 for r in ratios):
+                continue
+            for group, ratio in zip(state['param_groups'], ratios):
                 for key in ('lr', 'initial_lr'):
                     if key in group:
                         group[key] *= ratio
-        for scheduler in _scheduler_states(checkpoint.get('param_schedulers')):
-            if scheduler.get('param_name') == 'lr':
-                scheduler['base_values'] = [v * ratio for v in scheduler['base_values']]
-                scheduler['_last_value'] = [v * ratio for v in scheduler['_last_value']]
-        print_log(f'--resume: the config\'s lr ({configured[0]:g}) differs from the '
-                  f'checkpoint\'s ({saved[0]:g}); the resumed lr and schedule are scaled by '
-                  f'{ratio:g}', logger='current', level=30)
+            for scheduler in schedulers:
+                if scheduler.get('param_name') == 'lr':
+                    for key in ('base_values', '_last_value'):
+                        scheduler[key] = [v * r for v, r in zip(scheduler[key], ratios)]
+            changed = [f'{s:g} -> {c:g}' for s, c in zip(saved, configured) if s != c]
+            print_log(f'--resume: the config\'s lr differs from the checkpoint\'s'
+                      f'{f" for optimizer {name}" if name else ""} ({len(changed)} of '
+                      f'{len(saved)} parameter groups, e.g. {changed[0]}); the resumed lr and '
+                      f'schedule are scaled accordingly', logger='current', level=30)

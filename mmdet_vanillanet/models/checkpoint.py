@@ -35,6 +35,20 @@ OPTIONAL_KEYS = re.compile(r'.*num_batches_tracked$')
 ACT_LEARN = 'act_learn'  # the state-dict key of a backbone saved at act_learn != 1
 
 
+def adopt_meta_act_learn(checkpoint) -> None:
+    """Checkpoints written by 0.2.0 in the middle of deep training hold act_learn in their meta
+    rather than their state dict: it is moved there (in place), so that they compute, and are
+    refused by fusion, as they were trained."""
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get('state_dict'), dict):
+        return
+    value = (checkpoint.get('meta') or {}).get('act_learn')
+    state = checkpoint['state_dict']
+    if value is None or value == 1 or any(k.endswith(ACT_LEARN) for k in state):
+        return
+    prefix = 'module.' if any(k.startswith('module.backbone.') for k in state) else ''
+    state[f'{prefix}backbone.{ACT_LEARN}'] = torch.tensor(float(value), dtype=torch.float64)
+
+
 def container_state(checkpoint) -> StateDict:
     """The state dict inside any released container (or the bare state dict itself)."""
     state = checkpoint
@@ -102,6 +116,13 @@ def describe_backbone(state: StateDict) -> str:
     return f'{arch} ({layout} layout, act_num {act_num})'
 
 
+def key_problems(wrong, missing, unexpected):
+    """'shape mismatches (2): a, b; missing keys (7): c, d, e, f, ...' for each non-empty list."""
+    return [f'{label} ({len(items)}): {", ".join(items[:4])}' + (', ...' if len(items) > 4 else '')
+            for label, items in (('shape mismatches', wrong), ('missing keys', missing),
+                                 ('unexpected keys', unexpected)) if items]
+
+
 def check_fits(model_state: StateDict, state: StateDict, filename: str):
     """Raise a CheckpointError naming what differs, the act_num first (the common case)."""
     kernels = [state[k].shape[-1] for k in _activation_keys(model_state) if k in state]
@@ -120,13 +141,10 @@ def check_fits(model_state: StateDict, state: StateDict, filename: str):
     wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
              for k, v in model_state.items() if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        problems = [f'{label} ({len(items)}): {", ".join(items[:4])}'
-                    + (', ...' if len(items) > 4 else '')
-                    for label, items in (('shape mismatches', wrong), ('missing keys', missing),
-                                         ('unexpected keys', unexpected)) if items]
         raise CheckpointError(
             f'{filename} does not fit this VanillaNet ({describe_backbone(model_state)}); the '
-            f'file holds {describe_backbone(state)}. ' + '; '.join(problems))
+            f'file holds {describe_backbone(state)}. '
+            + '; '.join(key_problems(wrong, missing, unexpected)))
 
 
 def _bn(state: StateDict, prefix: str, eps: float) -> BN:
@@ -225,7 +243,9 @@ def require_training_layout(filename: str, purpose: str, remedy: str):
 
 def load_pretrained(model, filename: str, prefix: Optional[str] = None):
     """Load a released checkpoint (any form above) into a VanillaNet backbone, or fail loudly."""
-    state = backbone_state_dict(safe_load(filename), prefix)
+    checkpoint = safe_load(filename)
+    adopt_meta_act_learn(checkpoint)
+    state = backbone_state_dict(checkpoint, prefix)
     layout = layout_of(state)
     if layout == 'deploy' and not model.deploy:
         raise deploy_layout_error(

@@ -6,17 +6,20 @@ from typing import Dict, List, Sequence
 
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from ..errors import InputError
 from ..serialization import CheckpointError
-from .checkpoint import OPTIONAL_KEYS, check_fits, count_params
+from .checkpoint import OPTIONAL_KEYS, check_fits, count_params, key_problems
 from .vanillanet import VanillaNet
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a DDP/FSDP (or other MMEngine) wrapper, or the model itself."""
-    return model.module if is_model_wrapper(model) else model
+    """The model inside a DDP/FSDP (or other MMEngine) wrapper or a test-time-augmentation
+    model (``--tta``; both, under distributed testing), or the model itself."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model
 
 
 def vanillanets_of(model: nn.Module) -> List[VanillaNet]:
@@ -40,8 +43,9 @@ def fuse_detector(model: nn.Module) -> nn.Module:
     return model
 
 
-def _listed(label: str, keys: List[str]) -> str:
-    return f'{label} ({len(keys)}): {", ".join(keys[:4])}' + (', ...' if len(keys) > 4 else '')
+def without_module_prefix(state: Dict) -> Dict:
+    """A state dict saved from a DDP-wrapped model, keyed as the bare model's."""
+    return {re.sub(r'^module\.', '', k): v for k, v in state.items()}
 
 
 def check_detector_fits(model: nn.Module, state: Dict, filename: str,
@@ -56,7 +60,7 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
     keys to drop for that (those of another shape)."""
     model = unwrap_model(model)
     expected = model.state_dict()
-    file_keys = {re.sub(r'^module\.', '', k): k for k in state}
+    file_keys = dict(zip(without_module_prefix(state), state))
     free = tuple(f'{name}.' for name in replaced)
     backbones = tuple(f'{name}.' for name, m in model.named_modules()
                       if isinstance(m, VanillaNet) and not f'{name}.'.startswith(free))
@@ -73,9 +77,7 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
              for k in rest if k in file_keys and not k.startswith(free)
              and state[file_keys[k]].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        problems = [_listed(label, keys) for label, keys in (
-            ('shape mismatches', wrong), ('missing keys', missing),
-            ('unexpected keys', unexpected)) if keys]
+        problems = key_problems(wrong, missing, unexpected)
         raise CheckpointError(
             f'{filename} does not fit this {type(model).__name__}: {"; ".join(problems)}. '
             f'If you replaced these parts on purpose (fine-tuning to other classes), name '

@@ -1,12 +1,12 @@
 """The detector a benchmark or check times: the config's model in eval mode, with a checkpoint's
 weights or generated ones."""
 import copy
-import re
 from typing import Optional
 
 from mmdet.registry import MODELS
 
-from ..models.detector import check_detector_fits
+from ..models.checkpoint import adopt_meta_act_learn
+from ..models.detector import check_detector_fits, without_module_prefix
 from ..serialization import safe_load
 from .weights import randomize
 
@@ -14,13 +14,13 @@ from .weights import randomize
 def load_detector_weights(model, checkpoint: str, device='cpu'):
     """A detector checkpoint into ``model``, refused in one line unless it fits exactly."""
     loaded = safe_load(checkpoint, map_location=device)
+    adopt_meta_act_learn(loaded)
     state = loaded.get('state_dict', loaded)
     check_detector_fits(model, state, checkpoint)
     # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
     # middle of deep training sets the backbone's act_learn as it loads (a key of its state
     # dict), so that fusing it is refused.
-    model.load_state_dict({re.sub(r'^module\.', '', k): v for k, v in state.items()},
-                          strict=False)
+    model.load_state_dict(without_module_prefix(state), strict=False)
 
 
 def build_detector(cfg, checkpoint: Optional[str] = None):

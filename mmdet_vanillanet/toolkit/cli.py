@@ -18,8 +18,8 @@ from ..errors import InputError
 from ..serialization import safe_load
 
 USER_ERRORS = (InputError, FileNotFoundError, FileExistsError)
-# Writes that fail for lack of room or rights: a full disk or quota, a file-size limit, a
-# read-only or forbidden folder.
+# Files that cannot be written (or read) for lack of room or rights: a full disk or quota, a
+# file-size limit, a read-only or forbidden folder.
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                 errno.EPERM, errno.ENOTDIR}
 
@@ -106,6 +106,7 @@ def one_line_errors(*more):
     except OSError as err:
         if err.errno not in WRITE_ERRORS:
             raise
-        sys.exit(f'error: cannot write {err.filename or "a file"} ({err.strerror}); free some '
-                 f'space or choose a writable --work-dir (complete checkpoints are kept: '
-                 f'--resume continues from the last one)')
+        what = 'access' if err.errno in (errno.EACCES, errno.EPERM) else 'write'
+        sys.exit(f'error: cannot {what} {err.filename or "a file"} ({err.strerror}); free some '
+                 f'space, fix its permissions or choose a writable --work-dir (complete '
+                 f'checkpoints are kept: --resume continues from the last one)')

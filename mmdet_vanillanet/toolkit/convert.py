@@ -3,8 +3,8 @@ through the plugin's tensor-level fusion."""
 from collections import OrderedDict
 from typing import Tuple
 
-from ..models.checkpoint import (backbone_state_dict, container_state, count_params,
-                                 fuse_state_dict, layout_of)
+from ..models.checkpoint import (adopt_meta_act_learn, backbone_state_dict, container_state,
+                                 count_params, fuse_state_dict, layout_of)
 from ..serialization import CheckpointError
 
 
@@ -14,6 +14,7 @@ def deploy_checkpoint(checkpoint) -> Tuple[dict, int, int]:
     deploy container; the classifier is dropped, as detection has none); a detector checkpoint
     keeps its other weights (and its class names) under ``state_dict``, for a ``deploy=True``
     config."""
+    adopt_meta_act_learn(checkpoint)
     backbone = backbone_state_dict(checkpoint)
     if layout_of(backbone) != 'training':
         raise CheckpointError('this checkpoint is already in the deploy layout; nothing to fuse')

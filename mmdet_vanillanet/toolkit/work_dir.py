@@ -33,7 +33,7 @@ def checkpoint_dirs(cfg) -> list:
     """Where the run's checkpoints are: work_dir, and the checkpoint hook's out_dir joined
     with work_dir's last folder, as MMEngine's CheckpointHook places them."""
     dirs = [cfg.work_dir]
-    out_dir = (cfg.get('default_hooks') or {}).get('checkpoint', {}).get('out_dir')
+    out_dir = ((cfg.get('default_hooks') or {}).get('checkpoint') or {}).get('out_dir')
     if out_dir and '://' not in str(out_dir):
         dirs.append(osp.join(out_dir, osp.basename(cfg.work_dir.rstrip(osp.sep))))
     return dirs
