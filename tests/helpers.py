@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 
+import torch
 from mmdet.registry import MODELS
+from mmengine.config import Config
 
 import mmdet_vanillanet  # noqa: F401  (registers VanillaNet, as a config's custom_imports)
 from mmdet_vanillanet.models import ARCH_SETTINGS
@@ -110,3 +112,46 @@ def scalars(work_dir):
         with open(path) as f:
             rows += [json.loads(line) for line in f]
     return rows
+
+
+def toy_test_config(data_root):
+    """The toy config, its test dataloader on the tests' toy set, in this process."""
+    cfg = Config.fromfile(CONFIG)
+    cfg.test_dataloader.update(batch_size=3, num_workers=0, persistent_workers=False)
+    cfg.test_dataloader.dataset.data_root = data_root
+    cfg.test_evaluator.ann_file = f'{data_root}annotations/instances_val.json'
+    return cfg
+
+
+def narrow_retinanet_config():
+    """RetinaNet on a narrow VanillaNet-13, testing at the toy images' scale."""
+    cfg = Config.fromfile(f'{CONFIGS}/retinanet_vanillanet13_coco.py')
+    cfg.model.backbone.update(arch=narrow('13'), init_cfg=None)
+    cfg.model.neck.update(in_channels=[16, 32, 64], out_channels=32)
+    cfg.model.bbox_head.update(in_channels=32, feat_channels=32, stacked_convs=1)
+    cfg.test_dataloader.dataset.pipeline[1].scale = (320, 320)  # toy images, not COCO's
+    return cfg
+
+
+@torch.no_grad()
+def center_roi_logits(model, batch):
+    """Generated RoI heads give every box one class and near-empty masks: the mean of their
+    inputs dominates the logits. Centring each class and mask logit on a batch spreads the
+    labels over the classes and gives masks that cover part of their box, so that both
+    comparisons of detections mean something."""
+    layers = (model.roi_head.bbox_head.fc_cls, model.roi_head.mask_head.conv_logits)
+    means = {}
+
+    def record(layer, _, out):  # per output channel, over the batch's boxes (and pixels)
+        means[layer] = out.transpose(0, 1).flatten(1).mean(1)
+
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    model.test_step(batch)
+    for hook, layer in zip(hooks, layers):
+        hook.remove()
+        layer.bias -= means[layer]
+
+
+def run_config(work_dir, **checkpoint_hook):
+    """The parts of a run's config that locate its checkpoints."""
+    return Config(dict(work_dir=str(work_dir), default_hooks=dict(checkpoint=checkpoint_hook)))

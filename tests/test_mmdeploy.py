@@ -17,8 +17,8 @@ from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from helpers import CONFIG, randomize, run
-from test_onnx_inference import _center_roi_logits, _retinanet_config, _toy_config
+from helpers import (CONFIG, center_roi_logits, narrow_retinanet_config, randomize, run,
+                     toy_test_config)
 
 # The settings mmdeploy's configs/mmdet/detection/detection_onnxruntime_dynamic.py and
 # instance-seg/instance-seg_onnxruntime_dynamic.py resolve to (its wheel ships no configs).
@@ -55,7 +55,7 @@ def _generated(cfg, folder, act_learn=1.0):
     init_default_scope('mmdet')
     model = randomize(MODELS.build(cfg.model)).eval()
     if hasattr(model, 'roi_head'):
-        _center_roi_logits(model, next(iter(Runner.build_dataloader(cfg.test_dataloader))))
+        center_roi_logits(model, next(iter(Runner.build_dataloader(cfg.test_dataloader))))
     model.backbone.act_learn = act_learn  # travels in the state dict when it is not 1
     checkpoint = folder / f'act_learn_{act_learn}.pth'
     torch.save({'state_dict': model.state_dict()}, checkpoint)
@@ -77,7 +77,7 @@ def _export(tmp_path, cfg, data_root, act_learn=1.0, expect_ok=True):
 @pytest.mark.slow
 def test_retinanet_exports_fused_with_dynamic_shapes_and_gives_pytorchs_detections(
         tmp_path, data_root):
-    output = _export(tmp_path, _retinanet_config(), data_root)
+    output = _export(tmp_path, narrow_retinanet_config(), data_root)
     total, given, found, box, score = COMPARED.search(output).groups()[:5]
     assert int(total) == int(given) == int(found) > 6 * 50  # every image, many detections
     assert float(box) <= 1e-3 and float(score) <= 1e-5
@@ -91,7 +91,7 @@ def test_retinanet_exports_fused_with_dynamic_shapes_and_gives_pytorchs_detectio
 
 @pytest.mark.slow
 def test_mask_rcnn_exports_with_roi_align_and_gives_pytorchs_detections(tmp_path, data_root):
-    output = _export(tmp_path, _toy_config(data_root), data_root)
+    output = _export(tmp_path, toy_test_config(data_root), data_root)
     total, given, found, box, score, differing, pixels = COMPARED.search(output).groups()
     # mmdeploy rewrites the post-processing (the RPN's NMS runs over all levels at once, where
     # MMDetection runs one per level), so the two keep partly different detections (97 of 120
@@ -104,7 +104,7 @@ def test_mask_rcnn_exports_with_roi_align_and_gives_pytorchs_detections(tmp_path
 
 @pytest.mark.slow
 def test_a_checkpoint_from_the_middle_of_deep_training_is_refused(tmp_path, data_root):
-    output = _export(tmp_path, _retinanet_config(), data_root, act_learn=0.5, expect_ok=False)
+    output = _export(tmp_path, narrow_retinanet_config(), data_root, act_learn=0.5, expect_ok=False)
     assert output.strip().splitlines()[-1].startswith(
         'error: cannot fuse VanillaNet with act_learn=0.5')
     assert not (tmp_path / 'out' / 'end2end.onnx').exists()

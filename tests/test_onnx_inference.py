@@ -5,7 +5,7 @@ those of the fused PyTorch model.
 The weights are generated, not trained: a training run short enough for a test leaves the toy
 AP near 0 all the same (40 iterations: box AP 0.017, after 2.8 minutes on a shared 2-core
 machine). What the comparison needs is many detections of every class, scattered in score,
-with non-empty masks (see _center_roi_logits), compared one by one over the whole toy val
+with non-empty masks (see center_roi_logits), compared one by one over the whole toy val
 split; the COCO AP of both (0 here) is compared too, through MMDetection's CocoMetric."""
 import copy
 
@@ -15,52 +15,15 @@ import pytest
 import torch
 from mmdet.apis import inference_detector
 from mmdet.registry import MODELS
-from mmengine.config import Config
 from mmengine.evaluator import Evaluator
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from helpers import CONFIG, CONFIGS, narrow, randomize
+from helpers import center_roi_logits, narrow_retinanet_config, randomize, toy_test_config
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit import onnx_export
 from mmdet_vanillanet.toolkit.onnx_inference import OnnxDetector
-
-
-def _toy_config(data_root):
-    cfg = Config.fromfile(CONFIG)
-    cfg.test_dataloader.update(batch_size=3, num_workers=0, persistent_workers=False)
-    cfg.test_dataloader.dataset.data_root = data_root
-    cfg.test_evaluator.ann_file = f'{data_root}annotations/instances_val.json'
-    return cfg
-
-
-def _retinanet_config():
-    cfg = Config.fromfile(f'{CONFIGS}/retinanet_vanillanet13_coco.py')
-    cfg.model.backbone.update(arch=narrow('13'), init_cfg=None)
-    cfg.model.neck.update(in_channels=[16, 32, 64], out_channels=32)
-    cfg.model.bbox_head.update(in_channels=32, feat_channels=32, stacked_convs=1)
-    cfg.test_dataloader.dataset.pipeline[1].scale = (320, 320)  # toy images, not COCO's
-    return cfg
-
-
-@torch.no_grad()
-def _center_roi_logits(model, batch):
-    """Generated RoI heads give every box one class and near-empty masks: the mean of their
-    inputs dominates the logits. Centring each class and mask logit on a batch spreads the
-    labels over the classes and gives masks that cover part of their box, so that both
-    comparisons below mean something."""
-    layers = (model.roi_head.bbox_head.fc_cls, model.roi_head.mask_head.conv_logits)
-    means = {}
-
-    def record(layer, _, out):  # per output channel, over the batch's boxes (and pixels)
-        means[layer] = out.transpose(0, 1).flatten(1).mean(1)
-
-    hooks = [layer.register_forward_hook(record) for layer in layers]
-    model.test_step(batch)
-    for hook, layer in zip(hooks, layers):
-        hook.remove()
-        layer.bias -= means[layer]
 
 
 def _generated(cfg, folder, seed=0, part='raw'):
@@ -69,7 +32,7 @@ def _generated(cfg, folder, seed=0, part='raw'):
     init_default_scope('mmdet')
     model = randomize(MODELS.build(cfg.model), seed=seed).eval()
     if hasattr(model, 'roi_head'):
-        _center_roi_logits(model, next(iter(Runner.build_dataloader(cfg.test_dataloader))))
+        center_roi_logits(model, next(iter(Runner.build_dataloader(cfg.test_dataloader))))
     checkpoint = str(folder / f'seed{seed}.pth')
     torch.save({'state_dict': model.state_dict()}, checkpoint)
     fused = fuse_detector(model)
@@ -82,13 +45,13 @@ def _generated(cfg, folder, seed=0, part='raw'):
 
 @pytest.fixture(scope='module')
 def mask_rcnn(tmp_path_factory, data_root):
-    cfg = _toy_config(data_root)
+    cfg = toy_test_config(data_root)
     return (cfg, *_generated(cfg, tmp_path_factory.mktemp('mask_rcnn')))
 
 
 @pytest.fixture(scope='module')
 def retinanet(tmp_path_factory):
-    cfg = _retinanet_config()
+    cfg = narrow_retinanet_config()
     return (cfg, *_generated(cfg, tmp_path_factory.mktemp('retinanet')))
 
 
@@ -159,7 +122,7 @@ def test_a_file_that_does_not_fit_the_config_is_refused(mask_rcnn, retinanet, tm
         OnnxDetector(no_loader, path, checkpoint)
     with pytest.raises(InputError, match='holds the neck part'):
         OnnxDetector(cfg, _generated(cfg, tmp_path, part='neck')[2], checkpoint)
-    four_levels = _retinanet_config()
+    four_levels = narrow_retinanet_config()
     four_levels.model.neck.num_outs = 4
     with pytest.raises(InputError, match=r'gives 10 outputs .* RetinaNet gives 8'):
         OnnxDetector(four_levels, retinanet[3])

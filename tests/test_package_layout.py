@@ -18,7 +18,7 @@ import yaml
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from helpers import CONFIG, REPO_ROOT, RunsCode, toy_options
+from helpers import CONFIG, REPO_ROOT, RunsCode, run_config, toy_options
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import CheckpointError
 from mmdet_vanillanet.toolkit.cli import RUNTIME_HOOKS, require_runtime_hooks
@@ -202,5 +202,5 @@ def test_resume_never_passes_over_a_file_it_refuses_to_load(tmp_path):
     """Passing over it would restart the run from an older file, or from nothing."""
     torch.save({'state_dict': {}, 'meta': RunsCode(tmp_path / 'pwned')}, tmp_path / 'epoch_2.pth')
     with pytest.raises(CheckpointError, match='could run code'):
-        resume_checkpoint(Config(dict(work_dir=str(tmp_path), default_hooks={})))
+        resume_checkpoint(run_config(tmp_path))
     assert not (tmp_path / 'pwned').exists()

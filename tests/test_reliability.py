@@ -12,7 +12,7 @@ import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from helpers import (CONFIG, REPO_ROOT, RunsCode, build_backbone, evaluate,
+from helpers import (CONFIG, REPO_ROOT, RunsCode, build_backbone, evaluate, run_config,
                      first_logged_iter_of_last_run, fused_copy, run, toy_options, train)
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, resume_checkpoint
@@ -161,26 +161,22 @@ def test_a_broken_annotation_file_is_named(data_root, tmp_path, content, message
     assert f'annotation file {ann} {message}' in output and 'Traceback' not in output
 
 
-def _run_config(work_dir):
-    return Config(dict(work_dir=str(work_dir), default_hooks=dict(checkpoint=dict())))
-
-
 def test_resume_prefers_last_checkpoint_and_never_a_best_file(tmp_path):
     for name in ('epoch_2.pth', 'epoch_3.pth', 'best_coco_bbox_mAP_epoch_9.pth'):
         torch.save({'state_dict': {}, 'meta': {'epoch': 1}}, tmp_path / name)
-    assert resume_checkpoint(_run_config(tmp_path)) == str(tmp_path / 'epoch_3.pth')
+    assert resume_checkpoint(run_config(tmp_path)) == str(tmp_path / 'epoch_3.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
-    assert resume_checkpoint(_run_config(tmp_path)) == str(tmp_path / 'epoch_2.pth')
+    assert resume_checkpoint(run_config(tmp_path)) == str(tmp_path / 'epoch_2.pth')
 
 
 def test_overwrite_removes_the_earlier_runs_checkpoints(tmp_path):
     torch.save({'state_dict': {}}, tmp_path / 'epoch_12.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_12.pth'))
     with pytest.raises(FileExistsError, match='--overwrite'):
-        guard_work_dir(_run_config(tmp_path), resume=None, overwrite=False)
+        guard_work_dir(run_config(tmp_path), resume=None, overwrite=False)
     assert (tmp_path / 'epoch_12.pth').exists()
-    guard_work_dir(_run_config(tmp_path), resume=None, overwrite=True)
-    assert resume_checkpoint(_run_config(tmp_path)) is None
+    guard_work_dir(run_config(tmp_path), resume=None, overwrite=True)
+    assert resume_checkpoint(run_config(tmp_path)) is None
     assert not (tmp_path / 'last_checkpoint').exists()
 
 

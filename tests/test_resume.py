@@ -11,7 +11,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import (CONFIG, REPO_ROOT, first_logged_iter_of_last_run, toy_options, train)
+from helpers import (CONFIG, REPO_ROOT, first_logged_iter_of_last_run, run_config, toy_options,
+                     train)
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
@@ -88,13 +89,8 @@ def test_a_kill_before_the_old_checkpoint_is_deleted_leaves_both(data_root, tmp_
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.glob('*.pth*')) == ['epoch_1.pth', 'epoch_2.pth']
-    cfg = Config(dict(work_dir=str(tmp_path), default_hooks=dict(checkpoint=dict())))
-    assert resume_checkpoint(cfg) == str(tmp_path / 'epoch_2.pth')
+    assert resume_checkpoint(run_config(tmp_path)) == str(tmp_path / 'epoch_2.pth')
     assert safe_load(str(tmp_path / 'epoch_2.pth'))['meta']['epoch'] == 2
-
-
-def _config(work_dir):
-    return Config(dict(work_dir=str(work_dir), default_hooks=dict(checkpoint=dict())))
 
 
 def test_resume_with_only_unreadable_checkpoints_is_an_error_naming_them(tmp_path):
@@ -102,8 +98,8 @@ def test_resume_with_only_unreadable_checkpoints_is_an_error_naming_them(tmp_pat
         (tmp_path / name).write_bytes(b'PK\x03\x04 cut short')
     with pytest.raises(InputError, match='none of the run\'s checkpoints is readable '
                        rf'\({tmp_path}/epoch_2.pth, {tmp_path}/epoch_1.pth\); pass --overwrite'):
-        resume_checkpoint(_config(tmp_path))
-    assert resume_checkpoint(_config(tmp_path / 'fresh')) is None  # nothing to resume: start
+        resume_checkpoint(run_config(tmp_path))
+    assert resume_checkpoint(run_config(tmp_path / 'fresh')) is None  # nothing to resume: start
 
 
 def test_last_checkpoint_is_followed_wherever_it_points(tmp_path):
@@ -112,7 +108,7 @@ def test_last_checkpoint_is_followed_wherever_it_points(tmp_path):
     for path in (tmp_path / 'iter_50.pth', elsewhere):
         torch.save({'state_dict': {}, 'meta': {'iter': 1}}, path)
     (tmp_path / 'last_checkpoint').write_text(str(elsewhere))
-    assert resume_checkpoint(_config(tmp_path)) == str(elsewhere)
+    assert resume_checkpoint(run_config(tmp_path)) == str(elsewhere)
 
 
 def test_a_config_without_a_checkpoint_hook_resumes_from_work_dir(tmp_path):
