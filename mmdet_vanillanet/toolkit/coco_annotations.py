@@ -57,8 +57,8 @@ def check_coco_annotations(path: str, coco, *, classes=None, with_mask: bool = F
 
     Boxes MMDetection drops (a side under 1 pixel, area <= 0, or no overlap with the image)
     matter only for training: ``invalid_boxes='refuse'`` raises, ``'drop'`` logs one warning
-    with their count and lets MMDetection drop them."""
-    check_invalid_boxes_choice(invalid_boxes)
+    with their count and lets MMDetection drop them (check_dataset_paths validates the
+    choice)."""
     source = f'annotation file {path}'
     _check_top_level(source, coco, training)
     problems = Problems(source)

@@ -117,6 +117,9 @@ def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
     """The fused part exported to ONNX (in a temporary folder) and timed in onnxruntime with
     the same threads; FLOPs and parameters are the fused PyTorch part's."""
     from . import onnx_export  # onnx and onnxruntime: needed only here
+    if fused_result is None:  # before the model moves to the CPU for the export
+        once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
+        fused_result = measure(fused, batches, part, once)
     module = onnx_export.ExportedPart(fused.cpu(), part).eval()
     tensor = fused.data_preprocessor(batches[0], False)['inputs'].cpu()
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,9 +131,6 @@ def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
         result = summarize(time_call(lambda: session.run(None, {'input': array}),
                                      settings.iters, settings.warmup, 'cpu',
                                      progress=settings.progress))
-    if fused_result is None:
-        once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
-        fused_result = measure(fused, batches, part, once)
     result.update(gflops=fused_result['gflops'], params_m=fused_result['params_m'],
                   input_shape=list(tensor.shape[-2:]), activation='onnxruntime')
     result['achieved_gflop_s'] = achieved_gflop_s(result)

@@ -74,11 +74,10 @@ def resume_checkpoint(cfg):
     new run starts, as MMEngine's auto-resume does). An error when it has some but none is
     readable, or when one cannot be loaded safely: resuming from an earlier file, or from
     none, would silently redo or replace the run's work."""
-    candidates = [p for folder in checkpoint_dirs(cfg)
-                  for p in glob.glob(osp.join(folder, '*.pth'))
-                  if RESUMABLE.fullmatch(osp.basename(p))]
-    candidates.sort(key=lambda p: int(RESUMABLE.fullmatch(osp.basename(p)).group(2)),
-                    reverse=True)
+    steps = {p: int(m.group(2)) for folder in checkpoint_dirs(cfg)
+             for p in glob.glob(osp.join(folder, '*.pth'))
+             if (m := RESUMABLE.fullmatch(osp.basename(p)))}
+    candidates = sorted(steps, key=steps.get, reverse=True)
     last = osp.join(cfg.work_dir, 'last_checkpoint')
     if osp.exists(last):
         with open(last) as f:
