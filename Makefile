@@ -1,14 +1,16 @@
-# Two commands for users: `make demo` and `make test`. Both build .venv first when it is missing
-# or older than the pinned requirements.
+# Two commands for users: `make demo` and `make test` (and `make lint`). Each builds .venv first
+# when it is missing or older than the requirements: the exact stack of
+# requirements/constraints.txt (the package itself declares ranges only).
 # Python 3.11 where there is one (the machine's torch wheel is built for it), else python3;
 # PYTHON=/path/to/python overrides. Checked before anything is installed.
 PYTHON ?= $(or $(shell command -v python3.11),$(shell command -v python3),python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-REQS := requirements/runtime.txt requirements/tests.txt setup.cfg pyproject.toml
+PINS := requirements/constraints.txt
+REQS := requirements/runtime.txt requirements/tests.txt $(PINS) setup.cfg pyproject.toml
 
-.PHONY: install test demo clean-venv check-python
+.PHONY: install test demo lint clean-venv check-python
 
 install: $(STAMP)
 
@@ -23,15 +25,17 @@ $(STAMP): $(REQS)
 	# mmcv's setup.py needs torch, numpy and pkg_resources at build time, and must see torch
 	# (--no-build-isolation) or it silently builds without ops.
 	$(BIN)/pip install --upgrade pip wheel ninja \
-		$$(grep -E '^(torch|setuptools|numpy)\b' requirements/runtime.txt)
-	MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation \
-		$$(grep -E '^mmcv\b' requirements/runtime.txt)
-	$(BIN)/pip install -r requirements/runtime.txt -r requirements/tests.txt
+		$$(grep -E '^(torch|setuptools|numpy)\b' $(PINS))
+	MMCV_WITH_OPS=1 $(BIN)/pip install --no-build-isolation $$(grep -E '^mmcv\b' $(PINS))
+	$(BIN)/pip install -c $(PINS) -r requirements/runtime.txt -r requirements/tests.txt
 	$(BIN)/pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 demo: $(STAMP)
 	$(BIN)/python tools/demo.py

@@ -21,13 +21,13 @@ import onnxruntime  # the onnxruntime rows: a test requirement and the package's
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
+from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.build import build_detector
 from mmdet_vanillanet.toolkit.cli import load_config
-from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import Settings, measure, measure_onnxruntime
-from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
+from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+from mmdet_vanillanet.toolkit.timing import Settings, measure, measure_onnxruntime
 
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 MODELS = [  # name, config, fused?

@@ -1,8 +1,8 @@
 """Loading every released checkpoint form, written here in the released key layout from a
 generated network with non-trivial BN statistics, and every way a file can fail to fit."""
 import functools
-import os.path as osp
 import http.server
+import os.path as osp
 import subprocess
 import sys
 import threading

@@ -17,8 +17,14 @@ from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from helpers import (CONFIG, center_roi_logits, narrow_retinanet_config, randomize, run,
-                     toy_test_config)
+from helpers import (
+    CONFIG,
+    center_roi_logits,
+    narrow_retinanet_config,
+    randomize,
+    run,
+    toy_test_config,
+)
 
 # The settings mmdeploy's configs/mmdet/detection/detection_onnxruntime_dynamic.py and
 # instance-seg/instance-seg_onnxruntime_dynamic.py resolve to (its wheel ships no configs).

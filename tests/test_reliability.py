@@ -12,8 +12,19 @@ import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from helpers import (CONFIG, REPO_ROOT, RunsCode, build_backbone, evaluate, run_config,
-                     first_logged_iter_of_last_run, fused_copy, run, toy_options, train)
+from helpers import (
+    CONFIG,
+    REPO_ROOT,
+    RunsCode,
+    build_backbone,
+    evaluate,
+    first_logged_iter_of_last_run,
+    fused_copy,
+    run,
+    run_config,
+    toy_options,
+    train,
+)
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, resume_checkpoint
 

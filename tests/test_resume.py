@@ -11,8 +11,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import (CONFIG, REPO_ROOT, first_logged_iter_of_last_run, run_config, toy_options,
-                     train)
+from helpers import CONFIG, REPO_ROOT, first_logged_iter_of_last_run, run_config, toy_options, train
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint

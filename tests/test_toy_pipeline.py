@@ -7,8 +7,17 @@ import sys
 import pytest
 import torch
 
-from helpers import (CONFIG, REPO_ROOT, ap, evaluate, first_logged_iter_of_last_run, run,
-                     scalars, toy_options, train)
+from helpers import (
+    CONFIG,
+    REPO_ROOT,
+    ap,
+    evaluate,
+    first_logged_iter_of_last_run,
+    run,
+    scalars,
+    toy_options,
+    train,
+)
 from mmdet_vanillanet.serialization import safe_load
 
 pytestmark = pytest.mark.slow  # every test here runs the tools in subprocesses

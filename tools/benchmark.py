@@ -25,14 +25,18 @@ from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.toolkit.build import build_detector
-from mmdet_vanillanet.toolkit.cli import (force_weights_only_loading, load_config,
-                                          one_line_errors)
+from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, load_config, one_line_errors
 from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.timing import (Settings, autocast, measure, measure_onnxruntime,
-                                             prepare)
+from mmdet_vanillanet.toolkit.timing import (
+    Settings,
+    autocast,
+    measure,
+    measure_onnxruntime,
+    prepare,
+)
 
 
 def parse_args():

@@ -21,8 +21,7 @@ from mmengine.config import DictAction
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.build import build_detector
-from mmdet_vanillanet.toolkit.cli import (force_weights_only_loading, load_config,
-                                          one_line_errors)
+from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, load_config, one_line_errors
 
 try:
     from mmdet_vanillanet.toolkit import onnx_export

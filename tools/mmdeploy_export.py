@@ -43,12 +43,11 @@ from mmengine.config import DictAction
 
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.build import build_detector
-from mmdet_vanillanet.toolkit.cli import (force_weights_only_loading, load_config,
-                                          one_line_errors)
+from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, load_config, one_line_errors
 
 try:
-    from mmdeploy.apis import torch2onnx
     import aenum  # noqa: F401  (mmdeploy needs it to register the mmdet codebase)
+    from mmdeploy.apis import torch2onnx
     from mmdeploy.apis.utils import build_task_processor
     from mmdeploy.apis.utils.utils import check_backend_device
     from mmdeploy.utils import Backend, get_backend, get_input_shape, get_ir_config

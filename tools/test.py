@@ -13,9 +13,15 @@ from mmengine.runner import Runner
 
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
-from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
-                                          load_config, one_line_errors, parse,
-                                          require_runtime_hooks, set_work_dir)
+from mmdet_vanillanet.toolkit.cli import (
+    add_runner_args,
+    force_weights_only_loading,
+    load_config,
+    one_line_errors,
+    parse,
+    require_runtime_hooks,
+    set_work_dir,
+)
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.launch import setup_launcher
 from mmdet_vanillanet.toolkit.work_dir import require_writable

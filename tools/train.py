@@ -20,13 +20,18 @@ from mmengine.runner import Runner
 from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.models.checkpoint import require_training_layout
 from mmdet_vanillanet.serialization import safe_load
-from mmdet_vanillanet.toolkit.cli import (add_runner_args, force_weights_only_loading,
-                                          load_config, one_line_errors, parse,
-                                          require_runtime_hooks, set_work_dir)
+from mmdet_vanillanet.toolkit.cli import (
+    add_runner_args,
+    force_weights_only_loading,
+    load_config,
+    one_line_errors,
+    parse,
+    require_runtime_hooks,
+    set_work_dir,
+)
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 from mmdet_vanillanet.toolkit.launch import setup_launcher
-from mmdet_vanillanet.toolkit.work_dir import (guard_work_dir, require_writable,
-                                               resume_checkpoint)
+from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, require_writable, resume_checkpoint
 
 
 def parse_args():

@@ -3,8 +3,14 @@ through the plugin's tensor-level fusion."""
 from collections import OrderedDict
 from typing import Tuple
 
-from ..models.checkpoint import (adopt_meta_act_learn, backbone_state_dict, container_state,
-                                 count_params, fuse_state_dict, layout_of)
+from ..models.checkpoint import (
+    adopt_meta_act_learn,
+    backbone_state_dict,
+    container_state,
+    count_params,
+    fuse_state_dict,
+    layout_of,
+)
 from ..serialization import CheckpointError
 
 
