@@ -1,7 +1,8 @@
 """Checkpoint reading that never runs code from the file and never changes anything in the
-loading process but the objects it returns.
+loading process but the objects it returns (``safe_load``), and, apart and named for it, the
+reading of a trusted file with full unpickling (``load_trusted``).
 
-Every load goes through ``torch.load(weights_only=True)``. MMEngine's Runner writes a few
+Every ``safe_load`` goes through ``torch.load(weights_only=True)``. MMEngine's Runner writes a few
 non-tensor objects into its checkpoints: its message hub's HistoryBuffers, and numpy arrays and
 scalars (the buffers' histories, the ``eta``). Importing the plugin allow-lists, for every
 weights_only load in the process (torch's list is global), what reads exactly those back:
@@ -34,15 +35,7 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
 from .checkpoint_sources import open_checkpoint
-from .errors import InputError
-
-
-class CheckpointError(InputError, RuntimeError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
-
-
-class TruncatedCheckpointError(CheckpointError):
-    """A checkpoint whose write was cut short (a kill, a full disk): an earlier one may do."""
+from .errors import CheckpointError, TruncatedCheckpointError
 
 
 def _refused(what: str) -> pickle.UnpicklingError:
@@ -200,21 +193,35 @@ def _unpickler_reason(err: pickle.UnpicklingError) -> str:
     return lines[0].split('. ')[0].rstrip('.') if lines else type(err).__name__
 
 
-def safe_load(filename: str, map_location='cpu', unsafe: bool = False, mmap: bool = False):
-    """Read a checkpoint without unpickling arbitrary objects (``unsafe`` only for trusted
-    files, through ``tools/convert_checkpoint.py --unsafe-load``)."""
+def safe_load(filename: str, map_location='cpu', mmap: bool = False):
+    """Read a checkpoint (a path, URL or model-zoo name) without unpickling arbitrary objects:
+    tensors, plain numpy data and the message hub buffers our runs write; anything else is a
+    CheckpointError naming the file. ``mmap``: map a local file instead of reading it."""
+    return _load(filename, map_location, weights_only=True, mmap=mmap)
+
+
+def load_trusted(filename: str, map_location='cpu'):
+    """Read a checkpoint with full unpickling, which runs whatever code the file holds: only for
+    files you trust, to rewrite them as plain tensors (``tools/convert_checkpoint.py
+    --unsafe-load``)."""
+    return _load(filename, map_location, weights_only=False, mmap=False)
+
+
+def _load(filename: str, map_location, weights_only: bool, mmap: bool):
+    """torch.load with each failure as one CheckpointError: a refused object, a file that cannot
+    be read, a truncated or corrupt one."""
     source = open_checkpoint(filename)
     # What reads back the objects MMEngine writes was allow-listed when the plugin was
     # imported (before this module could be).
     try:
         try:
-            return torch.load(source, map_location=map_location, weights_only=not unsafe,
+            return torch.load(source, map_location=map_location, weights_only=weights_only,
                               mmap=mmap and isinstance(source, str))
         except RuntimeError as err:
             if not (mmap and 'mmap can only be used' in str(err)):
                 raise
             # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
-            return torch.load(source, map_location=map_location, weights_only=not unsafe)
+            return torch.load(source, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f'{filename} holds Python objects beyond tensors, plain numpy data and the message '

@@ -13,11 +13,10 @@ from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, run, toy_options
-from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.models.arch_settings import resolve_arch
 from mmdet_vanillanet.models.checkpoint import count_params, expected_state
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.serialization import CheckpointError
 from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
 
 MMDET_TEST = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')

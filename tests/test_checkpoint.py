@@ -12,7 +12,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from helpers import REPO_ROOT, RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
-from mmdet_vanillanet.serialization import CheckpointError
+from mmdet_vanillanet.errors import CheckpointError
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
 

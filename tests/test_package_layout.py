@@ -19,8 +19,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from helpers import CONFIG, REPO_ROOT, RunsCode, run_config, toy_options
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.serialization import CheckpointError
+from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.toolkit.cli import RUNTIME_HOOKS, require_runtime_hooks
 from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
 

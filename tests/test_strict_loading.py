@@ -10,8 +10,8 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, evaluate, run, toy_options, train
+from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.models.detector import check_detector_fits
-from mmdet_vanillanet.serialization import CheckpointError
 from mmdet_vanillanet.toolkit.build import build_detector
 
 HEADS = ['roi_head.bbox_head.fc_cls', 'roi_head.bbox_head.fc_reg',

@@ -20,8 +20,8 @@ from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
+from mmdet_vanillanet.errors import InputError, deploy_layout_error
+from mmdet_vanillanet.models.checkpoint import checkpoint_layout
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.toolkit.build import build_detector

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from mmdet_vanillanet.serialization import safe_load
+from mmdet_vanillanet.serialization import load_trusted, safe_load
 from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
 
@@ -34,7 +34,8 @@ def main():
     if os.path.exists(args.dst) and not args.force:
         sys.exit(f'error: {args.dst} exists; pass --force to overwrite it')
     with one_line_errors():
-        out, before, after = deploy_checkpoint(safe_load(args.src, unsafe=args.unsafe_load))
+        load = load_trusted if args.unsafe_load else safe_load
+        out, before, after = deploy_checkpoint(load(args.src))
     torch.save(out, args.dst)
     print(f'backbone parameters: {before / 1e6:.2f}M (training) -> {after / 1e6:.2f}M (deploy)')
     print(f'wrote {args.dst}')

@@ -11,8 +11,8 @@ import os.path as osp
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.models.checkpoint import checkpoint_layout, deploy_layout_error
+from mmdet_vanillanet.errors import InputError, deploy_layout_error
+from mmdet_vanillanet.models.checkpoint import checkpoint_layout
 from mmdet_vanillanet.toolkit.cli import (
     add_runner_args,
     force_weights_only_loading,

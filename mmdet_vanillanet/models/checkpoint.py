@@ -21,7 +21,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmengine.logging import print_log
 
-from ..serialization import CheckpointError, safe_load
+from ..errors import CheckpointError, deploy_layout_error
+from ..serialization import safe_load
 from .arch_settings import ARCH_SETTINGS, ArchSpec
 from .fusion import BN, fold_bn, merge_1x1
 
@@ -226,13 +227,6 @@ def expected_state(arch: ArchSpec, act_num: int, layout: str) -> StateDict:
     return OrderedDict((key, torch.empty(shape, device='meta', dtype=torch.int64
                                          if key.endswith('num_batches_tracked') else None))
                        for key, shape in shapes.items())
-
-
-def deploy_layout_error(filename: str, purpose: str, remedy: str) -> CheckpointError:
-    """The one message for a fused checkpoint where training-layout weights are needed."""
-    return CheckpointError(
-        f'{filename} holds a fused (deploy-layout) VanillaNet, whose BN statistics and separate '
-        f'1x1 convs were merged away, so it cannot {purpose}; {remedy}')
 
 
 def require_training_layout(filename: str, purpose: str, remedy: str):

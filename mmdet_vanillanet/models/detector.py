@@ -8,8 +8,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 
-from ..errors import InputError
-from ..serialization import CheckpointError
+from ..errors import CheckpointError, InputError
 from .checkpoint import OPTIONAL_KEYS, check_fits, count_params, key_problems
 from .vanillanet import VanillaNet
 

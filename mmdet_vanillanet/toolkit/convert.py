@@ -3,6 +3,7 @@ through the plugin's tensor-level fusion."""
 from collections import OrderedDict
 from typing import Tuple
 
+from ..errors import CheckpointError
 from ..models.checkpoint import (
     adopt_meta_act_learn,
     backbone_state_dict,
@@ -11,7 +12,6 @@ from ..models.checkpoint import (
     fuse_state_dict,
     layout_of,
 )
-from ..serialization import CheckpointError
 
 
 def deploy_checkpoint(checkpoint) -> Tuple[dict, int, int]:

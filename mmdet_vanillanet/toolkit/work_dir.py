@@ -9,8 +9,8 @@ import tempfile
 
 from mmengine.logging import print_log
 
-from ..errors import InputError
-from ..serialization import TruncatedCheckpointError, safe_load
+from ..errors import InputError, TruncatedCheckpointError
+from ..serialization import safe_load
 
 RESUMABLE = re.compile(r'(epoch|iter)_(\d+)\.pth')
 
