@@ -14,8 +14,9 @@ from mmengine.runner import load_checkpoint
 
 from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, run, toy_options
 from mmdet_vanillanet.errors import CheckpointError, InputError
-from mmdet_vanillanet.models.arch_settings import resolve_arch
-from mmdet_vanillanet.models.checkpoint import count_params, expected_state
+from mmdet_vanillanet.models import VanillaNet
+from mmdet_vanillanet.models.checkpoint_fit import expected_state
+from mmdet_vanillanet.models.checkpoint_forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
 
@@ -32,9 +33,9 @@ def _backbone():
 
 def test_the_key_is_there_only_below_1_and_every_loader_sets_act_learn(tmp_path):
     model = _backbone()
-    released = set(expected_state(model.arch, 4, 'training'))
+    released = set(expected_state(model, 'training'))
     assert set(model.state_dict()) == released
-    assert set(fused_copy(model).state_dict()) == set(expected_state(model.arch, 4, 'deploy'))
+    assert set(fused_copy(model).state_dict()) == set(expected_state(model, 'deploy'))
     params = count_params(model.state_dict())
     model.act_learn = 0.3
     state = model.state_dict()
@@ -96,7 +97,8 @@ def test_a_mid_schedule_checkpoint_holds_act_learn_and_a_finished_one_the_releas
     assert mid['state_dict']['backbone.act_learn'].item() == MID and 'act_learn' not in mid['meta']
     finished = torch.load(run_dir / 'epoch_2.pth', weights_only=True)['state_dict']
     backbone = Config.fromfile(CONFIG).model.backbone
-    released = expected_state(resolve_arch(backbone.arch), backbone.act_num, 'training')
+    released = expected_state(VanillaNet(arch=backbone.arch, act_num=backbone.act_num),
+                              'training')
     assert {k for k in finished if k.startswith('backbone.')} == {
         f'backbone.{k}' for k in released}
 

@@ -11,8 +11,8 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
-from helpers import CONFIGS, narrow, randomize
-from mmdet_vanillanet.models.checkpoint import count_params
+from helpers import CONFIGS, max_rel_diff, narrow, randomize
+from mmdet_vanillanet.models.checkpoint_forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
 
 CONFIG_FILES = sorted(glob.glob(osp.join(CONFIGS, '*.py')))
@@ -78,6 +78,22 @@ def test_fused_detector_predicts_the_same():
     # The top detections: far down the list, near-equal scores may swap places.
     torch.testing.assert_close(after.scores[:10], before.scores[:10], rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(after.bboxes[:10], before.bboxes[:10], rtol=1e-3, atol=1e-2)
+
+
+def test_fusing_a_copy_leaves_the_detector_as_it_was():
+    """fuse_detector(model, inplace=False): a fused copy that computes what the model does."""
+    _, model = _narrow_detector('retinanet_vanillanet13_coco.py')
+    randomize(model.backbone)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fused = fuse_detector(model, inplace=False)
+        assert max_rel_diff(model.backbone(x), fused.backbone(x)) <= 1e-4
+    assert fused is not model and fused.backbone.deploy and not model.backbone.deploy
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+    assert fuse_detector(fused) is fused  # in place: the model itself, already fused
 
 
 def test_layer_decay_groups_follow_the_authors_numbering():

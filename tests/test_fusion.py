@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from helpers import ARCHS, build_backbone, fused_copy, max_rel_diff, narrow, randomize
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.models import VanillaBlock, resolve_arch
-from mmdet_vanillanet.models.checkpoint import expected_state, fuse_state_dict
+from mmdet_vanillanet.models import VanillaBlock
+from mmdet_vanillanet.models.fusion import fuse_state_dict
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 
 TOLERANCE = 1e-4  # max abs difference, relative to the largest output magnitude
@@ -137,18 +137,6 @@ def test_a_norm_that_is_not_batchnorm_is_named_at_fusion():
     model = build_backbone(arch=narrow('5'), norm_cfg=dict(type='GN', num_groups=1)).eval()
     with pytest.raises(InputError, match='cannot fuse GroupNorm: only BatchNorm folds'):
         model.switch_to_deploy()
-
-
-@pytest.mark.parametrize('arch', ['5', '13_x1_5_ada_pool'])
-@pytest.mark.parametrize('deploy', [False, True])
-def test_the_released_layout_from_the_arch_table_is_the_built_one(arch, deploy):
-    """Checkpoint checks read the expected keys and shapes off the ArchSpec, not a model."""
-    layout = 'deploy' if deploy else 'training'
-    with torch.device('meta'):
-        model = build_backbone(arch=narrow(arch), act_num=2, deploy=deploy)
-    expected = expected_state(resolve_arch(narrow(arch)), 2, layout)
-    assert [(k, v.shape) for k, v in expected.items()] == [
-        (k, v.shape) for k, v in model.state_dict().items()]
 
 
 def test_checkpoint_fusion_on_tensors_equals_the_fused_network(random_narrow13):

@@ -21,8 +21,8 @@ from mmengine.config import DictAction
 from mmengine.runner import Runner
 
 from mmdet_vanillanet.errors import InputError, deploy_layout_error
-from mmdet_vanillanet.models.checkpoint import checkpoint_layout
 from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.models.pretrained import checkpoint_layout
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.toolkit.build import build_detector
 from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, load_config, one_line_errors

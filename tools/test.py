@@ -12,7 +12,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdet_vanillanet.errors import InputError, deploy_layout_error
-from mmdet_vanillanet.models.checkpoint import checkpoint_layout
+from mmdet_vanillanet.models.pretrained import checkpoint_layout
 from mmdet_vanillanet.toolkit.cli import (
     add_runner_args,
     force_weights_only_loading,

@@ -18,7 +18,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmdet_vanillanet.engine import NonFiniteError
-from mmdet_vanillanet.models.checkpoint import require_training_layout
+from mmdet_vanillanet.models.pretrained import require_training_layout
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.cli import (
     add_runner_args,

@@ -12,7 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from ..errors import InputError
-from ..models.checkpoint import adopt_meta_act_learn
+from ..models.checkpoint_forms import adopt_meta_act_learn
 from ..models.detector import check_detector_fits
 
 

@@ -1,6 +1,10 @@
 """The VanillaNet inside a detector: finding it through model wrappers, checking that a
-detector checkpoint fits, and fusing it for deployment (the one function the deploy hook,
-tools/test.py --deploy and the benchmark use)."""
+detector checkpoint fits and loading it, and fusing it for deployment (the one function the
+deploy hook, tools/test.py --deploy, the exporters and the benchmark use).
+
+The detector-level fit check lives here, not in checkpoint_fit.py: it finds the VanillaNets
+among the detector's modules, and checkpoint_fit.py is imported by the backbone itself."""
+import copy
 import re
 from typing import Dict, List, Sequence
 
@@ -9,7 +13,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from ..errors import CheckpointError, InputError
-from .checkpoint import OPTIONAL_KEYS, check_fits, count_params, key_problems
+from ..serialization import safe_load
+from .checkpoint_fit import OPTIONAL_KEYS, check_fits, key_problems
+from .checkpoint_forms import adopt_meta_act_learn, count_params
 from .vanillanet import VanillaNet
 
 
@@ -30,8 +36,24 @@ def vanillanets_of(model: nn.Module) -> List[VanillaNet]:
     return found
 
 
-def fuse_detector(model: nn.Module) -> nn.Module:
-    """Fuse every VanillaNet inside ``model`` (wrapped or not) in place, and return it."""
+def fuse_detector(model: nn.Module, inplace: bool = True) -> nn.Module:
+    """Fuse every VanillaNet inside ``model`` (a detector, wrapped or not, or a bare backbone)
+    for deployment, and return the fused model: ``model`` itself, or with ``inplace=False`` a
+    fused deep copy, ``model`` untouched (as timm's ``reparameterize_model``). A backbone
+    saved before deep training ended (act_learn < 1) is refused: fusing it would change what
+    it computes.
+
+    Example::
+
+        from mmdet.apis import init_detector
+        from mmdet_vanillanet.apis import fuse_detector
+
+        model = init_detector('configs/mask_rcnn_vanillanet13_coco.py', 'epoch_12.pth')
+        deployed = fuse_detector(model, inplace=False)  # model itself stays trainable
+        deployed.backbone.deploy  # True: every block is one 1x1 conv and one activation
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
     for backbone in vanillanets_of(model):
         if not backbone.deploy:
             before = count_params(backbone.state_dict())
@@ -84,3 +106,15 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
             f'Reliability)')
     return [file_keys[k] for k in expected if k.startswith(free) and k in file_keys
             and state[file_keys[k]].shape != expected[k].shape]
+
+
+def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu'):
+    """A detector checkpoint into ``model``, refused in one line unless it fits exactly."""
+    loaded = safe_load(checkpoint, map_location=device)
+    adopt_meta_act_learn(loaded)
+    state = loaded.get('state_dict', loaded)
+    check_detector_fits(model, state, checkpoint)
+    # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
+    # middle of deep training sets the backbone's act_learn as it loads (a key of its state
+    # dict), so that fusing it is refused.
+    model.load_state_dict(without_module_prefix(state), strict=False)

@@ -6,17 +6,20 @@ the identity) merge into one conv. The arithmetic runs in float64 so that mergin
 layers adds no visible rounding, and the results are contiguous (a non-contiguous merged weight
 made the authors' deploy model slower than the training one, their issue #17).
 
-The same functions fuse a live network (``switch_to_deploy``, through ``conv_bn_of`` and
-``bn_of``) and a checkpoint's tensors (``checkpoint.fuse_state_dict``), so both give the same
-numbers.
+The same functions fuse a live network (``switch_to_deploy``, through the ``*_module``
+helpers and ``bn_of``) and a checkpoint's tensors (``fuse_state_dict``, which converts a
+training-layout checkpoint to the deploy layout without building a network, through the
+``*_state`` helpers), so both give the same numbers.
 """
+from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
+from .checkpoint_forms import ACT_LEARN, StateDict, dims_of
 
 Tensor = torch.Tensor
 
@@ -67,15 +70,15 @@ def bn_of(module: nn.Module) -> BN:
     return BN(module.weight, module.bias, module.running_mean, module.running_var, module.eps)
 
 
-def conv_bn_of(pair: nn.Sequential) -> Tuple[Tensor, Tensor]:
-    """(weight, bias) of a (conv, BN) pair folded into one conv."""
+def fold_conv_bn_module(pair: nn.Sequential) -> Tuple[Tensor, Tensor]:
+    """(weight, bias) of a (conv, BN) module pair folded into one conv."""
     conv, bn = pair[0], pair[1]
     return fold_bn(conv.weight, conv.bias, bn_of(bn))
 
 
-def merge_conv_bn_pair(first: nn.Sequential, second: nn.Sequential) -> nn.Conv2d:
-    """One conv equal to ``second(first(x))`` for two (conv, BN) pairs, ``second`` 1x1."""
-    weight, bias = merge_1x1(*conv_bn_of(first), *conv_bn_of(second))
+def merge_conv_bn_modules(first: nn.Sequential, second: nn.Sequential) -> nn.Conv2d:
+    """One conv equal to ``second(first(x))`` for two (conv, BN) module pairs, ``second`` 1x1."""
+    weight, bias = merge_1x1(*fold_conv_bn_module(first), *fold_conv_bn_module(second))
     conv1 = first[0]
     merged = nn.Conv2d(conv1.in_channels, weight.shape[0], conv1.kernel_size,
                        stride=conv1.stride, padding=conv1.padding,
@@ -83,3 +86,41 @@ def merge_conv_bn_pair(first: nn.Sequential, second: nn.Sequential) -> nn.Conv2d
     merged.weight.data.copy_(weight)
     merged.bias.data.copy_(bias)
     return merged
+
+
+def bn_of_state(state: StateDict, prefix: str, eps: float) -> BN:
+    """The folding view of the BN layer whose tensors are ``prefix.*`` in a state dict."""
+    return BN(state[f'{prefix}.weight'], state[f'{prefix}.bias'],
+              state[f'{prefix}.running_mean'], state[f'{prefix}.running_var'], eps)
+
+
+def fold_conv_bn_state(state: StateDict, prefix: str, eps: float) -> Tuple[Tensor, Tensor]:
+    """(weight, bias) of the (conv, BN) pair whose keys are ``prefix.0.*`` and ``prefix.1.*``
+    in a state dict, folded into one conv."""
+    return fold_bn(state[f'{prefix}.0.weight'], state[f'{prefix}.0.bias'],
+                   bn_of_state(state, f'{prefix}.1', eps))
+
+
+def fuse_state_dict(state: StateDict, norm_eps: float = 1e-6) -> StateDict:
+    """Deploy-layout weights from training-layout ones: the fusion of ``switch_to_deploy``,
+    applied to the tensors (every BN folded, each block's two 1x1 convs merged)."""
+    act_learn = float(state.get(ACT_LEARN, 1.0))
+    if act_learn != 1.0:
+        raise CheckpointError(
+            f'these weights were saved at act_learn={act_learn}, before deep training finished: '
+            'their 1x1 conv pairs merge into one conv only at act_learn=1, so fusing them would '
+            'change what they compute; use a checkpoint from the end of the schedule')
+    fused = OrderedDict()
+    fused['stem.0.weight'], fused['stem.0.bias'] = merge_1x1(
+        *fold_conv_bn_state(state, 'stem1', norm_eps),
+        *fold_conv_bn_state(state, 'stem2', norm_eps))
+    fused['stem.1.weight'], fused['stem.1.bias'] = fold_bn(
+        state['stem2.2.weight'], None, bn_of_state(state, 'stem2.2.bn', norm_eps))
+    for i in range(len(dims_of(state)) - 1):
+        stage = f'stages.{i}'
+        fused[f'{stage}.conv.weight'], fused[f'{stage}.conv.bias'] = merge_1x1(
+            *fold_conv_bn_state(state, f'{stage}.conv1', norm_eps),
+            *fold_conv_bn_state(state, f'{stage}.conv2', norm_eps))
+        fused[f'{stage}.act.weight'], fused[f'{stage}.act.bias'] = fold_bn(
+            state[f'{stage}.act.weight'], None, bn_of_state(state, f'{stage}.act.bn', norm_eps))
+    return fused

@@ -28,12 +28,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
-from .checkpoint import ACT_LEARN, load_pretrained
-from .fusion import merge_conv_bn_pair
+from .checkpoint_forms import ACT_LEARN
+from .fusion import merge_conv_bn_modules
+from .pretrained import load_pretrained
 from .series_activation import SeriesActivation, check_act_impl
 
 
-def conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
+def build_conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
             stride: int = 1, padding: int = 0) -> nn.Sequential:
     """The (conv, BN) pair whose keys are ``.0.*`` and ``.1.*`` in the released checkpoints."""
     return nn.Sequential(
@@ -84,10 +85,11 @@ class VanillaBlock(nn.Module):
         if deploy:
             self.conv = nn.Conv2d(in_channels, out_channels, 1)
         else:
-            self.conv1 = conv_bn(in_channels, in_channels, norm_cfg)
-            self.conv2 = conv_bn(in_channels, out_channels, norm_cfg)
+            self.conv1 = build_conv_bn(in_channels, in_channels, norm_cfg)
+            self.conv2 = build_conv_bn(in_channels, out_channels, norm_cfg)
         self.ada_pool = nn.AdaptiveMaxPool2d(ada_pool) if ada_pool and stride > 1 else None
-        self.pool = 1 if self.ada_pool is not None else stride
+        # The max pool the activation applies: none where the adaptive pool does the pooling.
+        self.pool_stride = 1 if self.ada_pool is not None else stride
         self.act = SeriesActivation(out_channels, act_num, norm_cfg, deploy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,12 +99,12 @@ class VanillaBlock(nn.Module):
             x = self.conv2(F.leaky_relu(self.conv1(x), self.act_learn))
         if self.ada_pool is not None:
             x = self.ada_pool(x)
-        return self.act(x, pool=self.pool)
+        return self.act(x, pool=self.pool_stride)
 
     def switch_to_deploy(self):
         if self.deploy:
             return
-        self.conv = merge_conv_bn_pair(self.conv1, self.conv2)
+        self.conv = merge_conv_bn_modules(self.conv1, self.conv2)
         del self.conv1, self.conv2
         self.act.switch_to_deploy()
         self.deploy = True
@@ -138,7 +140,7 @@ class VanillaNet(BaseModule):
             Default: 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads a released
             ImageNet file or a detector checkpoint, checked key by key (see
-            ``mmdet_vanillanet.models.checkpoint``).
+            ``mmdet_vanillanet.models.pretrained``).
 
     Example:
         >>> import torch
@@ -207,9 +209,9 @@ class VanillaNet(BaseModule):
                 nn.Conv2d(3, d0, 4, stride=arch.stem_stride, padding=arch.stem_padding),
                 SeriesActivation(d0, act_num, deploy=True))
         else:
-            self.stem1 = conv_bn(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
+            self.stem1 = build_conv_bn(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
                                  padding=arch.stem_padding)
-            self.stem2 = nn.Sequential(*conv_bn(d0, d0, norm_cfg),
+            self.stem2 = nn.Sequential(*build_conv_bn(d0, d0, norm_cfg),
                                        SeriesActivation(d0, act_num, norm_cfg))
         self.stages = nn.ModuleList(
             VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], arch.pools[i], act_num,
@@ -282,7 +284,8 @@ class VanillaNet(BaseModule):
                 'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
                 'fusing now would change what the network computes. Finish the deep-training '
                 'schedule (act_learn reaches 1) before fusing.')
-        self.stem = nn.Sequential(merge_conv_bn_pair(self.stem1, self.stem2[:2]), self.stem2[2])
+        self.stem = nn.Sequential(merge_conv_bn_modules(self.stem1, self.stem2[:2]),
+                                  self.stem2[2])
         self.stem[1].switch_to_deploy()
         del self.stem1, self.stem2
         for stage in self.stages:

@@ -5,22 +5,8 @@ from typing import Optional
 
 from mmdet.registry import MODELS
 
-from ..models.checkpoint import adopt_meta_act_learn
-from ..models.detector import check_detector_fits, without_module_prefix
-from ..serialization import safe_load
+from ..models.detector import load_detector_weights
 from .weights import randomize
-
-
-def load_detector_weights(model, checkpoint: str, device='cpu'):
-    """A detector checkpoint into ``model``, refused in one line unless it fits exactly."""
-    loaded = safe_load(checkpoint, map_location=device)
-    adopt_meta_act_learn(loaded)
-    state = loaded.get('state_dict', loaded)
-    check_detector_fits(model, state, checkpoint)
-    # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
-    # middle of deep training sets the backbone's act_learn as it loads (a key of its state
-    # dict), so that fusing it is refused.
-    model.load_state_dict(without_module_prefix(state), strict=False)
 
 
 def build_detector(cfg, checkpoint: Optional[str] = None):

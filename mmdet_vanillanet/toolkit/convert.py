@@ -4,14 +4,14 @@ from collections import OrderedDict
 from typing import Tuple
 
 from ..errors import CheckpointError
-from ..models.checkpoint import (
+from ..models.checkpoint_forms import (
     adopt_meta_act_learn,
     backbone_state_dict,
     container_state,
     count_params,
-    fuse_state_dict,
     layout_of,
 )
+from ..models.fusion import fuse_state_dict
 
 
 def deploy_checkpoint(checkpoint) -> Tuple[dict, int, int]:

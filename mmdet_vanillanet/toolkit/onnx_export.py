@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import InputError
-from ..models.checkpoint import count_params
+from ..models.checkpoint_forms import count_params
 from ..models.detector import vanillanets_of
 
 PARTS = ('backbone', 'neck', 'raw')

@@ -28,7 +28,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
 from ..errors import InputError
-from .build import load_detector_weights
+from ..models.detector import load_detector_weights
 from .cli import load_config
 from .compare import max_rel_diff
 from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session

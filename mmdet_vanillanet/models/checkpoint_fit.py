@@ -1,0 +1,59 @@
+"""Whether a checkpoint's tensors fit a model: every key in its shape and nothing else, or an
+error that says what differs (the act_num first, the common case; then the first mismatched
+keys and shapes, with the arch the file holds), never a silent partial load.
+
+The keys and shapes a backbone expects in a layout other than its own (a training-mode file
+fused on load into a deploy backbone) come from the same network built on the meta device: no
+memory, no initialisation, and no second description of the network to keep in line with it.
+"""
+import re
+
+import torch
+
+from ..errors import CheckpointError
+from .checkpoint_forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
+
+# Tensors a fitting file may lack: BN's counters are absent from files of old torch versions.
+OPTIONAL_KEYS = re.compile(r'.*num_batches_tracked$')
+LAYOUTS = ('training', 'deploy')
+
+
+def expected_state(backbone: torch.nn.Module, layout: str) -> StateDict:
+    """The state dict (meta tensors: keys and shapes only) of a backbone of ``backbone``'s class,
+    arch and act_num in ``layout``, as the network itself builds it."""
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout {layout!r}: one of {LAYOUTS}')
+    with torch.device('meta'):
+        return type(backbone)(arch=backbone.arch, act_num=backbone.act_num,
+                              deploy=layout == 'deploy', init_cfg=None).state_dict()
+
+
+def key_problems(wrong, missing, unexpected):
+    """'shape mismatches (2): a, b; missing keys (7): c, d, e, f, ...' for each non-empty list."""
+    return [f'{label} ({len(items)}): {", ".join(items[:4])}' + (', ...' if len(items) > 4 else '')
+            for label, items in (('shape mismatches', wrong), ('missing keys', missing),
+                                 ('unexpected keys', unexpected)) if items]
+
+
+def check_fits(model_state: StateDict, state: StateDict, filename: str):
+    """Raise a CheckpointError naming what differs, the act_num first (the common case)."""
+    kernels = [state[k].shape[-1] for k in activation_keys(model_state) if k in state]
+    model_kernel = model_state[activation_keys(model_state)[0]].shape[-1]
+    if kernels and model_kernel not in kernels:
+        kernel = kernels[0]
+        file_act_num = (kernel - 1) // 2
+        raise CheckpointError(
+            f'{filename} was trained with act_num={file_act_num} ({kernel}x{kernel} activation '
+            f'kernels) but the model has act_num={(model_kernel - 1) // 2}: set '
+            f'act_num={file_act_num} in the backbone config')
+    # act_learn is no tensor to fit: the load sets it from the file, 1 where the file has none.
+    missing = [k for k in model_state if k not in state and not OPTIONAL_KEYS.match(k)
+               and k != ACT_LEARN]
+    unexpected = [k for k in state if k not in model_state and k != ACT_LEARN]
+    wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+             for k, v in model_state.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f'{filename} does not fit this VanillaNet ({describe_backbone(model_state)}); the '
+            f'file holds {describe_backbone(state)}. '
+            + '; '.join(key_problems(wrong, missing, unexpected)))
