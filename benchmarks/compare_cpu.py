@@ -12,7 +12,6 @@ Writes benchmarks/results/cpu_compare.{json,md,png}. Random weights: speed does 
 them. On 2-core machines the default size is below COCO's 800x1333 to finish in minutes.
 """
 import argparse
-import copy
 import json
 import os.path as osp
 
@@ -21,9 +20,9 @@ import onnxruntime  # the onnxruntime rows: a test requirement and the package's
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
+from mmdet_vanillanet.deploy.detector import load_config
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit.build import build_detector
-from mmdet_vanillanet.toolkit.cli import load_config
+from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
@@ -55,7 +54,7 @@ def parse_args():
 
 
 def detector(config, fused):
-    model = build_detector(load_config(config))
+    model = build_timed_detector(load_config(config))
     return fuse_detector(model) if fused else model
 
 
@@ -83,7 +82,7 @@ def main():
     efficiency = dict(shape=args.detection_shape, matmul_gflop_s=matmul_gflops())
     unfused = detector(MODELS[0][1], False)
     big = [pseudo_batch(tuple(args.detection_shape))]
-    fused = fuse_detector(copy.deepcopy(unfused))
+    fused = fuse_detector(unfused, inplace=False)
     efficiency['unfused'] = measure(unfused, big, 'backbone', settings)
     efficiency['fused'] = measure(fused, big, 'backbone', settings)
     efficiency['onnxruntime'] = measure_onnxruntime(fused, big, 'backbone', settings,

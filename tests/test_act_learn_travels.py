@@ -13,12 +13,12 @@ from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, run, toy_options
+from mmdet_vanillanet.deploy.convert import deploy_checkpoint
 from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.checkpoint_fit import expected_state
 from mmdet_vanillanet.models.checkpoint_forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
 
 MMDET_TEST = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
 MID = 0.25  # act_learn of the first epoch below: start 0.25, reaching 1 after one epoch

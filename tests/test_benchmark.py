@@ -8,11 +8,10 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from helpers import CONFIG, run
+from helpers import CONFIG, randomize, run
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.build import build_detector
+from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
 from mmdet_vanillanet.toolkit.compare import check_fusion
-from mmdet_vanillanet.toolkit.weights import randomize
 
 register_all_modules()
 
@@ -67,7 +66,7 @@ def test_check_on_an_already_fused_config_is_a_one_line_error():
 def test_building_a_detector_leaves_the_config_as_it_was():
     cfg = Config.fromfile(CONFIG)
     before = copy.deepcopy(cfg.model)
-    build_detector(cfg)
+    build_timed_detector(cfg)
     assert cfg.model == before
 
 

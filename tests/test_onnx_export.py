@@ -7,10 +7,10 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, CONFIGS, narrow, randomize, run
+from mmdet_vanillanet.deploy import onnx_export
+from mmdet_vanillanet.deploy.detector import build_detector
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit import onnx_export
-from mmdet_vanillanet.toolkit.build import build_detector
 
 
 def _metadata(path):

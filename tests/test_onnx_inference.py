@@ -1,4 +1,4 @@
-"""Inference with an exported raw ONNX file (toolkit/onnx_inference.py): onnxruntime runs the
+"""Inference with an exported raw ONNX file (deploy/onnx_inference.py): onnxruntime runs the
 fused network, MMDetection's own heads decode its outputs, and the detections and COCO AP are
 those of the fused PyTorch model.
 
@@ -20,10 +20,10 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from helpers import center_roi_logits, narrow_retinanet_config, randomize, toy_test_config
+from mmdet_vanillanet.deploy import onnx_export
+from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit import onnx_export
-from mmdet_vanillanet.toolkit.onnx_inference import OnnxDetector
 
 
 def _generated(cfg, folder, seed=0, part='raw'):

@@ -18,10 +18,9 @@ import torch
 from mmdet.registry import MODELS
 
 import mmdet_vanillanet  # noqa: F401
+from mmdet_vanillanet.comparison import max_rel_diff, randomize
 from mmdet_vanillanet.models import ARCH_SETTINGS
 from mmdet_vanillanet.models.checkpoint_forms import count_params
-from mmdet_vanillanet.toolkit.compare import max_rel_diff
-from mmdet_vanillanet.toolkit.weights import randomize
 
 
 def timed(model, x):

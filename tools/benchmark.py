@@ -20,12 +20,13 @@ from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
+from mmdet_vanillanet.deploy.detector import load_config
 from mmdet_vanillanet.errors import InputError, deploy_layout_error
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.models.pretrained import checkpoint_layout
 from mmdet_vanillanet.models.series_activation import SeriesActivation
-from mmdet_vanillanet.toolkit.build import build_detector
-from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, load_config, one_line_errors
+from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
+from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
 from mmdet_vanillanet.toolkit.compare import check_fusion
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
@@ -124,7 +125,7 @@ def main():
                 raise InputError(f'--act-impl applies to a VanillaNet backbone; this config '
                                  f'has {cfg.model.backbone.type}')
             cfg.model.backbone.act_impl = args.act_impl
-        model = build_detector(cfg, args.checkpoint)
+        model = build_timed_detector(cfg, args.checkpoint)
         batches = inputs(cfg, args)
         variants = {}
         if model.backbone.deploy:  # a deploy-layout checkpoint or a deploy=True config
@@ -134,7 +135,7 @@ def main():
             if args.compare or not args.deploy:
                 variants['unfused'] = model
             if args.compare or args.deploy or args.check:
-                fused = fuse_detector(copy.deepcopy(model))
+                fused = fuse_detector(model, inplace=False)
                 if args.compare or args.deploy:
                     variants['fused'] = fused
         report = dict(config=args.config, checkpoint=args.checkpoint, part=part,
@@ -154,7 +155,7 @@ def main():
             report['results'][name] = measure(variant, batches, part, settings)
             report['results'][name]['activation'] = activation_used(variant, batches, settings)
         if args.backend == 'onnxruntime':
-            fused = variants.get('fused') or fuse_detector(copy.deepcopy(model))
+            fused = variants.get('fused') or fuse_detector(model, inplace=False)
             print(f'onnxruntime: exporting and timing {args.iters} images ...')
             report['results']['onnxruntime'] = measure_onnxruntime(
                 fused, batches, part, settings, report['results'].get('fused'))

@@ -8,17 +8,12 @@ released deploy layout; a detector checkpoint keeps its neck and heads, to be te
 ``model.backbone.deploy=True``.
 """
 import argparse
-import os
-import sys
 
-import torch
-
-from mmdet_vanillanet.serialization import load_trusted, safe_load
+from mmdet_vanillanet.deploy.convert import convert_checkpoint
 from mmdet_vanillanet.toolkit.cli import one_line_errors
-from mmdet_vanillanet.toolkit.convert import deploy_checkpoint
 
 
-def parse_args():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('src', help='training-mode checkpoint (local path or URL)')
     parser.add_argument('dst', help='where to write the deploy checkpoint')
@@ -26,17 +21,13 @@ def parse_args():
     parser.add_argument('--unsafe-load', action='store_true',
                         help='unpickle src without weights_only protection: only for files you '
                         'trust; what is written holds plain tensors only')
-    return parser.parse_args()
+    return parser
 
 
 def main():
-    args = parse_args()
-    if os.path.exists(args.dst) and not args.force:
-        sys.exit(f'error: {args.dst} exists; pass --force to overwrite it')
+    args = build_parser().parse_args()
     with one_line_errors():
-        load = load_trusted if args.unsafe_load else safe_load
-        out, before, after = deploy_checkpoint(load(args.src))
-    torch.save(out, args.dst)
+        before, after = convert_checkpoint(args.src, args.dst, args.force, args.unsafe_load)
     print(f'backbone parameters: {before / 1e6:.2f}M (training) -> {after / 1e6:.2f}M (deploy)')
     print(f'wrote {args.dst}')
 

@@ -11,12 +11,12 @@ import os.path as osp
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdet_vanillanet.deploy.detector import load_config
 from mmdet_vanillanet.errors import InputError, deploy_layout_error
 from mmdet_vanillanet.models.pretrained import checkpoint_layout
 from mmdet_vanillanet.toolkit.cli import (
     add_runner_args,
     force_weights_only_loading,
-    load_config,
     one_line_errors,
     parse,
     require_runtime_hooks,

@@ -17,13 +17,13 @@ import argparse
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdet_vanillanet.deploy.detector import load_config
 from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.models.pretrained import require_training_layout
 from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.cli import (
     add_runner_args,
     force_weights_only_loading,
-    load_config,
     one_line_errors,
     parse,
     require_runtime_hooks,

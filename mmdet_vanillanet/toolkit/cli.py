@@ -1,6 +1,6 @@
-"""What the command-line tools share: MMDetection's common flags, loading the config the way
-MMDetection's tools do, weights_only loading for the whole tool process, and printing the
-user's errors on one line instead of a traceback."""
+"""What the command-line tools share: MMDetection's common flags, the runtime a config must
+declare, weights_only loading for the whole tool process, and printing the user's errors on one
+line instead of a traceback."""
 import argparse
 import contextlib
 import errno
@@ -39,16 +39,6 @@ def parse(parser: argparse.ArgumentParser):
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
-
-
-def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """The config file with --cfg-options merged: how every tool and benchmark reads one."""
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
-    if cfg_options is not None:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
 
 
 RUNTIME_HOOKS = ('AtomicCheckpointHook', 'CheckpointFitHook', 'RandomStateHook',

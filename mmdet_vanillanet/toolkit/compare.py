@@ -1,15 +1,8 @@
-"""How far two networks' outputs are apart, and the fusion check built on it."""
-from typing import Sequence
-
+"""The benchmark's fusion check: the fused backbone against the unfused one, before any timing."""
 import torch
 
+from ..comparison import max_rel_diff
 from ..errors import InputError
-
-
-def max_rel_diff(expected: Sequence[torch.Tensor], got: Sequence[torch.Tensor]) -> float:
-    """Largest absolute difference over all maps, relative to the largest expected magnitude."""
-    diff = max((a - b).abs().max().item() for a, b in zip(expected, got))
-    return diff / max(a.abs().max().item() for a in expected)
 
 
 def check_fusion(unfused, fused, tensor, tolerance: float = 1e-4) -> float:

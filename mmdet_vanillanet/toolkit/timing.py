@@ -15,6 +15,7 @@ import torch
 from mmengine.analysis import get_model_complexity_info
 from mmengine.utils import ProgressBar
 
+from ..deploy import onnx_export
 from .complexity import detector_complexity
 
 
@@ -116,7 +117,6 @@ def achieved_gflop_s(result: dict) -> float:
 def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
     """The fused part exported to ONNX (in a temporary folder) and timed in onnxruntime with
     the same threads; FLOPs and parameters are the fused PyTorch part's."""
-    from . import onnx_export  # onnx and onnxruntime: needed only here
     if fused_result is None:  # before the model moves to the CPU for the export
         once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
         fused_result = measure(fused, batches, part, once)

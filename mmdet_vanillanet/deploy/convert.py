@@ -1,7 +1,10 @@
-"""tools/convert_checkpoint.py's work: a deploy-layout copy of a training-layout checkpoint,
-through the plugin's tensor-level fusion."""
+"""A training-mode checkpoint converted to the fused (deploy) layout, on its tensors: the
+plugin's fusion math (``fusion.fuse_state_dict``) applied to the file, no network built."""
+import os.path as osp
 from collections import OrderedDict
 from typing import Tuple
+
+import torch
 
 from ..errors import CheckpointError
 from ..models.checkpoint_forms import (
@@ -12,6 +15,7 @@ from ..models.checkpoint_forms import (
     layout_of,
 )
 from ..models.fusion import fuse_state_dict
+from ..serialization import load_trusted, safe_load
 
 
 def deploy_checkpoint(checkpoint) -> Tuple[dict, int, int]:
@@ -36,3 +40,27 @@ def deploy_checkpoint(checkpoint) -> Tuple[dict, int, int]:
     else:
         out = {'model': fused}
     return out, count_params(backbone), count_params(fused)
+
+
+def convert_checkpoint(src: str, dst: str, force: bool = False,
+                       unsafe_load: bool = False) -> Tuple[int, int]:
+    """Write the fused (deploy-layout) version of the training-mode checkpoint ``src`` (a path,
+    URL or model-zoo name; an ImageNet file or a whole detector's) to ``dst``, and return the
+    backbone's parameter counts (training, deploy). The arch and act_num are read off the
+    weights. ``dst`` is never overwritten unless ``force``. ``unsafe_load``: unpickle ``src``
+    without weights_only protection (only for a file you trust; what is written holds plain
+    tensors only).
+
+    Example::
+
+        from mmdet_vanillanet.apis import convert_checkpoint
+
+        before, after = convert_checkpoint('vanillanet_13_act_num_4_kd_pretrain.pth',
+                                           'vn13_deploy.pth')
+        # then load it with model.backbone.deploy=True (or init_cfg of a deploy=True backbone)
+    """
+    if osp.exists(dst) and not force:
+        raise FileExistsError(f'{dst} exists; pass --force to overwrite it')
+    out, before, after = deploy_checkpoint((load_trusted if unsafe_load else safe_load)(src))
+    torch.save(out, dst)
+    return before, after

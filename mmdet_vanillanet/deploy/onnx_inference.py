@@ -9,9 +9,6 @@ detections are the PyTorch model's.
 - A two-stage detector (Mask R-CNN, ...): the file holds backbone, neck and RPN head; the RPN
   head's ``predict_by_feat`` gives the proposals, and the RoI heads (box and mask) run in
   PyTorch on the file's neck maps, with their weights from the checkpoint.
-
-    detector = OnnxDetector('configs/mask_rcnn_vanillanet_toy.py', 'toy.onnx', 'epoch_40.pth')
-    samples = detector.predict(['a.jpg', 'b.jpg'])  # a DetDataSample per image
 """
 import copy
 import os.path as osp
@@ -27,10 +24,10 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
+from ..comparison import max_rel_diff
 from ..errors import InputError
 from ..models.detector import load_detector_weights
-from .cli import load_config
-from .compare import max_rel_diff
+from .detector import load_config
 from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
 
 Image = Union[str, np.ndarray]
@@ -52,12 +49,23 @@ class OnnxDetector:
     A file that does not fit the config (another arch or act_num, not the raw part, another
     detector's outputs) or, for a two-stage detector, whose RPN head differs from the
     checkpoint's, is refused with an :class:`InputError`.
+
+    Example::
+
+        from mmdet_vanillanet.apis import OnnxDetector
+
+        # toy.onnx: tools/export_onnx.py configs/mask_rcnn_vanillanet_toy.py epoch_40.pth
+        #           toy.onnx --part raw (or export_onnx(..., part='raw'))
+        detector = OnnxDetector('configs/mask_rcnn_vanillanet_toy.py', 'toy.onnx',
+                                'epoch_40.pth', threads=2)
+        samples = detector.predict(['a.jpg', 'b.jpg'])  # or an array, or a dataloader batch
+        samples[0].pred_instances  # bboxes, scores, labels (and masks)
     """
 
     def __init__(self, config: Union[str, Config], onnx_file: str,
                  checkpoint: Optional[str] = None, device: str = 'cpu',
                  threads: Optional[int] = None):
-        cfg = load_config(config) if isinstance(config, str) else config
+        cfg = load_config(config)
         init_default_scope(cfg.get('default_scope', 'mmdet'))
         if not osp.isfile(onnx_file):
             raise FileNotFoundError(f'ONNX file not found: {onnx_file}')
@@ -66,7 +74,8 @@ class OnnxDetector:
         # none, and the backbone runs only once, to name the outputs the file must have.
         self.model = MODELS.build(cfg.model).to(device).eval()
         self.part = ExportedPart(self.model, 'raw')  # a one-line error without neck or head
-        self.session = onnxruntime_session(onnx_file, device, threads)
+        self.session = onnxruntime_session(onnx_file, device, threads,
+                                           needed_for='running an ONNX file')
         self.min_input_size = self._check_metadata()
         if checkpoint:
             load_detector_weights(self.model, checkpoint, device)

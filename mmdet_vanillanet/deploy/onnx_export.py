@@ -1,5 +1,5 @@
 """Exporting a fused detector's backbone, neck or raw outputs to ONNX, and checking the file
-with onnxruntime against PyTorch (tools/export_onnx.py).
+with onnxruntime against PyTorch (``export_onnx``, what tools/export_onnx.py calls).
 
 The parts: 'backbone' (the fused VanillaNet's maps), 'neck' (backbone + neck) and 'raw'
 (backbone + neck + head: a single-stage detector's head outputs; for a two-stage one the neck
@@ -7,24 +7,102 @@ maps and the RPN head's outputs, which its RoI heads, run in PyTorch, start from
 (TorchScript) exporter is the default: its graphs are plain ONNX operators that TensorRT and
 onnxruntime both take, and dynamic batch, height and width need no ranges; the dynamo exporter
 (torch.export) is there as an option.
+
+onnx and onnxruntime are the package's ``deploy`` extra, not runtime requirements: they are
+imported when a function here needs them (``onnx_packages``), so that importing the deploy API
+needs neither.
 """
 import os
 import os.path as osp
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import onnx
-import onnxruntime
 import torch
 import torch.nn as nn
+from mmengine.config import Config
 
 from ..errors import InputError
 from ..models.checkpoint_forms import count_params
-from ..models.detector import vanillanets_of
+from ..models.detector import fuse_detector, vanillanets_of
+from .detector import build_detector, load_config
 
 PARTS = ('backbone', 'neck', 'raw')
 OPSET = 17  # TensorRT 8.6+ and every current onnxruntime
+
+
+class ExportMismatchError(RuntimeError):
+    """An exported file that does not compute what the PyTorch model does (it was removed)."""
+
+
+class OnnxExport(NamedTuple):
+    """What ``export_onnx`` wrote and how it was checked."""
+    path: str
+    part: str
+    static: bool
+    opset: int
+    dynamo: bool
+    parameters: int  # learned numbers of the exported modules
+    checked_shapes: List[Tuple[int, ...]]  # the NCHW inputs onnxruntime ran
+    max_rel_diff: float  # onnxruntime against PyTorch, relative to each output's magnitude
+
+
+def onnx_packages(needed_for: str = 'exporting'):
+    """(onnx, onnxruntime), imported on first use; a one-line error when they are missing."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as err:
+        raise InputError(f'{needed_for} needs onnx and onnxruntime ({err}); pip install onnx '
+                         f'onnxruntime') from None
+    return onnx, onnxruntime
+
+
+@torch.no_grad()
+def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
+                part: str = 'backbone', shape: Sequence[int] = (320, 480), static: bool = False,
+                opset: int = OPSET, dynamo: bool = False, force: bool = False,
+                cfg_options: Optional[dict] = None) -> OnnxExport:
+    """Fuse the config's detector (with the checkpoint's weights; generated ones without a
+    checkpoint) and write its ``part`` ('backbone', 'neck' or 'raw') to ``out``, with dynamic
+    batch, height and width (``static``: fixed to one image of ``shape``), traced at ``shape``
+    (H, W); write the arch, act_num, part and minimum input side into the file's metadata; then
+    run the file in onnxruntime against PyTorch on the traced shape and another batch and size.
+    A file that differs by more than 1e-4 of the outputs' magnitude is removed
+    (ExportMismatchError). Bad input (an existing ``out`` without ``force``, a missing folder, a
+    size below the backbone's minimum, a checkpoint saved before deep training finished) is an
+    error before anything is written.
+
+    Example::
+
+        from mmdet_vanillanet.apis import export_onnx
+
+        result = export_onnx('configs/retinanet_vanillanet13_coco.py', 'epoch_12.pth',
+                             'retina.onnx', part='raw')
+        result.max_rel_diff  # about 1e-6
+    """
+    onnx_packages()
+    check_output_path(out, force)
+    cfg = load_config(config, cfg_options)
+    if cfg.model.backbone.get('type') != 'VanillaNet':
+        raise InputError(f'{config if isinstance(config, str) else "the config"}: the backbone '
+                         f'is {cfg.model.backbone.get("type")}, not a VanillaNet')
+    detector = fuse_detector(build_detector(cfg, checkpoint))
+    module = ExportedPart(detector, part).eval()
+    side = detector.backbone.min_input_size
+    if min(shape) < side:
+        raise InputError(f'--shape/--static {shape[0]} {shape[1]}: each side must be at '
+                         f'least {side} pixels for this backbone')
+    export(module, out, shape, static=static, opset=opset, dynamo=dynamo)
+    write_metadata(out, module)
+    h, w = shape
+    shapes = [(1, 3, h, w)] if static else [(1, 3, h, w), (2, 3, h + 37, w + 65)]
+    diff = check_with_onnxruntime(module, out, shapes)
+    if not diff <= 1e-4:
+        os.remove(out)
+        raise ExportMismatchError(f'the exported file differs from PyTorch by {diff:.1e} (above '
+                                  f'1e-4); it was removed')
+    return OnnxExport(out, part, static, opset, dynamo, module.parameter_count(), shapes, diff)
 
 
 class ExportedPart(nn.Module):
@@ -121,6 +199,7 @@ def backbone_metadata(backbone: nn.Module) -> Dict[str, str]:
 
 def write_metadata(path: str, module: ExportedPart):
     """What a consumer of the file needs to know that the graph cannot say."""
+    onnx, _ = onnx_packages()
     backbone = vanillanets_of(module.detector)[0]
     model = onnx.load(path)
     for key, value in dict(**backbone_metadata(backbone), part=module.part,
@@ -151,10 +230,11 @@ def check_with_onnxruntime(module: ExportedPart, path: str,
     return worst
 
 
-def onnxruntime_session(path: str, device: str = 'cpu',
-                        threads: Optional[int] = None) -> onnxruntime.InferenceSession:
-    """An onnxruntime session for ``path`` on the CPU (``threads`` intra-op threads) or, where
-    onnxruntime-gpu is installed, on CUDA."""
+def onnxruntime_session(path: str, device: str = 'cpu', threads: Optional[int] = None,
+                        needed_for: str = 'exporting'):
+    """An onnxruntime InferenceSession for ``path`` on the CPU (``threads`` intra-op threads)
+    or, where onnxruntime-gpu is installed, on CUDA."""
+    _, onnxruntime = onnx_packages(needed_for)
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
