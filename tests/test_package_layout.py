@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from helpers import CONFIG, REPO_ROOT, RunsCode, run_config, toy_options
 from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.toolkit.cli import RUNTIME_HOOKS, require_runtime_hooks
+from mmdet_vanillanet.toolkit.runs import build_train_runner
 from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
 
 PACKAGE = osp.join(REPO_ROOT, 'mmdet_vanillanet')
@@ -34,6 +35,8 @@ LATE_IMPORTS = {
     ('mmdet_vanillanet.models.series_activation', 'mmdet_vanillanet.models.'
      'series_activation_triton'),
 }
+TOOLS = sorted(glob.glob(osp.join(REPO_ROOT, 'tools', '*.py')))
+MAX_TOOL_FUNCTION_LINES = 45
 
 
 def module_name(path):
@@ -151,13 +154,9 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
     their_hooks = [type(h).__name__ for h in Runner.from_cfg(theirs).hooks]
 
     train = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'train.py'), run_name='tools.train')
-    argv = sys.argv
-    sys.argv = ['tools/train.py', CONFIG, '--work-dir', str(tmp_path / 'ours'),
-                '--cfg-options', *options]
-    try:
-        ours = train['build_runner'](train['parse_args']())
-    finally:
-        sys.argv = argv
+    args = train['build_parser']().parse_args([CONFIG, '--work-dir', str(tmp_path / 'ours'),
+                                               '--cfg-options', *options])
+    ours = build_train_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options)
     our_hooks = [type(h).__name__ for h in ours.hooks]
     assert our_hooks == their_hooks
     for hook in (*RUNTIME_HOOKS, 'VanillaNetDeepTrainingHook'):
@@ -211,3 +210,19 @@ def test_resume_never_passes_over_a_file_it_refuses_to_load(tmp_path):
         resume_checkpoint(run_config(tmp_path))
     assert not (tmp_path / 'pwned').exists()
 
+
+def _functions(path):
+    return [node for node in ast.walk(ast.parse(open(path).read()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@pytest.mark.parametrize('tool', TOOLS, ids=osp.basename)
+def test_the_tools_parse_arguments_and_call_the_package(tool):
+    """As MMDetection's tools: every function short, the work in the package where tests reach
+    it, and the parser (build_parser) importable, for the docs' flags to be checked against."""
+    too_long = [f'{f.name}: {f.end_lineno - f.lineno + 1} lines' for f in _functions(tool)
+                if f.end_lineno - f.lineno + 1 > MAX_TOOL_FUNCTION_LINES]
+    assert not too_long, too_long
+    module = runpy.run_path(tool, run_name=f'tools.{osp.basename(tool)[:-3]}')
+    assert callable(module.get('main'))
+    assert isinstance(module['build_parser'](), argparse.ArgumentParser)

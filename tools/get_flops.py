@@ -14,14 +14,18 @@ from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.complexity import detector_complexity
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config')
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1280], metavar=('H', 'W'),
                         help='input height and width (padded to 32)')
     parser.add_argument('--deploy', action='store_true', help='count the fused backbone')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = build_parser().parse_args()
     register_all_modules()
     with one_line_errors():
         cfg = load_config(args.config, args.cfg_options)

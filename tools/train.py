@@ -11,30 +11,21 @@ NaN stop under MMDetection's own tool too); this tool adds only command-line beh
   passes over a truncated last one for the one before it, and is an error when none is
   readable;
 - every checkpoint is read with weights_only=True.
+The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_train_runner).
 """
 import argparse
 
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from mmdet_vanillanet.deploy.detector import load_config
 from mmdet_vanillanet.engine import NonFiniteError
-from mmdet_vanillanet.models.pretrained import require_training_layout
-from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.cli import (
     add_runner_args,
     force_weights_only_loading,
     one_line_errors,
     parse,
-    require_runtime_hooks,
-    set_work_dir,
 )
-from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
-from mmdet_vanillanet.toolkit.launch import setup_launcher
-from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, require_writable, resume_checkpoint
+from mmdet_vanillanet.toolkit.runs import build_train_runner
 
 
-def parse_args():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
@@ -53,47 +44,17 @@ def parse_args():
                         help='boxes of non-positive size or outside their image: refuse the '
                         'dataset (default), or drop them with a count, as MMDetection does')
     add_runner_args(parser)
-    return parse(parser)
-
-
-def build_runner(args):
-    cfg = load_config(args.config, args.cfg_options)
-    require_runtime_hooks(cfg)
-    set_work_dir(cfg, args.work_dir, args.config)
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
-    if args.auto_scale_lr:
-        if 'enable' not in cfg.get('auto_scale_lr', {}) or \
-                'base_batch_size' not in cfg.auto_scale_lr:
-            raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
-                               '"auto_scale_lr.base_batch_size" in your configuration file.')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        found = resume_checkpoint(cfg)
-        cfg.resume = found is not None  # no checkpoint yet: a new run, from load_from if any
-        cfg.load_from = found or cfg.get('load_from')
-    elif args.resume is not None:
-        safe_load(args.resume, mmap=True)  # a truncated or unsafe file is named here
-        cfg.resume = True
-        cfg.load_from = args.resume
-
-    check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
-                        invalid_boxes=args.invalid_boxes)
-    guard_work_dir(cfg, args.resume, args.overwrite)
-    require_writable(cfg.work_dir)
-    if cfg.get('load_from'):
-        require_training_layout(cfg.load_from, 'start a training run',
-                                'use the training-mode checkpoint it was converted from')
-    setup_launcher(cfg, args.launcher)
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    return parser
 
 
 def main():
-    args = parse_args()
+    args = parse(build_parser())
     force_weights_only_loading()
     with one_line_errors(NonFiniteError):
-        runner = build_runner(args)
+        runner = build_train_runner(
+            args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, amp=args.amp,
+            auto_scale_lr=args.auto_scale_lr, resume=args.resume, overwrite=args.overwrite,
+            invalid_boxes=args.invalid_boxes, launcher=args.launcher)
         runner.train()
     return runner
 

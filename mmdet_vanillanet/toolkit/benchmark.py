@@ -1,8 +1,32 @@
-"""tools/benchmark.py's work: the detector it times."""
-import copy
-from typing import Optional
+"""tools/benchmark.py's work: the request checked against the config and checkpoint, the
+detector and inputs it times, the variants (unfused, fused, onnxruntime), the fusion check, and
+the report (every figure and setting, the table printed).
 
-from ..deploy.detector import build_detector
+Times the whole ``test_step`` (preprocessing, forward, post-processing) as MMDetection users
+read FPS, or the backbone (with the neck) on the preprocessed tensor; data loading is excluded.
+``options`` is the tool's parsed command line (tools/benchmark.py --help names each field).
+"""
+import copy
+import importlib.metadata
+import importlib.util
+from typing import Dict, Optional, Tuple
+
+import torch
+from mmengine.runner import Runner
+
+from ..deploy.detector import build_detector, load_config
+from ..errors import InputError, deploy_layout_error
+from ..models.detector import fuse_detector
+from ..models.pretrained import checkpoint_layout
+from ..models.series_activation import SeriesActivation
+from .compare import check_fusion
+from .complexity import pseudo_batch
+from .datasets import check_dataset_paths
+from .machine import machine_info, matmul_gflops
+from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
+
+# What the report's settings leave out: they are its own fields, or the config's.
+NOT_SETTINGS = ('config', 'checkpoint', 'cfg_options')
 
 
 def build_timed_detector(cfg, checkpoint: Optional[str] = None):
@@ -16,3 +40,161 @@ def build_timed_detector(cfg, checkpoint: Optional[str] = None):
         test_cfg = cfg.model.test_cfg
         (test_cfg.rcnn if 'rcnn' in test_cfg else test_cfg).score_thr = 0.0
     return build_detector(cfg, checkpoint)
+
+
+def timed_part(options) -> str:
+    """'detector' (the whole test_step), 'backbone' or 'neck' (backbone and neck)."""
+    if not options.backbone_only:
+        return 'detector'
+    return 'neck' if options.with_neck else 'backbone'
+
+
+def check_request(cfg, options):
+    """The flags against each other, the config and the checkpoint, before anything is built. A
+    deploy-layout checkpoint (or a deploy=True config) makes the run a deployed one: the config
+    builds the fused backbone, and ``options.deploy`` says so in the report."""
+    if options.backend == 'onnxruntime' and not options.backbone_only:
+        raise InputError('--backend onnxruntime times the fused backbone (--backbone-only) '
+                         'or backbone and neck (--with-neck); decoding detections from '
+                         'onnxruntime is not provided yet')
+    if options.iters < 1 or options.warmup < 0:
+        raise InputError(f'--iters {options.iters} --warmup {options.warmup}: need at least '
+                         f'one timed image and no negative warm-up')
+    if options.checkpoint and checkpoint_layout(options.checkpoint) == 'deploy':
+        if options.compare or options.check:
+            raise deploy_layout_error(options.checkpoint, 'be timed or checked against an '
+                                      'unfused network (--compare, --check)',
+                                      'give the training-mode checkpoint')
+        cfg.model.backbone.deploy = True
+        options.deploy = True
+    elif cfg.model.backbone.get('deploy', False) and (options.compare or options.check):
+        raise InputError('--compare and --check need the unfused network, but this '
+                         'config builds a fused backbone (model.backbone.deploy=True); '
+                         'use the training-mode config')
+    if options.act_impl:
+        if cfg.model.backbone.type != 'VanillaNet':
+            raise InputError(f'--act-impl applies to a VanillaNet backbone; this config '
+                             f'has {cfg.model.backbone.type}')
+        cfg.model.backbone.act_impl = options.act_impl
+
+
+def benchmark_inputs(cfg, options) -> list:
+    """Batches of one image for test_step, prepared before timing (data loading excluded): one
+    generated image of ``options.shape``, or the config's test set (``options.dataset``)."""
+    if not options.dataset:
+        if min(options.shape) < 1:
+            raise InputError(f'--shape {options.shape[0]} {options.shape[1]}: height and width '
+                             f'must be positive (the detector pads them to multiples of 32)')
+        return [pseudo_batch(tuple(options.shape))]
+    check_dataset_paths(cfg, ('test_dataloader', ))
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    loader_cfg.update(batch_size=1, num_workers=0, persistent_workers=False)
+    batches = []
+    for batch in Runner.build_dataloader(loader_cfg):
+        batches.append(batch)
+        if len(batches) == options.iters:
+            break
+    return batches
+
+
+def variants(model, options) -> Tuple[Dict[str, torch.nn.Module], Optional[torch.nn.Module]]:
+    """The networks to time by name ('unfused', 'fused'), and the fused one (for --check, timed
+    or not). A model built fused (deploy checkpoint or config) is timed as it is."""
+    if model.backbone.deploy:  # a deploy-layout checkpoint or a deploy=True config
+        options.deploy = True
+        return {'fused': model}, model
+    timed, fused = {}, None
+    if options.compare or not options.deploy:
+        timed['unfused'] = model
+    if options.compare or options.deploy or options.check:
+        fused = fuse_detector(model, inplace=False)
+        if options.compare or options.deploy:
+            timed['fused'] = fused
+    return timed, fused
+
+
+def run_benchmark(options) -> dict:
+    """Time the variants ``options`` asks for; the report (results, settings, machine)."""
+    cfg = load_config(options.config, options.cfg_options)
+    check_request(cfg, options)
+    model = build_timed_detector(cfg, options.checkpoint)
+    batches = benchmark_inputs(cfg, options)
+    timed, fused = variants(model, options)
+    part = timed_part(options)
+    report = dict(config=options.config, checkpoint=options.checkpoint, part=part,
+                  settings={k: v for k, v in vars(options).items() if k not in NOT_SETTINGS},
+                  act_impl=getattr(model.backbone, 'act_impl', None),
+                  triton=triton_version(), machine=machine_info(options.device), results={})
+    if options.check:
+        tensor = model.data_preprocessor(batches[0], False)['inputs']
+        report['check_max_rel_diff'] = check_fusion(model, fused, tensor)
+        print(f'check: fused == unfused (max rel diff {report["check_max_rel_diff"]:.2e})')
+    settings = Settings(options.iters, options.warmup, options.device, options.precision,
+                        options.channels_last, options.compile, not options.no_progress)
+    for name, variant in timed.items():
+        print(f'{name}: timing {options.iters} images ...')
+        variant = prepare(variant, settings)
+        report['results'][name] = measure(variant, batches, part, settings)
+        report['results'][name]['activation'] = activation_used(variant, batches, settings)
+    if options.backend == 'onnxruntime':
+        print(f'onnxruntime: exporting and timing {options.iters} images ...')
+        if fused is None:
+            fused = fuse_detector(model, inplace=False)
+        report['results']['onnxruntime'] = measure_onnxruntime(
+            fused, batches, part, settings, report['results'].get('fused'))
+    add_rates(report, options.device)
+    return report
+
+
+def add_rates(report: dict, device: str):
+    """The backbone's share of the machine's matrix-product rate, and the speedups."""
+    if report['part'] != 'detector':
+        rate = matmul_gflops(device)
+        report['matmul_gflop_s'] = rate
+        for result in report['results'].values():
+            result['efficiency'] = result['achieved_gflop_s'] / rate
+    results = report['results']
+    if 'unfused' in results and 'fused' in results:
+        report['speedup'] = results['unfused']['median_ms'] / results['fused']['median_ms']
+    if 'onnxruntime' in results and 'fused' in results:
+        report['onnxruntime_speedup'] = (results['fused']['median_ms']
+                                         / results['onnxruntime']['median_ms'])
+
+
+def triton_version():
+    spec = importlib.util.find_spec('triton')
+    return importlib.metadata.version('triton') if spec else None
+
+
+def activation_used(model, batches, settings) -> str:
+    """What the backbone's activations ran on this input ('triton' or 'torch (why)')."""
+    acts = [m for m in model.backbone.modules() if isinstance(m, SeriesActivation)]
+    if not acts:
+        return 'n/a'
+    tensor = model.data_preprocessor(batches[0], False)['inputs']
+    if settings.channels_last:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(settings.device, settings.precision):
+        return acts[0].implementation_for(tensor)
+
+
+def print_table(report):
+    m = report['machine']
+    print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
+          f"torch {m['torch']}, {m['threads']} threads, act_impl {report['act_impl']}")
+    header = f'{"":<12}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
+    if 'matmul_gflop_s' in report:
+        header += f'{"GFLOP/s":>9}{"of matmul":>11}'
+    print(header)
+    for name, r in report['results'].items():
+        line = (f'{name:<12}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
+                f'{r["gflops"]:>9.1f}{r["params_m"]:>10.2f}')
+        if 'efficiency' in r:
+            line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
+        print(line)
+    if 'matmul_gflop_s' in report:
+        print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')
+    if 'speedup' in report:
+        print(f'fused is {report["speedup"]:.2f}x faster than unfused')
+    if 'onnxruntime_speedup' in report:
+        print(f'onnxruntime is {report["onnxruntime_speedup"]:.2f}x faster than PyTorch fused')

@@ -9,6 +9,7 @@ Every mask in the annotations is exactly what is painted in the image: shapes ar
 the pycocotools rasterisation of their own (rounded) polygons, and shapes never touch, so no
 shape hides part of another. Pure numpy + Pillow + pycocotools, so it runs before torch is set up.
 """
+import collections
 import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -61,6 +62,18 @@ def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
         coco = _write_split(paths[f'{split}_img'], count, width, height, seed, split_index)
         _write_json(paths[f'{split}_ann'], coco)
     return paths
+
+
+def describe_split(split: str, img_dir: str, ann_file: str) -> str:
+    """What a split holds, per class, and where its files are: a wrong count is visible
+    before a long training run."""
+    with open(ann_file, encoding='utf-8') as f:
+        coco = json.load(f)
+    names = {c['id']: c['name'] for c in coco['categories']}
+    counts = collections.Counter(names[a['category_id']] for a in coco['annotations'])
+    per_class = ', '.join(f'{name} {counts[name]}' for name in CLASSES)
+    return (f'  {split}: {len(coco["images"])} images, {len(coco["annotations"])} instances '
+            f'({per_class})\n    images in {img_dir}\n    annotations in {ann_file}')
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:
