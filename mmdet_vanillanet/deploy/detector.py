@@ -13,8 +13,8 @@ from ..models.detector import load_detector_weights
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
-    """A config file (or a Config, used as it is) with ``cfg_options`` (``--cfg-options``)
-    merged: how every tool, benchmark and deploy function reads one."""
+    """A config file, or a Config object, with ``cfg_options`` (``--cfg-options``) merged
+    (into the object itself): how every tool, benchmark and deploy function reads one."""
     if not isinstance(config, Config):
         if not osp.isfile(config):
             raise FileNotFoundError(f'config file not found: {config}')

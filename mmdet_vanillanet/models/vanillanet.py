@@ -35,7 +35,7 @@ from .series_activation import SeriesActivation, check_act_impl
 
 
 def build_conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
-            stride: int = 1, padding: int = 0) -> nn.Sequential:
+                  stride: int = 1, padding: int = 0) -> nn.Sequential:
     """The (conv, BN) pair whose keys are ``.0.*`` and ``.1.*`` in the released checkpoints."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
@@ -210,7 +210,7 @@ class VanillaNet(BaseModule):
                 SeriesActivation(d0, act_num, deploy=True))
         else:
             self.stem1 = build_conv_bn(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
-                                 padding=arch.stem_padding)
+                                       padding=arch.stem_padding)
             self.stem2 = nn.Sequential(*build_conv_bn(d0, d0, norm_cfg),
                                        SeriesActivation(d0, act_num, norm_cfg))
         self.stages = nn.ModuleList(

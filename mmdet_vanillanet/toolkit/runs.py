@@ -7,8 +7,6 @@ import argparse
 import os.path as osp
 from typing import Optional
 
-from mmdet.engine.hooks.utils import trigger_visualization_hook
-from mmdet.evaluation import DumpDetResults
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -87,12 +85,16 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
     require_writable(cfg.work_dir)
     configure_deploy(cfg, checkpoint, deploy)
     cfg.load_from = checkpoint
+    # MMDetection's engine and evaluation packages take a second to import: only --show and --out
+    # need them here (the Runner imports them itself, once the checks above have passed).
     if show or show_dir:
+        from mmdet.engine.hooks.utils import trigger_visualization_hook
         shown = argparse.Namespace(show=show, show_dir=show_dir, wait_time=wait_time)
         cfg = trigger_visualization_hook(cfg, shown)
     setup_launcher(cfg, launcher)
     runner = runner_from_cfg(cfg)
     if out is not None:
+        from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
     return runner
 
