@@ -15,23 +15,27 @@ instead of the k * k of a direct convolution, which would make the kernel bound 
 instructions rather than by arithmetic or memory (benchmarks/gpu_backbones.py reports which
 bound it meets).
 
-Precision. fp16 and bf16 maps are multiplied on the tensor cores in their own type with fp32
-sums: relu and the max pool only select input values, and the weights are rounded to the input's
-type first (as autocast does), so both operands are values of that type, whose products
-(11 + 11 or 8 + 8 significand bits) fp32 holds exactly. fp32 maps use three tf32 products per
-multiply (tf32x3), within about 1e-6 of fp32 arithmetic. A NaN or an infinity in the input is
-kept through relu and the pool, but the banded product spreads it as NaN to every output row of
-its tile in the k columns around it (0 * inf is NaN), where PyTorch's stay in a k x k
-neighbourhood: the outputs are non-finite wherever PyTorch's are, and in a few more places (a
-network that overflows is broken either way).
+Precision. relu and the max pool only select input values, and the weights are rounded to the
+input's type first (as autocast does), so both operands of every product are values of the
+input's type. fp16 maps multiply on fp16 tensor cores with fp32 sums: two 11-bit significands
+make a 22-bit product, which fp32 holds exactly. bf16 products (8 + 8 bits) would be exact in
+bf16 tensor-core products too, but Triton's interpreter (3.9), which runs the CI tests, holds bf16
+tiles as raw bits and multiplies the bits, so bf16 maps multiply as tf32 (which holds every bf16
+value exactly; half the rate of a bf16 product). fp32 maps use three tf32 products per multiply
+(tf32x3), within about 1e-6 of fp32 arithmetic. A NaN or an infinity in the input is kept
+through relu and the pool, but the banded product spreads it as NaN to every output row of its
+tile in the k columns around it (0 * inf is NaN), where PyTorch's stay in a k x k neighbourhood:
+the outputs are non-finite wherever PyTorch's are, and in a few more places (a network that
+overflows is broken either way).
 
 Tuning (benchmarks/kernel_notes.md has the compiler's figures). A GPU keeps a memory-streaming
 kernel busy by having many warps resident: at most 65536 registers per SM, so 16 warps need at
 most 128 registers per thread. The kernel steps through the k columns in a loop the compiler does
 not unroll, so only one column's loads are live at a time, and each variant's tile and register
-cap (``config_for``) keep it at or under that. Pools above ``MAX_POOL`` (no released arch has one) would
-hold pool^2 loads per column and are left to PyTorch; so are kernels wider than ``MAX_K``, which
-``ROWS_IN`` is sized for and which the compile test does not build.
+cap (``config_for``) keep it at or under that. Pools above ``MAX_POOL`` (no released arch has
+one) are left to PyTorch: their pool^2 loads per column, each with its own addresses, took up to
+255 registers (8 warps per SM). So are kernels wider than ``MAX_K``, for which ``ROWS_IN`` is
+sized and up to which benchmarks/kernel_resources.py builds.
 """
 from typing import NamedTuple
 
@@ -73,9 +77,9 @@ def config_for(dtype: torch.dtype, pool: int) -> Config:
     memory (fp32, pool 2: 34 KB at 2 stages, 68 KB at 3), taken from the L1 that serves the k
     shifted reads of every input row; resident warps hide the load latency instead. Registers
     (ptxas's maxnreg, which it must meet or spill, and the compile test fails on a spill): 128,
-    the budget of 16 warps per SM, for fp32 and pooled variants, which take 83-113 uncapped;
-    80 (24 warps) for the others, which meet it without spilling. Without a cap ptxas 12.9 also
-    spilled 8-16 bytes in some bf16 variants at 48 registers.
+    the budget of 16 warps per SM, for fp32 and pooled variants, which took 58-113 uncapped and
+    spilled under a cap of 80; 80 (24 warps) for the others, which meet it without spilling.
+    Uncapped, ptxas also spilled 8-16 bytes in some bf16 variants at 48 registers.
     """
     return Config(16, 64, 8, 1, 128 if dtype == torch.float32 or pool > 1 else 80)
 
