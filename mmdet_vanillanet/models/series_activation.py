@@ -142,19 +142,20 @@ def check_against_torch(x, weight, bias, pool: int, y, config) -> Optional[float
     n, c, h, w = y.shape
     pad = weight.shape[-1] // 2
     planes = torch.tensor(sorted({0, n * c // 2, n * c - 1}), device=x.device)
-    x_planes, y_planes = x.flatten(0, 1)[planes][None], y.flatten(0, 1)[planes][None]
-    weights = weight[planes % c].to(x.dtype).double()
-    biases = bias[planes % c].double()
+    x_planes, y_planes = x.flatten(0, 1), y.flatten(0, 1)
+    weights = weight.index_select(0, planes % c).to(x.dtype).double()
+    biases = bias.index_select(0, planes % c).double()
     got, expected = [], []
     for (r0, r1), (c0, c1) in zip(_edges(h, config.block_h), _edges(w, config.block_w)):
         # The input the window's outputs read; where it stops inside the map, the outputs
         # that would see the reference's zero padding there are cut off again.
         lo_r, hi_r, lo_c, hi_c = max(0, r0 - pad), min(h, r1 + pad), max(0, c0 - pad), \
             min(w, c1 + pad)
-        window = x_planes[..., lo_r * pool:hi_r * pool, lo_c * pool:hi_c * pool].double()
-        ref = torch_activation(window, weights, biases, pool, pad)
+        window = x_planes[:, lo_r * pool:hi_r * pool, lo_c * pool:hi_c * pool]
+        ref = torch_activation(window.index_select(0, planes)[None].double(), weights, biases,
+                               pool, pad)
         expected.append(ref[..., r0 - lo_r:r1 - lo_r, c0 - lo_c:c1 - lo_c].to(y.dtype).flatten())
-        got.append(y_planes[..., r0:r1, c0:c1].flatten())
+        got.append(y_planes[:, r0:r1, c0:c1].index_select(0, planes).flatten())
     expected, got = torch.cat(expected).double(), torch.cat(got).double()
     # One host synchronisation for the three numbers.
     finite, err, norm = torch.stack([expected.isfinite().all().double(),
@@ -258,7 +259,8 @@ class SeriesActivation(nn.Module):
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return None, ('a traced or exported graph would not record a Triton kernel; trace '
                           "or export with act_impl='torch'")
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+        weight = self.weight  # one look-up: nn.Module's attribute access is slow for this path
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return None, ('it has no backward pass; run inference under torch.no_grad() or '
                           'torch.inference_mode()')
         dtype = (torch.get_autocast_dtype(x.device.type)
@@ -269,11 +271,11 @@ class SeriesActivation(nn.Module):
         kernels, why_not = triton_kernel()
         if kernels is None:
             return None, why_not
-        why_not = kernels.why_not(dtype, self.weight.shape[-1], pool)
+        k = weight.shape[-1]
+        why_not = kernels.why_not(dtype, k, pool)
         if why_not:
             return None, why_not
-        variant = Variant(self.weight.shape[-1], pool, dtype, self.weight.dtype, x.device,
-                          kernels.config_for(dtype, pool))
+        variant = Variant(k, pool, dtype, weight.dtype, x.device, kernels.config_for(dtype, pool))
         record = _RECORDS.get(variant)
         if record is not None and record.failure:
             return None, f'the kernel {variant} {record.failure}'
@@ -283,8 +285,9 @@ class SeriesActivation(nn.Module):
                 return None, (f'the first call of the kernel {variant} is compared with '
                               f'PyTorch, which cannot be done {building}; make one call '
                               f'before')
-        timing = record.timings.get(tuple(x.shape)) if record is not None else None
-        if self.act_impl == 'auto' and timing and timing['torch_ms'] < timing['triton_ms']:
+        timing = (record.timings.get(tuple(x.shape))
+                  if self.act_impl == 'auto' and record is not None and record.timings else None)
+        if timing and timing['torch_ms'] < timing['triton_ms']:
             return None, (f'PyTorch timed faster on this shape ({timing["torch_ms"]:.3g} ms, '
                           f'the kernel {timing["triton_ms"]:.3g} ms; cudnn.benchmark is on)')
         return variant, None
@@ -297,8 +300,7 @@ class SeriesActivation(nn.Module):
             y, binary = kernels.launch(x, self.weight, self.bias, pool)
         except kernels.KernelLaunchError as err:
             return self._fail(variant, record, f'did not build or launch ({err})')
-        building = _graph_being_built(x)
-        if binary not in record.checked and not building:
+        if binary not in record.checked and not _graph_being_built(x):
             err = check_against_torch(x, self.weight, self.bias, pool, y, variant.config)
             if err is None:
                 return None  # a non-finite input: PyTorch's result, and the next call checks
@@ -307,8 +309,8 @@ class SeriesActivation(nn.Module):
                 return self._fail(variant, record, f'differs from PyTorch on its first call '
                                                    f'(relative error {err:.2g} > {tolerance:g})')
             record.checked[binary] = err
-        if (self.act_impl == 'auto' and torch.backends.cudnn.benchmark and not building
-                and tuple(x.shape) not in record.timings):
+        if (self.act_impl == 'auto' and torch.backends.cudnn.benchmark
+                and tuple(x.shape) not in record.timings and not _graph_being_built(x)):
             triton_ms, y = _time_ms(lambda: kernels.series_activation(x, self.weight, self.bias,
                                                                       pool), x.device)
             torch_ms, expected = _time_ms(lambda: torch_activation(
