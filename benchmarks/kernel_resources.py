@@ -88,35 +88,37 @@ def build(arch: int, k: int, pool: int, dtype, wdtype) -> dict:
     shared = static_shared + compiled.metadata.shared
     mma = re.findall(r'^\s*(w?mma\.\S+)', compiled.asm['ptx'], flags=re.M)
     warps, limit = warps_per_sm(regs, shared, LIMITS[arch], config.num_warps)
-    return dict(row, config=config._asdict(), registers=regs, spill_bytes=stack + local, shared_bytes=shared,
-                tensor_core={name: mma.count(name) for name in sorted(set(mma))},
-                warps_per_sm=warps, limited_by=limit)
+    return dict(row, config=config._asdict(), registers=regs, spill_bytes=stack + local,
+                shared_bytes=shared, warps_per_sm=warps, limited_by=limit,
+                tensor_core={name: mma.count(name) for name in sorted(set(mma))})
 
 
 def markdown(rows: list) -> str:
     lines = [START, '',
-             f'Registers per thread for each k (cap: ptxas\'s maxnreg); spills (stack + local bytes) and '
-             f'shared memory: the most over the k; tensor-core instructions: static count in '
-             f'the PTX (per warp, per kernel column); warps per SM: the fewest over the k. '
+             'Registers per thread for each k; spills (stack + local bytes) and shared memory: '
+             'the most over the k; tensor-core instructions: static count in the PTX (per warp, '
+             'per kernel column); warps per SM: the fewest over the k, and what limits them. '
+             'Config: tile, warps per program, pipeline stages, register cap (maxnreg). '
              f'Command: `python benchmarks/kernel_resources.py` (Triton {triton.__version__}).',
-             '', '| target | map / weights | pool | registers (k = '
+             '', '| target | map / weights | pool | config | registers (k = '
              + ', '.join(str(k) for k in sorted({r['k'] for r in rows})) + ') | spills | '
              'shared | tensor-core instructions | warps per SM |',
-             '|---|---|---|---|---|---|---|---|']
+             '|---|---|---|---|---|---|---|---|---|']
     groups = {}
     for r in rows:
         groups.setdefault((r['arch'], r['dtype'], r['weight_dtype'], r['pool']), []).append(r)
     for (arch, dtype, wdtype, pool), group in groups.items():
+        target = f'| sm_{arch} ({LIMITS[arch]["card"]}) | {dtype} / {wdtype} | {pool} |'
         failed = [r for r in group if 'error' in r]
         if failed:
-            lines.append(f'| sm_{arch} | {dtype} / {wdtype} | {pool} | build failed: '
-                         f'{failed[0]["error"][:80]} | | | | |')
+            lines.append(f'{target} | build failed: {failed[0]["error"][:80]} | | | | |')
             continue
+        c = group[0]['config']
         fewest = min(group, key=lambda r: r['warps_per_sm'])
         mma = ', '.join(f'{n} {name}' for name, n in group[-1]['tensor_core'].items())
         lines.append(
-            f'| sm_{arch} ({LIMITS[arch]["card"]}) | {dtype} / {wdtype} | {pool} | '
-            + ', '.join(str(r['registers']) for r in group)
+            f'{target} {c["block_h"]}x{c["block_w"]}, {c["num_warps"]}, {c["num_stages"]}, '
+            f'{c["max_registers"]} | ' + ', '.join(str(r['registers']) for r in group)
             + f' | {max(r["spill_bytes"] for r in group)} | '
             f'{max(r["shared_bytes"] for r in group) // 1024} KB | {mma} | '
             f'{fewest["warps_per_sm"]} ({fewest["limited_by"].replace("_", " ")}) |')

@@ -12,10 +12,10 @@ CUDA tensor, PyTorch elsewhere). Both compute the same function. The training-mo
 
 The guard. CI runs the kernel in Triton's interpreter and builds it for real cards, but only a
 card runs the code its compiler made. So the first launch of each compiled binary (a variant:
-kernel size, pool, dtypes, device and tile; and each of Triton's specialisations of it) in a
-process is compared with float64 PyTorch on windows of that call's own output: the first and
-last tile boundaries of both axes (the padding, the edge masks, partial tiles), on the first,
-middle and last channel planes (``check_against_torch``). A binary that fails to build or
+kernel size, pool, dtypes, device, tile and launch options; in each of Triton's specialisations)
+in a process is compared with float64 PyTorch on windows of that call's own output: the first
+and last tile boundaries of both axes (the padding, the edge masks, partial tiles), on the
+first, middle and last channel planes (``check_against_torch``). A binary that fails to build or
 launch, or differs beyond ``CHECK_TOLERANCE``, marks its variant failed for the rest of the
 process: under 'auto' one warning names the variant and the failure and PyTorch computes that
 call and every later one of the variant; under 'triton' every call of the variant is a one-line
@@ -48,7 +48,7 @@ from .fusion import bn_of, fold_bn
 
 ACT_IMPLS = ('auto', 'triton', 'torch')
 # Relative L2 error against float64 PyTorch above which a kernel variant fails its check. The
-# output is rounded to the input's type: 4 to 5 units in the last place of fp16 and bf16. fp32
+# output is rounded to the input's type: 4 to 5 times the unit roundoff of fp16 and bf16. fp32
 # runs as tf32x3 (about 1e-6); a kernel multiplying in plain tf32 (1e-4 to 1e-3) fails.
 CHECK_TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 TIMING_REPEATS = 3
