@@ -17,8 +17,12 @@ Swin-T, and the series-activation kernel against the card's own ceilings, in one
 
 Writes gpu_backbones_<card>.{json,md} under --out-dir (default $OUT, else benchmarks/results),
 the JSON after every section, so that a failure late in the run keeps what was measured. A
-failed check is recorded and printed, and the timings still run. (The figures before the kernel
-are kept in benchmarks/results/gpu_backbones_h100_pytorch_activation.md.)
+failed check is recorded and printed, and the timings still run: where the run-time guard
+refuses the kernel under act_impl='triton', the figure is NaN. The JSON's kernel_checks holds
+what the guard found for each kernel variant (series_activation.kernel_checks: its first call
+compared with PyTorch, and, as cudnn.benchmark is on here, which implementation 'auto' timed
+faster per input shape). (The figures before the kernel are kept in
+benchmarks/results/gpu_backbones_h100_pytorch_activation.md.)
 """
 import argparse
 import copy
@@ -32,8 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models import VanillaNet
-from mmdet_vanillanet.models.series_activation import SeriesActivation
+from mmdet_vanillanet.models.series_activation import SeriesActivation, kernel_checks
 from mmdet_vanillanet.models.series_activation_triton import series_activation
 from mmdet_vanillanet.toolkit.compare import max_rel_diff
 from mmdet_vanillanet.toolkit.paths import REPO_ROOT
@@ -48,6 +53,15 @@ IMPLS = ['torch', 'triton', 'auto']
 
 def bench_ms(fn) -> float:
     return do_bench(fn, warmup=25, rep=200, return_mode='median')
+
+
+def guarded(fn):
+    """fn(), or NaN where the kernel's run-time guard refused it (printed; the run goes on)."""
+    try:
+        return fn()
+    except InputError as err:
+        print(f'KERNEL GUARD: {err}', flush=True)
+        return float('nan')
 
 
 # --- 1. ceilings ---------------------------------------------------------------------------
@@ -103,13 +117,14 @@ def check_network(model, x) -> dict:
         net.act_impl = 'torch'
         expected = [t.float() for t in net(inp)]
         net.act_impl = 'triton'
-        result[name] = max_rel_diff(expected, [t.float() for t in net(inp)])
+        result[name] = guarded(lambda: max_rel_diff(expected, [t.float() for t in net(inp)]))
     torch.backends.cudnn.allow_tf32 = True
     with torch.autocast('cuda', dtype=torch.float16):
         model.act_impl = 'torch'
         expected = [t.float() for t in model(x)]
         model.act_impl = 'triton'
-        result['fp16_autocast'] = max_rel_diff(expected, [t.float() for t in model(x)])
+        result['fp16_autocast'] = guarded(
+            lambda: max_rel_diff(expected, [t.float() for t in model(x)]))
     result['ok'] = result['fp32'] <= 1e-5
     if not result['ok']:
         print(f'NETWORK CHECK FAILED (fp32 above 1e-5): {result}', flush=True)
@@ -146,7 +161,7 @@ def time_backbones(vns: dict, refs: dict) -> list:
             for batch in BATCHES:
                 for h, w in SIZES:
                     x = torch.randn(batch, 3, h, w, device='cuda', dtype=dtype)
-                    ms = bench_ms(lambda: net(x))
+                    ms = guarded(lambda: bench_ms(lambda: net(x)))
                     rows.append(dict(model=name, act_impl=impl, precision=pname, batch=batch,
                                      shape=[h, w], median_ms=ms))
                     print(f'{name:<36}{impl:<8}{pname:<6}{batch:>3} {h}x{w:<6}{ms:9.3f} ms',
@@ -177,7 +192,7 @@ def activation_layers(model, x, ceil: dict) -> dict:
                    bytes=(inp.numel() + out) * inp.element_size(), flops=2 * k * k * out)
         for impl in ('torch', 'triton'):
             module.act_impl = impl
-            row[f'{impl}_ms'] = bench_ms(lambda: module(inp, pool=pool))
+            row[f'{impl}_ms'] = guarded(lambda: bench_ms(lambda: module(inp, pool=pool)))
         row['gb_s'] = row['bytes'] / row['triton_ms'] / 1e6
         row['gflop_s'] = row['flops'] / row['triton_ms'] / 1e6
         row['of_copy_bw'] = row['gb_s'] / ceil['copy_gb_s']
@@ -186,7 +201,7 @@ def activation_layers(model, x, ceil: dict) -> dict:
     result = dict(layers=layers)
     for impl in ('torch', 'triton'):
         model.act_impl = impl
-        backbone = bench_ms(lambda: model(x))
+        backbone = guarded(lambda: bench_ms(lambda: model(x)))
         activations = sum(r[f'{impl}_ms'] for r in layers)
         result[impl] = dict(backbone_ms=backbone, activations_ms=activations,
                             share=activations / backbone)
@@ -211,6 +226,7 @@ def main():
     report = dict(gpu=gpu, torch=torch.__version__, triton=__import__('triton').__version__)
 
     def save():
+        report['kernel_checks'] = kernel_checks()
         with open(f'{stem}.json', 'w') as f:
             json.dump(report, f, indent=2)
 
@@ -267,7 +283,8 @@ def markdown(report) -> str:
               + ', '.join(f'{k} {v:.1e}' for k, v in check.items() if k != 'ok')
               + ('' if check['ok'] else ' (FAILED: fp32 above 1e-5)')
               + f'. Kernel against float64 on {len(report["kernel_check"])} cases: '
-              + (f'{len(failed)} FAILED' if failed else 'all within bounds') + '.', '']
+              + (f'{len(failed)} FAILED' if failed else 'all within bounds') + '.',
+              '', guard_line(report['kernel_checks']), '']
     for pname, act in report['activations'].items():
         total = act['kernel_total']
         lines += [
@@ -286,6 +303,13 @@ def markdown(report) -> str:
                 f'{r["of_copy_bw"]:.0%} | {r["gflop_s"]:.0f} | {r["of_fp32_rate"]:.0%} |')
         lines.append('')
     return '\n'.join(lines)
+
+
+def guard_line(checks: dict) -> str:
+    failed = {name: c['failure'] for name, c in checks.items() if c['failure']}
+    return (f'Run-time guard: {len(checks)} kernel variants compared with PyTorch on their first '
+            f'call; ' + ('; '.join(f'{name} FAILED: {why}' for name, why in failed.items())
+                         if failed else 'all passed') + '.')
 
 
 if __name__ == '__main__':

@@ -1,10 +1,16 @@
-"""The Triton series-activation kernel, run by Triton's interpreter on the CPU, against PyTorch."""
+"""The Triton series-activation kernel, run by Triton's interpreter on the CPU, against PyTorch;
+and the guard that compares it with PyTorch on its first call (kernels that compute wrong or do not
+build, run in the interpreter)."""
 import importlib
 import os
+import re
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from helpers import build_backbone, fused_copy, max_rel_diff, narrow, randomize
 from mmdet_vanillanet.errors import InputError
@@ -172,3 +178,204 @@ def test_act_impl_is_a_config_key_and_changes_no_checkpoint():
         build_backbone(arch=narrow('5'), act_impl='cuda')
     with pytest.raises(InputError, match='choose one of'):
         model.act_impl = 'fast'
+
+
+def test_wider_kernels_and_pools_are_left_to_pytorch(monkeypatch):
+    """k > 9 and pools above 2: no compile test builds them (series_activation_triton)."""
+    monkeypatch.setattr(act_module, '_device_why_not', lambda x, act_impl: None)
+    x = torch.randn(1, 2, 16, 16)
+    for act_num, pool, why in ((5, 1, 'odd kernel sizes up to 9, not 11'),
+                               (4, 4, 'max pools up to 2, not 4')):
+        act = act_module.SeriesActivation(2, act_num, deploy=True, act_impl='auto')
+        with torch.no_grad():
+            assert act.implementation_for(x, pool) == f'torch (it takes {why})'
+            act.act_impl = 'triton'
+            with pytest.raises(InputError, match=why):
+                act(x, pool=pool)
+
+
+# --- the guard ------------------------------------------------------------------------------
+
+@triton.jit
+def _zeros_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, H_in, W_in, K: tl.constexpr,
+                  POOL: tl.constexpr, BLOCK_H: tl.constexpr, ROWS_IN: tl.constexpr,
+                  BLOCK_W: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Writes zeros: a kernel that builds, runs and computes wrong."""
+    rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    tl.store(y_ptr + tl.program_id(0).to(tl.int64) * H * W + rows[:, None] * W + cols[None, :],
+             tl.zeros((BLOCK_H, BLOCK_W), dtype=y_ptr.dtype.element_ty),
+             mask=(rows < H)[:, None] & (cols < W)[None, :])
+
+
+@triton.jit
+def _unbuildable_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, H_in, W_in, K: tl.constexpr,
+                        POOL: tl.constexpr, BLOCK_H: tl.constexpr, ROWS_IN: tl.constexpr,
+                        BLOCK_W: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    tl.static_assert(K < 0, 'this kernel does not build')
+
+
+@pytest.fixture
+def guard(monkeypatch, interpreter):
+    """A process in which no kernel variant has been checked yet, and 'auto' takes the CPU
+    under the interpreter as it would take a CUDA device."""
+    monkeypatch.setattr(act_module, '_RECORDS', {})
+    monkeypatch.setattr(act_module, '_device_why_not', lambda x, act_impl: None)
+    return interpreter
+
+
+def deployed_activation(act_impl):
+    """A fused 9x9 activation of two channels with random weights."""
+    act = act_module.SeriesActivation(2, act_num=4, deploy=True, act_impl=act_impl)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        act.weight.copy_(torch.randn(act.weight.shape, generator=gen) / 9)
+        act.bias.copy_(torch.randn(act.bias.shape, generator=gen))
+    return act.requires_grad_(False)  # inference: the kernel has no backward pass
+
+
+def pytorch_result(act, x, pool):
+    impl, act.act_impl = act.act_impl, 'torch'
+    try:
+        return act(x, pool=pool)
+    finally:
+        act.act_impl = impl
+
+
+def guard_input(pool=1, seed=0):
+    """Two images of two channels whose (pooled) 20x70 map has two row tiles of 16 and two
+    column tiles of 64, partial at the bottom and the right."""
+    return torch.randn(2, 2, 20 * pool, 70 * pool, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize('pool', [1, 2])
+def test_a_kernel_that_passes_its_check_runs_and_is_reported(pool, guard):
+    act = deployed_activation('auto')
+    x = guard_input(pool, seed=1)
+    with torch.no_grad():
+        got = act(x, pool=pool)
+        expected = pytorch_result(act, x, pool)
+    assert relative_error(got, expected.double()) <= TOLERANCE[torch.float32]
+    assert not torch.equal(got, expected)  # the kernel's result, not PyTorch's
+    (name, check), = act_module.kernel_checks().items()
+    assert name == f'k=9 pool={pool} float32 (weights float32) on cpu, tile 16x64 with 8 warps'
+    assert check['passed'] and check['checked_binaries'] == 1 and check['failure'] is None
+    assert 0 < check['max_rel_err'] <= check['tolerance'] == 1e-5
+    assert act.implementation_for(x, pool) == 'triton'
+
+
+@pytest.mark.parametrize('act_impl', ['auto', 'triton'])
+@pytest.mark.parametrize('wrong', ['computes zeros', 'does not build'])
+def test_a_wrong_or_unbuildable_kernel_never_gives_its_result(wrong, act_impl, guard,
+                                                              monkeypatch):
+    right = guard._series_activation_kernel
+    monkeypatch.setattr(guard, '_series_activation_kernel', {
+        'computes zeros': _zeros_kernel, 'does not build': _unbuildable_kernel}[wrong])
+    failure = {'computes zeros': r'differs from PyTorch on its first call \(relative error 1 ',
+               'does not build': r'did not build or launch \(.*this kernel does not build'}[wrong]
+    variant = r'k=9 pool=2 float32 \(weights float32\) on cpu, tile 16x64 with 8 warps'
+    act = deployed_activation(act_impl)
+    x = guard_input(pool=2)
+    expected = pytorch_result(act, x, 2)
+    with torch.no_grad():
+        if act_impl == 'triton':
+            for _ in range(2):  # and every later call of the variant
+                with pytest.raises(InputError, match=f"act_impl='triton'.*{variant}") as err:
+                    act(x, pool=2)
+                assert '\n' not in str(err.value)
+        else:
+            with pytest.warns(UserWarning, match=f'{variant} {failure}.*rest of the process'):
+                got = act(x, pool=2)
+            assert torch.equal(got, expected)
+            with warnings.catch_warnings():
+                warnings.simplefilter('error')  # warned once per variant
+                assert torch.equal(act(x, pool=2), expected)
+        assert act.implementation_for(x, 2).startswith('torch (the kernel k=9 pool=2')
+        # Another variant is checked on its own: the right kernel passes at pool 1.
+        monkeypatch.setattr(guard, '_series_activation_kernel', right)
+        act(guard_input(), pool=1)
+    checks = {check['pool']: check for check in act_module.kernel_checks().values()}
+    assert not checks[2]['passed'] and re.match(failure, checks[2]['failure'])
+    assert checks[1]['passed']
+
+
+@pytest.mark.parametrize('spot', ['first plane, top-left corner', 'first tile boundary',
+                                  'middle plane', 'last plane, bottom-right corner'])
+def test_the_check_sees_one_wrong_output_at_the_edges_and_tile_boundaries(spot, guard,
+                                                                          monkeypatch):
+    launch = guard.launch
+    index = {'first plane, top-left corner': (0, 0, 0, 0), 'first tile boundary': (0, 0, 16, 64),
+             'middle plane': (1, 0, 10, 40), 'last plane, bottom-right corner': (-1, -1, -1, -1)}
+
+    def off_by_one(*args):
+        y, binary = launch(*args)
+        y[index[spot]] += 1.
+        return y, binary
+
+    monkeypatch.setattr(guard, 'launch', off_by_one)
+    act = deployed_activation('triton')
+    with pytest.raises(InputError, match='differs from PyTorch'), torch.no_grad():
+        act(guard_input(), pool=1)
+
+
+def test_a_non_finite_input_defers_the_check_to_the_next_call(guard):
+    act = deployed_activation('auto')
+    x = guard_input()
+    x[0, 0, 3, 3] = float('nan')
+    with torch.no_grad():
+        # PyTorch's result: the kernel spreads a NaN further (series_activation_triton).
+        assert torch.equal(act(x).nan_to_num(), pytorch_result(act, x, 1).nan_to_num())
+        check, = act_module.kernel_checks().values()
+        assert check['checked_binaries'] == 0 and not check['passed']
+        act(guard_input(seed=1))
+    check, = act_module.kernel_checks().values()
+    assert check['checked_binaries'] == 1 and check['passed']
+
+
+def test_no_check_while_a_graph_is_traced_or_captured(guard, monkeypatch):
+    """A check synchronises with the host, which torch.compile's tracing and CUDA graph
+    capture cannot take: an unchecked variant runs PyTorch there, or is an error."""
+    act = deployed_activation('auto')
+    x = guard_input()
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    with torch.no_grad():
+        assert 'cannot be done while torch.compile traces' in act.implementation_for(x)
+        assert torch.equal(act(x), pytorch_result(act, x, 1))
+        assert act_module.kernel_checks() == {}
+        act.act_impl = 'triton'
+        with pytest.raises(InputError, match='make one call before'):
+            act(x)
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: False)
+        act(x)  # checked here
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+        assert act.implementation_for(x) == 'triton'
+        assert not torch.equal(act(x), pytorch_result(act, x, 1))
+
+
+@pytest.mark.parametrize('faster', ['torch', 'triton'])
+def test_auto_keeps_the_faster_per_shape_under_cudnn_benchmark(faster, guard, monkeypatch):
+    times = {'torch': 1., 'triton': 2.} if faster == 'torch' else {'torch': 2., 'triton': 1.}
+    timed = []
+
+    def time_ms(fn, device):
+        # the kernel is timed first, then PyTorch
+        timed.append('triton' if len(timed) % 2 == 0 else 'torch')
+        return times[timed[-1]], fn()
+
+    monkeypatch.setattr(act_module, '_time_ms', time_ms)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
+    act = deployed_activation('auto')
+    small, large = torch.randn(1, 2, 9, 20), torch.randn(1, 2, 20, 9)
+    with torch.no_grad():
+        for x in (small, small, large):
+            got = act(x)
+            expected = pytorch_result(act, x, 1)
+            assert torch.equal(got, expected) == (faster == 'torch')
+    assert len(timed) == 4  # once per shape
+    check, = act_module.kernel_checks().values()
+    assert check['timings'] == {'1x2x9x20': dict(triton_ms=times['triton'],
+                                                 torch_ms=times['torch']),
+                                '1x2x20x9': dict(triton_ms=times['triton'],
+                                                 torch_ms=times['torch'])}
+    assert act.implementation_for(small).startswith(
+        'torch (PyTorch timed faster' if faster == 'torch' else 'triton')
