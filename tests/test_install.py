@@ -51,3 +51,15 @@ def test_the_tested_stack_lies_inside_the_declared_ranges():
         assert declared[name].specifier.contains(pinned[0], prereleases=True), \
             f'the tested {name}=={pinned[0]} is outside the declared {declared[name]}'
 
+
+
+def test_the_version_is_written_once_and_quoted_as_it():
+    """version.py is the source; the metadata reads it, CITATION.cff and the changelog quote it."""
+    from mmdet_vanillanet import __version__
+    installed = importlib.metadata.version('mmdet-vanillanet')
+    assert installed == __version__, \
+        f'the installed metadata says {installed}, version.py {__version__}: run make install'
+    with open(osp.join(REPO_ROOT, 'CITATION.cff')) as f:
+        assert f'version: {__version__}\n' in f.read()
+    with open(osp.join(REPO_ROOT, 'CHANGELOG.md')) as f:
+        assert f'## {__version__}' in f.read()

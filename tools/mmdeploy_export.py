@@ -51,7 +51,7 @@ def main():
         from mmdet_vanillanet.deploy.mmdeploy_export import export_with_mmdeploy, next_step
     except ImportError as err:  # mmdeploy is no dependency: its pins conflict with onnx's
         sys.exit(f'error: this tool needs mmdeploy ({err}); install it with pip install '
-                 f'--no-deps mmdeploy==1.3.1 aenum (README, Deployment: mmdeploy)')
+                 f'--no-deps mmdeploy==1.3.1 aenum (docs/deployment.md, mmdeploy)')
     force_weights_only_loading()
     register_all_modules()
     images = [args.img, *args.test_img]

@@ -102,8 +102,8 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
         raise CheckpointError(
             f'{filename} does not fit this {type(model).__name__}: {"; ".join(problems)}. '
             f'If you replaced these parts on purpose (fine-tuning to other classes), name '
-            f'them in the config: default_hooks.checkpoint_fit.replaced=[...] (README, '
-            f'Reliability)')
+            f'them in the config: default_hooks.checkpoint_fit.replaced=[...] (docs/'
+            f'reliability.md)')
     return [file_keys[k] for k in expected if k.startswith(free) and k in file_keys
             and state[file_keys[k]].shape != expected[k].shape]
 
