@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from helpers import CONFIG, randomize, run
+from helpers import CONFIG, build_backbone, narrow, randomize, run
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
 from mmdet_vanillanet.toolkit.compare import check_fusion
@@ -25,7 +25,7 @@ def test_compare_writes_sane_json(tmp_path, extra):
                  '--act-impl', 'torch', *extra)
     report = json.loads(out.read_text())
     assert report['act_impl'] == 'torch' and report['settings']['act_impl'] == 'torch'
-    assert report['results']['fused']['activation'] == 'torch'
+    assert report['results']['fused']['activation'] == 'torch' and report['kernel_checks'] == {}
     assert report['machine']['torch'] == torch.__version__ and report['machine']['threads'] >= 1
     assert report['settings']['iters'] == 2 and report['check_max_rel_diff'] <= 1e-4
     assert set(report['results']) == {'unfused', 'fused'}
@@ -84,3 +84,37 @@ def test_onnxruntime_backend_times_the_exported_fused_backbone_beside_pytorch(tm
     refused = run('tools/benchmark.py', CONFIG, '--backend', 'onnxruntime', '--iters', '1',
                   expect_ok=False)
     assert 'error: --backend onnxruntime times the fused backbone' in refused
+
+
+def test_flops_are_counted_with_the_kernel_chosen_and_its_checks_reported(capsys):
+    """A trace cannot record a Triton kernel (act_impl='triton' refuses one), so the counter
+    runs PyTorch's activations, which compute the same convolutions: the same count, and the
+    kernel still runs (here in Triton's interpreter) where the timing calls the backbone."""
+    from mmengine.analysis import get_model_complexity_info
+
+    from mmdet_vanillanet.models.series_activation import kernel_checks
+    from mmdet_vanillanet.toolkit.benchmark import print_table
+    from mmdet_vanillanet.toolkit.complexity import traceable_activations
+    kernel = randomize(build_backbone(arch=narrow('5', 128), act_num=3)).eval()
+    kernel.switch_to_deploy()
+    kernel.act_impl = 'triton'
+    x = torch.randn(1, 3, 32, 32)
+    with traceable_activations(kernel):
+        counted = get_model_complexity_info(kernel, inputs=(x, ), show_table=False,
+                                            show_arch=False)
+    assert {m.act_impl for m in kernel.modules() if hasattr(m, 'act_impl')} == {'triton'}
+    kernel.act_impl = 'torch'
+    plain = get_model_complexity_info(kernel, inputs=(x, ), show_table=False, show_arch=False)
+    assert (counted['flops'], counted['params']) == (plain['flops'], plain['params']) != (0, 0)
+    kernel.act_impl = 'triton'
+    with torch.no_grad():
+        kernel(x)
+    checks = kernel_checks()
+    assert checks and all(c['passed'] for c in checks.values())
+    machine = dict(cpu='cpu', torch=torch.__version__, threads=1)
+    failed = {**next(iter(checks.values())), 'passed': False, 'failure': 'differs by 0.5'}
+    print_table(dict(config='c', part='backbone', machine=machine, act_impl='triton',
+                     results={}, kernel_checks={**checks, 'k=9 bad': failed}))
+    printed = capsys.readouterr().out
+    assert 'k=9 bad: FAILED its check (differs by 0.5), PyTorch ran instead' in printed
+    assert printed.count('checked against PyTorch (max rel err') == len(checks)

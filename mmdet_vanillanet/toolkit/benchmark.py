@@ -18,7 +18,7 @@ from ..deploy.detector import build_detector, load_config
 from ..errors import InputError, deploy_layout_error
 from ..models.detector import fuse_detector
 from ..models.pretrained import checkpoint_layout
-from ..models.series_activation import SeriesActivation
+from ..models.series_activation import SeriesActivation, kernel_checks
 from .compare import check_fusion
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
@@ -136,6 +136,9 @@ def run_benchmark(options) -> dict:
         variant = prepare(variant, settings)
         report['results'][name] = measure(variant, batches, part, settings)
         report['results'][name]['activation'] = activation_used(variant, batches, settings)
+    # What the kernel's run-time check found for each variant timed above: a figure of a
+    # kernel that failed its check is PyTorch's (under 'auto'), and the report must say so.
+    report['kernel_checks'] = kernel_checks()
     if options.backend == 'onnxruntime':
         print(f'onnxruntime: exporting and timing {options.iters} images ...')
         if fused is None:
@@ -198,3 +201,7 @@ def print_table(report):
         print(f'fused is {report["speedup"]:.2f}x faster than unfused')
     if 'onnxruntime_speedup' in report:
         print(f'onnxruntime is {report["onnxruntime_speedup"]:.2f}x faster than PyTorch fused')
+    for variant, check in report.get('kernel_checks', {}).items():
+        print(f'activation kernel {variant}: ' + (
+            f'FAILED its check ({check["failure"]}), PyTorch ran instead' if check['failure']
+            else f'checked against PyTorch (max rel err {check["max_rel_err"]:.1e})'))

@@ -1,10 +1,13 @@
 """Parameters and FLOPs of a detector at a given input size (MMEngine's complexity analysis),
 counted on one generated image, as MMDetection's get_flops does on a real one."""
+import contextlib
 from typing import Tuple
 
 import torch
 from mmdet.structures import DetDataSample
 from mmengine.analysis import get_model_complexity_info
+
+from ..models.series_activation import SeriesActivation
 
 
 def pseudo_batch(shape: Tuple[int, int]) -> dict:
@@ -15,6 +18,22 @@ def pseudo_batch(shape: Tuple[int, int]) -> dict:
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     return dict(inputs=[image], data_samples=[sample])
+
+
+@contextlib.contextmanager
+def traceable_activations(model: torch.nn.Module):
+    """PyTorch's activations inside: the FLOPs counter traces the model, and a trace cannot
+    record a Triton kernel (act_impl='triton' refuses it). The count is the same either way:
+    both implementations compute the same depthwise convolutions."""
+    acts = [m for m in model.modules() if isinstance(m, SeriesActivation)]
+    chosen = [m.act_impl for m in acts]
+    for m in acts:
+        m.act_impl = 'torch'
+    try:
+        yield model
+    finally:
+        for m, act_impl in zip(acts, chosen):
+            m.act_impl = act_impl
 
 
 @torch.no_grad()
@@ -32,7 +51,8 @@ def detector_complexity(model: torch.nn.Module, shape: Tuple[int, int]) -> dict:
         def forward(self, inputs):
             return self.detector(inputs, samples, mode='tensor')
 
-    info = get_model_complexity_info(Forward(), inputs=(data['inputs'], ), show_table=False,
-                                     show_arch=False)
+    with traceable_activations(model):
+        info = get_model_complexity_info(Forward(), inputs=(data['inputs'], ), show_table=False,
+                                         show_arch=False)
     return dict(flops=info['flops'], params=info['params'],
                 input_shape=tuple(data['inputs'].shape[-2:]))

@@ -16,7 +16,7 @@ from mmengine.analysis import get_model_complexity_info
 from mmengine.utils import ProgressBar
 
 from ..deploy import onnx_export
-from .complexity import detector_complexity
+from .complexity import detector_complexity, traceable_activations
 
 
 def synchronize(device: str):
@@ -98,8 +98,9 @@ def measure(model, batches: list, part: str, settings: Settings) -> dict:
         module = model.backbone if part == 'backbone' else torch.nn.Sequential(model.backbone,
                                                                                model.neck)
         fn = lambda: module(tensor)  # noqa: E731
-        complexity = get_model_complexity_info(module, inputs=(tensor, ), show_table=False,
-                                               show_arch=False)
+        with traceable_activations(module):
+            complexity = get_model_complexity_info(module, inputs=(tensor, ), show_table=False,
+                                                   show_arch=False)
     result = summarize(time_call(fn, settings.iters, settings.warmup, settings.device,
                                  settings.precision, settings.progress))
     result.update(gflops=complexity['flops'] / 1e9, params_m=complexity['params'] / 1e6,
