@@ -66,6 +66,13 @@ def toy_options(data_root, epochs=2, seed=0):
         [] if seed is None else [f'randomness.seed={seed}'])
 
 
+def scale_options(scale: int) -> dict:
+    """--cfg-options that train and test the toy config at ``scale`` instead of 160."""
+    return {'train_dataloader.dataset.pipeline.2.scale': (scale, scale),
+            'val_dataloader.dataset.pipeline.1.scale': (scale, scale),
+            'test_dataloader.dataset.pipeline.1.scale': (scale, scale)}
+
+
 def run(*argv, expect_ok=True, launcher=None, env=None):
     """Run a command in the repo root; check its exit status and return its output."""
     env = {**{k: v for k, v in os.environ.items()
