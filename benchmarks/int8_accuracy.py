@@ -27,19 +27,21 @@ from mmdet_vanillanet.toolkit.demo import toy_data_options
 from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops
 from mmdet_vanillanet.toolkit.paths import CONFIGS
 
-VARIANTS = {  # name: the recipe (the default is tools/quantize_onnx.py's)
-    'minmax': Recipe(reduce_range=False),
-    'minmax per-tensor': Recipe(per_channel=False, reduce_range=False),
-    'percentile': Recipe(method='percentile', reduce_range=False),
-    'entropy': Recipe(method='entropy', reduce_range=False),
-    'minmax 7-bit (default)': Recipe(),
-    'percentile 7-bit': Recipe(method='percentile'),
-    'entropy 7-bit': Recipe(method='entropy'),
+NONE = ()  # every node quantized
+VARIANTS = {  # name: the recipe; tools/quantize_onnx.py's default is the RPN-head-float one
+    'minmax': Recipe(reduce_range=False, keep_float=NONE),
+    'minmax per-tensor': Recipe(per_channel=False, reduce_range=False, keep_float=NONE),
+    'percentile': Recipe(method='percentile', reduce_range=False, keep_float=NONE),
+    'entropy': Recipe(method='entropy', reduce_range=False, keep_float=NONE),
+    'minmax 7-bit': Recipe(keep_float=NONE),
+    'percentile 7-bit': Recipe(method='percentile', keep_float=NONE),
+    'entropy 7-bit': Recipe(method='entropy', keep_float=NONE),
     '7-bit, stem float': Recipe(keep_float=('stem', )),
     '7-bit, last stage float': Recipe(keep_float=('last_stage', )),
-    '7-bit, RPN head float': Recipe(keep_float=('head', )),
+    '7-bit, RPN head float (default)': Recipe(keep_float=('head', )),
     '7-bit, stem + RPN head float': Recipe(keep_float=('stem', 'head')),
-    'tensorrt (s8 symmetric)': Recipe(target='tensorrt'),
+    'tensorrt (s8 symmetric)': Recipe(target='tensorrt', keep_float=NONE),
+    'tensorrt, RPN head float': Recipe(target='tensorrt', keep_float=('head', )),
 }
 
 

@@ -73,14 +73,14 @@ def scale_options(scale: int) -> dict:
             'test_dataloader.dataset.pipeline.1.scale': (scale, scale)}
 
 
-def run(*argv, expect_ok=True, launcher=None, env=None):
+def run(*argv, expect_ok=True, launcher=None, env=None, timeout=600):
     """Run a command in the repo root; check its exit status and return its output."""
     env = {**{k: v for k, v in os.environ.items()
               if k not in ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'TRITON_INTERPRET')},
            **(env or {})}
     cmd = launcher or [sys.executable]
     done = subprocess.run([*cmd, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=timeout)
     output = done.stdout + done.stderr
     assert (done.returncode == 0) == expect_ok, output[-3000:]
     return output

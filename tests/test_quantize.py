@@ -5,6 +5,7 @@ that is not the file's, and the tool's one-line errors. Generated weights, the t
 
 The AP kept after quantization needs a trained model: test_int8_accuracy.py."""
 import copy
+import re
 
 import numpy as np
 import onnx
@@ -47,9 +48,9 @@ def exported(tmp_path_factory, data_root):
     return cfg, checkpoint, raw
 
 
-def quantized(exported, tmp_path, **kwargs):
+def quantized(exported, tmp_path, name='int8.onnx', **kwargs):
     cfg, _, raw = exported
-    out = str(tmp_path / 'int8.onnx')
+    out = str(tmp_path / name)
     record = quantize_onnx(cfg, raw, out, **{'split': 'train', 'num_images': 8, **kwargs})
     return out, record
 
@@ -81,26 +82,37 @@ def test_a_quantized_raw_file_decodes_through_onnx_detector(exported, tmp_path):
     assert meta['part'] == 'raw' and 'quantization' in meta  # the export's metadata is kept
     assert record['calibration']['images'] == 8 and record['calibration']['split'] == 'train'
     assert record['target'] == 'onnxruntime' and record['method'] == 'minmax'
+    assert record['keep_float'] == ('head', )  # a two-stage file's default: the RPN head
     ops = onnxruntime_ops(path)
-    assert ops.get('Conv', 0) == 0 and ops['QLinearConv'] > 20  # every conv runs in int8
+    assert ops['Conv'] == 3 * 5 and ops['QLinearConv'] == 20  # the RPN's three on five levels
     detector = OnnxDetector(cfg, path, checkpoint)
     batch = next(iter(Runner.build_dataloader(cfg.test_dataloader)))
     samples = detector.predict(batch)
     assert len(samples) == len(batch['inputs']) and len(samples[0].pred_instances) > 0
 
 
-def test_a_checkpoint_that_is_not_the_files_is_refused(exported, tmp_path):
-    """Its outputs differ from the checkpoint's by design, so a neighbouring checkpoint (2 %
-    off in one RPN conv: outputs within the int8 tolerance) is caught by its weights."""
-    cfg, checkpoint, _ = exported
-    path, _ = quantized(exported, tmp_path)
+def neighbour(checkpoint, folder, key):
+    """The checkpoint with one weight 2 % off: outputs within the int8 tolerance."""
     state = torch.load(checkpoint, weights_only=True)['state_dict']
-    state['rpn_head.rpn_conv.weight'] *= 1.02
-    neighbour = str(tmp_path / 'neighbour.pth')
-    torch.save({'state_dict': state}, neighbour)
-    with pytest.raises(InputError, match=r'not the checkpoint\'s \(1 of \d+ differ, e\.g\. '
-                                         r'rpn_head\.rpn_conv\.weight by'):
-        OnnxDetector(cfg, path, neighbour)
+    state[key] = state[key] * 1.02
+    path = str(folder / f'{key}.pth')
+    torch.save({'state_dict': state}, path)
+    return path
+
+
+def test_a_checkpoint_that_is_not_the_files_is_refused(exported, tmp_path):
+    """Its outputs differ from the checkpoint's by design, so a neighbouring checkpoint is
+    caught by its weights: quantized ones in quantization steps, float ones exactly."""
+    cfg, checkpoint, _ = exported
+    all_int8, _ = quantized(exported, tmp_path, keep_float=())
+    for key in ('rpn_head.rpn_conv.weight', 'neck.fpn_convs.0.conv.weight'):
+        with pytest.raises(InputError, match=rf'not the checkpoint\'s \(1 of \d+ differ, e\.g\. '
+                                             rf'{re.escape(key)} by [\d.]+ quantization steps'):
+            OnnxDetector(cfg, all_int8, neighbour(checkpoint, tmp_path, key))
+    float_head, _ = quantized(exported, tmp_path, name='default.onnx')  # RPN head in float
+    with pytest.raises(InputError, match=r'rpn_head\.rpn_conv\.weight by 2\.0e-02 of its '
+                                         r'magnitude'):
+        OnnxDetector(cfg, float_head, neighbour(checkpoint, tmp_path, 'rpn_head.rpn_conv.weight'))
 
 
 def test_kept_float_nodes_run_in_float(exported, tmp_path):

@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='the runtime the file is for (default: onnxruntime)')
     parser.add_argument('--method', default='minmax', choices=METHODS,
                         help='calibration method (default: minmax)')
-    parser.add_argument('--keep-float', nargs='+', default=[], choices=list(FLOAT_GROUPS),
-                        help='node groups left in float (default: none)')
+    parser.add_argument('--keep-float', nargs='*', choices=list(FLOAT_GROUPS),
+                        help='node groups left in float (default: the RPN head of a two-stage '
+                        "detector's raw file, nothing in other files; no value: none)")
     parser.add_argument('--force', action='store_true', help='overwrite OUT.onnx')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser
