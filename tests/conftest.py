@@ -54,5 +54,5 @@ def trained_toy(tmp_path_factory):
         'param_scheduler.0.end=10', 'model.train_cfg.rcnn.sampler.num=64',
         'model.train_cfg.rpn_proposal.max_per_img=150',
         *(f'{k}={v}' for k, v in scale_options(TRAINED_SCALE).items())],
-        timeout=1800)  # about 4 minutes on 2 quiet cores; a shared machine takes longer
+        timeout=1800)  # 206 s here beside another job; over 600 s on a busier machine
     return root, str(folder / 'run' / f'epoch_{epochs}.pth'), TRAINED_SCALE
