@@ -12,7 +12,6 @@ drawn with each of --seeds, through the config's test pipeline and data preproce
 """
 import argparse
 import json
-import os
 import os.path as osp
 import statistics
 import time
@@ -20,11 +19,8 @@ import time
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.deploy.detector import load_config
-from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
-from mmdet_vanillanet.toolkit.demo import toy_data_options
-from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops
+from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops, toy_raw_file
 from mmdet_vanillanet.toolkit.paths import CONFIGS
 
 NONE = ()  # every node quantized
@@ -89,10 +85,7 @@ def score(cfg, args, name, recipe, fp32, reference):
 def main():
     args = parse_args()
     register_all_modules()
-    os.makedirs(args.work_dir, exist_ok=True)
-    cfg = load_config(args.config, toy_data_options(args.data))
-    fp32 = osp.join(args.work_dir, 'raw_fp32.onnx')
-    export_onnx(cfg, args.checkpoint, fp32, part='raw', force=True)
+    cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoint, args.work_dir)
     reference = onnx_coco_ap(cfg, fp32, args.checkpoint, args.threads)
     print(f'fp32: box {reference["box"]:.3f} mask {reference["mask"]:.3f}', flush=True)
     rows = [score(cfg, args, name, VARIANTS[name], fp32, reference) for name in args.variants]

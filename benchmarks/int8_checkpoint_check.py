@@ -13,7 +13,6 @@ OnnxDetector's (normal noise, side twice the file's minimum).
 """
 import argparse
 import json
-import os
 import os.path as osp
 
 import torch
@@ -21,11 +20,11 @@ from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.comparison import max_rel_diff
-from mmdet_vanillanet.deploy.detector import build_detector, load_config
-from mmdet_vanillanet.deploy.onnx_export import export_onnx, group_outputs, onnxruntime_session
+from mmdet_vanillanet.deploy.detector import build_detector
+from mmdet_vanillanet.deploy.onnx_export import group_outputs, onnxruntime_session
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
 from mmdet_vanillanet.deploy.quantized_file import weight_differences
-from mmdet_vanillanet.toolkit.demo import toy_data_options
+from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
 from mmdet_vanillanet.toolkit.paths import CONFIGS
 
 
@@ -59,10 +58,7 @@ def readings(path, model, side):
 def main():
     args = parse_args()
     register_all_modules()
-    os.makedirs(args.work_dir, exist_ok=True)
-    cfg = load_config(args.config, toy_data_options(args.data))
-    fp32 = osp.join(args.work_dir, 'raw_fp32.onnx')
-    export_onnx(cfg, args.checkpoints[0], fp32, part='raw', force=True)
+    cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoints[0], args.work_dir)
     files = {'fp32': fp32}
     for name, recipe in (('int8 all', Recipe(keep_float=())), ('int8 default', Recipe())):
         files[name] = osp.join(args.work_dir, f'raw_{name.replace(" ", "_")}.onnx')

@@ -1,17 +1,21 @@
-"""COCO AP of an exported raw file (fp32 or INT8) decoded by OnnxDetector, and what onnxruntime
-really runs of a file: benchmarks/int8_accuracy.py's measurements and the INT8 tests'."""
+"""COCO AP of an exported raw file (fp32 or INT8) decoded by OnnxDetector, what onnxruntime
+really runs of a file, and the toy model's raw file they start from: the INT8 measurements of
+benchmarks/ and the INT8 tests'."""
 import collections
+import os
 import os.path as osp
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from mmengine.config import Config
 from mmengine.evaluator import Evaluator
 from mmengine.runner import Runner
 
-from ..deploy.onnx_export import onnx_packages
+from ..deploy.detector import load_config
+from ..deploy.onnx_export import export_onnx, onnx_packages
 from ..deploy.onnx_inference import OnnxDetector
+from .demo import toy_data_options
 
 
 def onnx_coco_ap(cfg: Config, onnx_file: str, checkpoint: Optional[str],
@@ -39,3 +43,13 @@ def onnxruntime_ops(path: str) -> Dict[str, int]:
         options.optimized_model_filepath = optimized = osp.join(tmp, 'optimized.onnx')
         onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         return dict(collections.Counter(n.op_type for n in onnx.load(optimized).graph.node))
+
+
+def toy_raw_file(config: str, data: str, checkpoint: str, work_dir: str) -> Tuple[Config, str]:
+    """The toy config on the toy set in ``data``, and the checkpoint's raw part exported to
+    ``work_dir``/raw_fp32.onnx (overwritten)."""
+    os.makedirs(work_dir, exist_ok=True)
+    cfg = load_config(config, toy_data_options(data))
+    path = osp.join(work_dir, 'raw_fp32.onnx')
+    export_onnx(cfg, checkpoint, path, part='raw', force=True)
+    return cfg, path
