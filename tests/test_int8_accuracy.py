@@ -3,9 +3,10 @@ recipe, decoded by OnnxDetector and scored by CocoMetric on its 48 validation im
 file calibrated on images that skip the data preprocessor (raw pixels) loses it, so the test
 would catch a calibration that read images another way.
 
-The bound is 0.015 AP, not the issue's 0.01: on a model this small (box AP about 0.14-0.18)
-and 48 images, the int8 delta moves by up to 0.012 with the calibration draw alone (5 draws,
-MinMax with 7-bit weights: box -0.004 to +0.012). The 0.01 claim is the demo model's, measured
+The bound is 0.015 AP, not the issue's 0.01: on a model this small (box AP about 0.14) and 48
+images the int8 difference moves with the calibration draw alone by up to 0.012 (measured while
+choosing the bound: a 20-epoch model of this recipe, 5 draws, every node int8 with 7-bit
+weights: box -0.004 to +0.012). The 0.01 claim is the demo model's, measured over three draws
 by benchmarks/int8_accuracy.py (docs/deployment.md)."""
 import numpy as np
 import pytest
