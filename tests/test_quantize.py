@@ -16,7 +16,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from onnx import numpy_helper
 
-from helpers import CONFIG, randomize, run, toy_test_config
+from helpers import CONFIG, narrow_retinanet_config, randomize, run, toy_test_config
 from mmdet_vanillanet.deploy.calibration import calibration_inputs
 from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
@@ -89,6 +89,23 @@ def test_a_quantized_raw_file_decodes_through_onnx_detector(exported, tmp_path):
     batch = next(iter(Runner.build_dataloader(cfg.test_dataloader)))
     samples = detector.predict(batch)
     assert len(samples) == len(batch['inputs']) and len(samples[0].pred_instances) > 0
+
+
+def test_a_quantized_single_stage_file_decodes_with_every_weight_in_it(tmp_path, data_root):
+    cfg = narrow_retinanet_config()
+    cfg.val_dataloader.dataset.update(data_root=data_root, data_prefix=dict(img='val/'),
+                                      ann_file='annotations/instances_val.json')
+    init_default_scope('mmdet')
+    model = randomize(MODELS.build(cfg.model)).eval()
+    checkpoint = str(tmp_path / 'retinanet.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    raw = export_onnx(cfg, checkpoint, str(tmp_path / 'raw.onnx'), part='raw',
+                      shape=(320, 320)).path
+    path = str(tmp_path / 'int8.onnx')
+    record = quantize_onnx(cfg, raw, path, num_images=4)
+    assert record['keep_float'] == () and onnxruntime_ops(path).get('Conv', 0) == 0
+    samples = OnnxDetector(cfg, path).predict([f'{data_root}val/000000.png'])
+    assert len(samples[0].pred_instances) > 0
 
 
 def neighbour(checkpoint, folder, key):
