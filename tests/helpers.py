@@ -66,14 +66,21 @@ def toy_options(data_root, epochs=2, seed=0):
         [] if seed is None else [f'randomness.seed={seed}'])
 
 
-def run(*argv, expect_ok=True, launcher=None, env=None):
+def scale_options(scale: int) -> dict:
+    """--cfg-options that train and test the toy config at ``scale`` instead of 160."""
+    return {'train_dataloader.dataset.pipeline.2.scale': (scale, scale),
+            'val_dataloader.dataset.pipeline.1.scale': (scale, scale),
+            'test_dataloader.dataset.pipeline.1.scale': (scale, scale)}
+
+
+def run(*argv, expect_ok=True, launcher=None, env=None, timeout=600):
     """Run a command in the repo root; check its exit status and return its output."""
     env = {**{k: v for k, v in os.environ.items()
               if k not in ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'TRITON_INTERPRET')},
            **(env or {})}
     cmd = launcher or [sys.executable]
     done = subprocess.run([*cmd, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=timeout)
     output = done.stdout + done.stderr
     assert (done.returncode == 0) == expect_ok, output[-3000:]
     return output

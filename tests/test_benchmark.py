@@ -1,6 +1,8 @@
 """tools/benchmark.py on the toy config for a few iterations (no timing assertions)."""
 import copy
 import json
+import os.path as osp
+import runpy
 
 import pytest
 import torch
@@ -8,9 +10,9 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-from helpers import CONFIG, build_backbone, narrow, randomize, run
+from helpers import CONFIG, REPO_ROOT, build_backbone, narrow, randomize, run
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
+from mmdet_vanillanet.toolkit.benchmark import build_timed_detector, check_request
 from mmdet_vanillanet.toolkit.compare import check_fusion
 
 register_all_modules()
@@ -63,6 +65,15 @@ def test_check_on_an_already_fused_config_is_a_one_line_error():
                                                       'unfused network')
 
 
+def test_int8_needs_the_onnxruntime_backend():
+    build_parser = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'benchmark.py'),
+                                  run_name='tools.benchmark')['build_parser']
+    options = build_parser().parse_args([CONFIG, '--backbone-only', '--int8'])
+    with pytest.raises(InputError, match='--int8 times the INT8 file in onnxruntime: add '
+                                         '--backend onnxruntime'):
+        check_request(Config.fromfile(CONFIG), options)
+
+
 def test_building_a_detector_leaves_the_config_as_it_was():
     cfg = Config.fromfile(CONFIG)
     before = copy.deepcopy(cfg.model)
@@ -73,14 +84,18 @@ def test_building_a_detector_leaves_the_config_as_it_was():
 @pytest.mark.slow
 def test_onnxruntime_backend_times_the_exported_fused_backbone_beside_pytorch(tmp_path):
     out = tmp_path / 'ort.json'
-    run('tools/benchmark.py', CONFIG, '--backbone-only', '--deploy', '--backend', 'onnxruntime',
-        '--shape', '96', '128', '--iters', '2', '--warmup', '1', '--no-progress', '--out',
-        str(out))
+    output = run('tools/benchmark.py', CONFIG, '--backbone-only', '--deploy', '--backend',
+                 'onnxruntime', '--int8', '--shape', '96', '128', '--iters', '2', '--warmup',
+                 '1', '--no-progress', '--out', str(out))
     report = json.loads(out.read_text())
-    ort, fused = report['results']['onnxruntime'], report['results']['fused']
-    assert ort['iters'] == 2 and ort['activation'] == 'onnxruntime' and ort['median_ms'] > 0
-    assert ort['gflops'] == fused['gflops'] and ort['params_m'] == fused['params_m']
+    results = report['results']
+    ort, fused, int8 = results['onnxruntime'], results['fused'], results['onnxruntime_int8']
+    for r in (ort, int8):
+        assert r['iters'] == 2 and r['activation'] == 'onnxruntime' and r['median_ms'] > 0
+        assert r['gflops'] == fused['gflops'] and r['params_m'] == fused['params_m']
     assert report['onnxruntime_speedup'] == pytest.approx(fused['median_ms'] / ort['median_ms'])
+    assert report['int8_speedup'] == pytest.approx(ort['median_ms'] / int8['median_ms'])
+    assert 'onnxruntime INT8 is' in output and report['settings']['int8'] is True
     refused = run('tools/benchmark.py', CONFIG, '--backend', 'onnxruntime', '--iters', '1',
                   expect_ok=False)
     assert 'error: --backend onnxruntime times the fused backbone' in refused

@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
                         help='onnxruntime: also time the fused part exported to ONNX in '
                         'onnxruntime (with --backbone-only), beside the PyTorch rows')
+    parser.add_argument('--int8', action='store_true',
+                        help='with --backend onnxruntime: also time the INT8 file '
+                        '(tools/quantize_onnx.py\'s default recipe, calibrated on the timed '
+                        'input) beside the fp32 one')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--out', help='write every figure and setting to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)

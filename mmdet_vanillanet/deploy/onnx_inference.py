@@ -29,6 +29,12 @@ from ..errors import InputError
 from ..models.detector import load_detector_weights
 from .detector import load_config
 from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
+from .quantized_file import quantization_record, weight_mismatches
+
+# A quantized file's RPN outputs differ from the checkpoint's by design (0.8 % of their
+# magnitude on the demo model with every node int8): a loose second guard behind the weight
+# check.
+INT8_RPN_TOLERANCE = 0.1
 
 Image = Union[str, np.ndarray]
 
@@ -40,7 +46,8 @@ class OnnxDetector:
     Args:
         config: the config (path or Config) the file was exported from; it gives the test
             pipeline, the data preprocessor and the heads' decoding settings (``test_cfg``).
-        onnx_file: written by ``tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part raw``.
+        onnx_file: written by ``tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part raw``,
+            or its INT8 version by ``tools/quantize_onnx.py`` (decoded the same way).
         checkpoint: the checkpoint the file was exported from. A two-stage detector needs it
             (its RoI heads run in PyTorch); a single-stage one has every weight in the file.
         device: where onnxruntime ('cuda' needs onnxruntime-gpu) and the PyTorch heads run.
@@ -48,7 +55,8 @@ class OnnxDetector:
 
     A file that does not fit the config (another arch or act_num, not the raw part, another
     detector's outputs) or, for a two-stage detector, whose RPN head differs from the
-    checkpoint's, is refused with an :class:`InputError`.
+    checkpoint's (for a quantized file: whose neck and RPN weights are not the checkpoint's
+    to within a quantization step), is refused with an :class:`InputError`.
 
     Example::
 
@@ -77,6 +85,7 @@ class OnnxDetector:
         self.session = onnxruntime_session(onnx_file, device, threads,
                                            needed_for='running an ONNX file')
         self.min_input_size = self._check_metadata()
+        self.quantization = quantization_record(self.session.get_modelmeta().custom_metadata_map)
         if checkpoint:
             load_detector_weights(self.model, checkpoint, device)
         elif self.part.two_stage:
@@ -155,13 +164,31 @@ class OnnxDetector:
                              f'{type(self.model).__name__} gives {len(expected)} '
                              f'({", ".join(expected[:3])}, ...); export it from this config')
         if self.part.two_stage:
+            tolerance = 1e-3
+            if self.quantization is not None:
+                self._check_quantized_weights()
+                tolerance = INT8_RPN_TOLERANCE
             neck, rpn_outputs = self._run(x)
             flat = [t for group in rpn_outputs for t in group]
             diff = max_rel_diff([t for group in self.part.head(neck) for t in group], flat)
-            if not diff <= 1e-3:
+            if not diff <= tolerance:
                 raise InputError(f'the RPN head in {self.onnx_file} differs from the '
                                  f'checkpoint\'s (by {diff:.2g} of its outputs\' magnitude): '
                                  f'give the checkpoint the file was exported from')
+
+    def _check_quantized_weights(self):
+        """A quantized file's neck and RPN head weights, dequantized, must be the
+        checkpoint's to within rounding: its outputs cannot tell a neighbouring checkpoint
+        of the same run from the right one (quantized_file.py says why)."""
+        compared, wrong = weight_mismatches(self.onnx_file, self.model.state_dict(),
+                                            ('neck.', 'rpn_head.'))
+        if not compared:
+            raise InputError(f'{self.onnx_file}: none of its weights is named as the config\'s '
+                             f'neck or RPN head; quantize a file tools/export_onnx.py wrote')
+        if wrong:
+            raise InputError(f'the weights in {self.onnx_file} are not the checkpoint\'s '
+                             f'({len(wrong)} of {compared} differ, e.g. {wrong[0]}): give the '
+                             f'checkpoint the file was exported from')
 
 
 def image_pipeline(cfg: Config) -> List[Any]:

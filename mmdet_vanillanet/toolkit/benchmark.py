@@ -57,6 +57,8 @@ def check_request(cfg, options):
         raise InputError('--backend onnxruntime times the fused backbone (--backbone-only) '
                          'or backbone and neck (--with-neck); decoding detections from '
                          'onnxruntime is not provided yet')
+    if options.int8 and options.backend != 'onnxruntime':
+        raise InputError('--int8 times the INT8 file in onnxruntime: add --backend onnxruntime')
     if options.iters < 1 or options.warmup < 0:
         raise InputError(f'--iters {options.iters} --warmup {options.warmup}: need at least '
                          f'one timed image and no negative warm-up')
@@ -140,11 +142,15 @@ def run_benchmark(options) -> dict:
     # kernel that failed its check is PyTorch's (under 'auto'), and the report must say so.
     report['kernel_checks'] = kernel_checks()
     if options.backend == 'onnxruntime':
-        print(f'onnxruntime: exporting and timing {options.iters} images ...')
+        print(f'onnxruntime: exporting{", quantizing" if options.int8 else ""} and timing '
+              f'{options.iters} images ...')
         if fused is None:
             fused = fuse_detector(model, inplace=False)
-        report['results']['onnxruntime'] = measure_onnxruntime(
-            fused, batches, part, settings, report['results'].get('fused'))
+        results = report['results']
+        results['onnxruntime'] = measure_onnxruntime(fused, batches, part, settings,
+                                                     results.get('fused'), options.int8)
+        if options.int8:
+            results['onnxruntime_int8'] = results['onnxruntime'].pop('int8')
     add_rates(report, options.device)
     return report
 
@@ -162,6 +168,9 @@ def add_rates(report: dict, device: str):
     if 'onnxruntime' in results and 'fused' in results:
         report['onnxruntime_speedup'] = (results['fused']['median_ms']
                                          / results['onnxruntime']['median_ms'])
+    if 'onnxruntime_int8' in results:
+        report['int8_speedup'] = (results['onnxruntime']['median_ms']
+                                  / results['onnxruntime_int8']['median_ms'])
 
 
 def triton_version():
@@ -185,12 +194,12 @@ def print_table(report):
     m = report['machine']
     print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
           f"torch {m['torch']}, {m['threads']} threads, act_impl {report['act_impl']}")
-    header = f'{"":<12}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
+    header = f'{"":<17}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
     if 'matmul_gflop_s' in report:
         header += f'{"GFLOP/s":>9}{"of matmul":>11}'
     print(header)
     for name, r in report['results'].items():
-        line = (f'{name:<12}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
+        line = (f'{name:<17}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
                 f'{r["gflops"]:>9.1f}{r["params_m"]:>10.2f}')
         if 'efficiency' in r:
             line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
@@ -201,6 +210,8 @@ def print_table(report):
         print(f'fused is {report["speedup"]:.2f}x faster than unfused')
     if 'onnxruntime_speedup' in report:
         print(f'onnxruntime is {report["onnxruntime_speedup"]:.2f}x faster than PyTorch fused')
+    if 'int8_speedup' in report:
+        print(f'onnxruntime INT8 is {report["int8_speedup"]:.2f}x faster than onnxruntime fp32')
     for variant, check in report.get('kernel_checks', {}).items():
         print(f'activation kernel {variant}: ' + (
             f'FAILED its check ({check["failure"]}), PyTorch ran instead' if check['failure']

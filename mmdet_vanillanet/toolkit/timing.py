@@ -15,7 +15,7 @@ import torch
 from mmengine.analysis import get_model_complexity_info
 from mmengine.utils import ProgressBar
 
-from ..deploy import onnx_export
+from ..deploy import onnx_export, quantize
 from .complexity import detector_complexity, traceable_activations
 
 
@@ -115,9 +115,12 @@ def achieved_gflop_s(result: dict) -> float:
     return 2 * result['gflops'] / (result['median_ms'] / 1e3)
 
 
-def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
+def measure_onnxruntime(fused, batches, part, settings, fused_result, int8=False) -> dict:
     """The fused part exported to ONNX (in a temporary folder) and timed in onnxruntime with
-    the same threads; FLOPs and parameters are the fused PyTorch part's."""
+    the same threads; FLOPs and parameters are the fused PyTorch part's. With ``int8``, its
+    INT8 version (tools/quantize_onnx.py's default recipe, calibrated on the timed input:
+    speed does not depend on the calibration images) is timed next, in the same session
+    settings, as result['int8']."""
     if fused_result is None:  # before the model moves to the CPU for the export
         once = dataclasses.replace(settings, iters=1, warmup=0, progress=False)
         fused_result = measure(fused, batches, part, once)
@@ -126,12 +129,21 @@ def measure_onnxruntime(fused, batches, part, settings, fused_result) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = osp.join(tmp, f'{part}.onnx')
         onnx_export.export(module, path, tuple(tensor.shape[-2:]))
-        session = onnx_export.onnxruntime_session(path, settings.device,
-                                                  torch.get_num_threads())
-        array = tensor.numpy()
-        result = summarize(time_call(lambda: session.run(None, {'input': array}),
-                                     settings.iters, settings.warmup, 'cpu',
-                                     progress=settings.progress))
+        result = time_onnx_file(path, tensor, settings, fused_result)
+        if int8:
+            onnx_export.write_metadata(path, module)  # what quantization reads
+            int8_path = osp.join(tmp, f'{part}_int8.onnx')
+            quantize.quantize_on_inputs(path, int8_path, [tensor.numpy()],
+                                        calibration='the timed input')
+            result['int8'] = time_onnx_file(int8_path, tensor, settings, fused_result)
+    return result
+
+
+def time_onnx_file(path, tensor, settings, fused_result) -> dict:
+    session = onnx_export.onnxruntime_session(path, settings.device, torch.get_num_threads())
+    array = tensor.numpy()
+    result = summarize(time_call(lambda: session.run(None, {'input': array}), settings.iters,
+                                 settings.warmup, 'cpu', progress=settings.progress))
     result.update(gflops=fused_result['gflops'], params_m=fused_result['params_m'],
                   input_shape=list(tensor.shape[-2:]), activation='onnxruntime')
     result['achieved_gflop_s'] = achieved_gflop_s(result)
