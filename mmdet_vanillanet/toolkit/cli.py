@@ -41,8 +41,9 @@ def parse(parser: argparse.ArgumentParser):
     return args
 
 
-RUNTIME_HOOKS = ('AtomicCheckpointHook', 'CheckpointFitHook', 'RandomStateHook',
-                 'ResumeLrFromConfigHook', 'StopOnNonFiniteHook', 'WeightsOnlyCheckpointHook')
+RUNTIME_HOOKS = ('AtomicCheckpointHook', 'CheckpointFitHook', 'ClassOrderHook',
+                 'RandomStateHook', 'ResumeLrFromConfigHook', 'StopOnNonFiniteHook',
+                 'WeightsOnlyCheckpointHook')
 
 
 def require_runtime_hooks(cfg: Config):
