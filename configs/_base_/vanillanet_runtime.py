@@ -20,4 +20,6 @@ default_hooks = dict(
     # a NaN or infinite loss, weight or BN statistic stops the run before it is checkpointed
     non_finite=dict(type='StopOnNonFiniteHook'),
     # checkpoints that load with weights_only=True (torch >= 2.6's default)
-    weights_only=dict(type='WeightsOnlyCheckpointHook'))
+    weights_only=dict(type='WeightsOnlyCheckpointHook'),
+    # one training run per work_dir: a second one (or a --resume) while it lives is refused
+    work_dir_lock=dict(type='WorkDirLockHook'))

@@ -9,8 +9,10 @@ from .non_finite_hook import NonFiniteError, StopOnNonFiniteHook
 from .random_state_hook import RandomStateHook
 from .resume_lr_hook import ResumeLrFromConfigHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
+from .work_dir_lock_hook import WorkDirLockHook
 
 __all__ = ['AtomicCheckpointHook', 'CheckpointFitHook', 'ClassOrderHook',
            'VanillaNetDeepTrainingHook', 'VanillaNetDeployHook',
            'VanillaNetLayerDecayOptimizerConstructor', 'NonFiniteError', 'StopOnNonFiniteHook',
-           'RandomStateHook', 'ResumeLrFromConfigHook', 'WeightsOnlyCheckpointHook']
+           'RandomStateHook', 'ResumeLrFromConfigHook', 'WeightsOnlyCheckpointHook',
+           'WorkDirLockHook']
