@@ -95,6 +95,7 @@ def test_a_checkpoint_that_would_run_code_never_does(data_root, tmp_path, tool):
       'model.backbone.init_cfg.checkpoint=open-mmlab://vanillanet13'),
      "MMEngine knows no model 'vanillanet13' under open-mmlab://"),
     ('load_from=torchvision://resnet50', 'torchvision:// names need torchvision installed'),
+    ('model.backbone.norm_cfg.type=LN', "norm_cfg type 'LN': VanillaNet normalises NCHW maps"),
 ])
 @pytest.mark.slow
 def test_bad_values_give_one_line_errors(data_root, tmp_path, option, message):
