@@ -26,6 +26,7 @@ from torch.onnx import _constants as onnx_constants
 from ..errors import InputError
 from ..models.checkpoint_forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
+from ..output_paths import check_output_file
 from .detector import build_detector, load_config
 
 PARTS = ('backbone', 'neck', 'raw')
@@ -282,12 +283,6 @@ def check_output_path(path: str, force: bool):
     writable."""
     if not path.endswith('.onnx'):
         raise InputError(f'{path}: the output file must end in .onnx')
-    if osp.isdir(path):
-        raise InputError(f'{path} is a folder; give a file name')
+    check_output_file(path, 'the output file')
     if osp.exists(path) and not force:
         raise FileExistsError(f'{path} exists; pass --force to overwrite it')
-    folder = osp.dirname(osp.abspath(path))
-    if not osp.isdir(folder):
-        raise InputError(f'{path}: the folder {folder} does not exist')
-    if not os.access(folder, os.W_OK):
-        raise InputError(f'{path}: the folder {folder} is not writable')

@@ -9,6 +9,8 @@ read FPS, or the backbone (with the neck) on the preprocessed tensor; data loadi
 import copy
 import importlib.metadata
 import importlib.util
+import os
+import re
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -19,6 +21,7 @@ from ..errors import InputError, deploy_layout_error
 from ..models.detector import fuse_detector
 from ..models.pretrained import checkpoint_layout
 from ..models.series_activation import SeriesActivation
+from ..output_paths import check_output_file
 from .compare import check_fusion
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
@@ -49,10 +52,30 @@ def timed_part(options) -> str:
     return 'neck' if options.with_neck else 'backbone'
 
 
+def check_machine_request(options):
+    """--out, --threads, --device and --precision against this machine and build, before any
+    work (a bad --out was found only after the whole run, and lost its figures)."""
+    if options.out:
+        check_output_file(options.out, '--out')
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f'--threads {options.threads}: give a number of threads >= 1 (this '
+                         f'machine has {os.cpu_count()} cores)')
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', options.device):
+        raise InputError(f'--device {options.device}: choose cpu, cuda or cuda:N')
+    if options.device.startswith('cuda') and not torch.cuda.is_available():
+        raise InputError(f'--device {options.device}: this PyTorch build or machine has no CUDA '
+                         f'(torch {torch.__version__}); use --device cpu')
+    if options.device == 'cpu' and options.precision == 'fp16' and not options.backbone_only:
+        raise InputError('--precision fp16 on the CPU: MMDetection\'s CPU post-processing (mmcv '
+                         'nms) takes fp32 only; use --precision bf16 or fp32, or time the '
+                         'backbone alone (--backbone-only)')
+
+
 def check_request(cfg, options):
     """The flags against each other, the config and the checkpoint, before anything is built. A
     deploy-layout checkpoint (or a deploy=True config) makes the run a deployed one: the config
     builds the fused backbone, and ``options.deploy`` says so in the report."""
+    check_machine_request(options)
     if options.backend == 'onnxruntime' and not options.backbone_only:
         raise InputError('--backend onnxruntime times the fused backbone (--backbone-only) '
                          'or backbone and neck (--with-neck); decoding detections from '
@@ -75,6 +98,10 @@ def check_request(cfg, options):
         if cfg.model.backbone.type != 'VanillaNet':
             raise InputError(f'--act-impl applies to a VanillaNet backbone; this config '
                              f'has {cfg.model.backbone.type}')
+        if not (options.deploy or options.compare or cfg.model.backbone.get('deploy', False)):
+            raise InputError(f'--act-impl {options.act_impl} chooses how the fused network '
+                             f'computes its activations; the unfused one timed here always runs '
+                             f'PyTorch: add --deploy (or --compare)')
         cfg.model.backbone.act_impl = options.act_impl
 
 
@@ -117,6 +144,8 @@ def run_benchmark(options) -> dict:
     """Time the variants ``options`` asks for; the report (results, settings, machine)."""
     cfg = load_config(options.config, options.cfg_options)
     check_request(cfg, options)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     model = build_timed_detector(cfg, options.checkpoint)
     batches = benchmark_inputs(cfg, options)
     timed, fused = variants(model, options)

@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 from ..deploy.detector import load_config
 from ..errors import InputError, deploy_layout_error
 from ..models.pretrained import checkpoint_layout, require_training_layout
+from ..output_paths import check_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import safe_load
 from .cli import require_runtime_hooks, set_work_dir
@@ -92,6 +93,7 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
             raise InputError(f'--out {out}: the dump file must be a .pkl file')
         if osp.exists(out):
             raise FileExistsError(f'--out {out} exists; remove it or choose another name')
+        check_output_file(out, '--out')
     if not osp.isfile(checkpoint) and '://' not in checkpoint:
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
