@@ -19,6 +19,7 @@ from mmengine.config import DictAction
 from mmdet_vanillanet.deploy.onnx_export import OPSET, PARTS, ExportMismatchError, export_onnx
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
+from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def main():
                              cfg_options=args.cfg_options)
     print(f'wrote {out} ({args.part}, {"static" if args.static else "dynamic"} shapes, opset '
           f'{args.opset}, {"dynamo" if args.dynamo else "legacy"} exporter): '
-          f'{result.parameters / 1e6:.2f}M parameters')
+          f'{readable(result.parameters)} parameters')
     shapes = ', '.join('x'.join(map(str, s)) for s in result.checked_shapes)
     print(f'onnxruntime vs PyTorch on {shapes}: max relative difference '
           f'{result.max_rel_diff:.1e}')

@@ -27,6 +27,7 @@ from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
 from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
+from .units import readable
 
 # What the report's settings leave out: they are its own fields, or the config's.
 NOT_SETTINGS = ('config', 'checkpoint', 'cfg_options')
@@ -211,13 +212,13 @@ def print_table(report):
     m = report['machine']
     print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
           f"torch {m['torch']}, {m['threads']} threads, act_impl {report['act_impl']}")
-    header = f'{"":<12}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
+    header = f'{"":<12}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"FLOPs":>9}{"params":>10}'
     if 'matmul_gflop_s' in report:
         header += f'{"GFLOP/s":>9}{"of matmul":>11}'
     print(header)
     for name, r in report['results'].items():
         line = (f'{name:<12}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
-                f'{r["gflops"]:>9.1f}{r["params_m"]:>10.2f}')
+                f'{readable(r["gflops"] * 1e9):>9}{readable(r["params_m"] * 1e6):>10}')
         if 'efficiency' in r:
             line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
         print(line)

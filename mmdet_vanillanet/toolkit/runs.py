@@ -116,8 +116,11 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
 
 def configure_deploy(cfg: Config, checkpoint: str, deploy: bool):
     """--deploy: fuse before testing, or build the deploy backbone for a deploy-layout
-    checkpoint; a deploy-layout checkpoint without it is an error, not a partial load."""
+    checkpoint; a deploy-layout checkpoint without it, and with a config whose backbone is not
+    ``deploy=True``, is an error, not a partial load."""
     layout = checkpoint_layout(checkpoint)
+    if layout == 'deploy' and cfg.model.backbone.get('deploy', False):
+        return  # a deploy config for a converted file, as MMDetection's own test.py takes it
     if layout == 'deploy' and not deploy:
         raise deploy_layout_error(checkpoint, 'be tested as a training-mode network',
                                   'add --deploy to test it as the fused network it is')
