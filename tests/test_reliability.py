@@ -1,6 +1,7 @@
 """Faults injected into real runs of the tools on the toy set (kills: test_resume.py): a truncated
 checkpoint, NaN losses and weights, a checkpoint that would run code, bad config values, an
 unwritable work dir and a full disk."""
+import os.path as osp
 import re
 import resource
 import signal
@@ -94,6 +95,22 @@ def test_a_checkpoint_that_would_run_code_never_does(data_root, tmp_path, tool):
                        env=env)
     assert not marker.exists()
     assert 'could run code from the file' in output and 'Traceback' not in output
+
+
+@pytest.mark.parametrize('opt_out', [False, True])
+@pytest.mark.slow
+def test_under_mmdetections_own_test_tool_the_protection_is_torchs_default(data_root, tmp_path,
+                                                                          opt_out):
+    """What docs/reliability.md says holds (issue 17 item 12): MMDetection's own tools load with
+    torch's default, weights_only=True, which refuses a crafted file; torch's explicit opt-out,
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, switches it off for them (only our tools overrule it)."""
+    evil, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
+    torch.save({'state_dict': {}, 'hook': RunsCode(marker)}, evil)
+    mmdet_test = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'test.py')
+    run(mmdet_test, CONFIG, str(evil), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+        *toy_options(data_root), expect_ok=False,
+        env=dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1') if opt_out else None)
+    assert marker.exists() == opt_out
 
 
 @pytest.mark.parametrize('option, message', [

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from helpers import CONFIG, REPO_ROOT, first_logged_iter_of_last_run, toy_options, train
+from mmdet_vanillanet import run_lock
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.run_lock import lock_work_dir, unlock_work_dir
 
@@ -46,13 +47,15 @@ def test_a_live_holder_is_named(tmp_path, holder):
     assert f'pid {holder.pid} on ' in message and 'choose another --work-dir' in message
 
 
-def test_the_lock_of_a_dead_run_is_taken_over_with_a_warning(tmp_path, holder, capsys):
+def test_the_lock_of_a_dead_run_is_taken_over_with_a_warning(tmp_path, holder, monkeypatch):
+    logged = []
+    monkeypatch.setattr(run_lock, 'print_log', lambda message, **kw: logged.append(message))
     holder.kill()  # SIGKILL: the kernel drops its lock, its details stay in the file
     holder.wait()
     lock_work_dir(str(tmp_path / 'w'))
     try:
-        logged = capsys.readouterr().out
-        assert f'(pid {holder.pid} on ' in logged and 'is no longer alive' in logged
+        assert len(logged) == 1
+        assert f'(pid {holder.pid} on ' in logged[0] and 'is no longer alive' in logged[0]
     finally:
         unlock_work_dir(str(tmp_path / 'w'))
     assert (tmp_path / 'w' / 'run.lock').read_text() == ''  # a run that ends empties it
