@@ -8,8 +8,9 @@ The backbone is fused first (a checkpoint from the middle of deep training, act_
 refused: fusing it would change what it computes). Inputs are the data preprocessor's output
 (normalised RGB, NCHW float32), with dynamic batch, height and width unless --static H W. The
 file's metadata holds the arch, act_num and the minimum input side, which the graph itself does
-not check. Without a checkpoint the weights are random. A file that differs from PyTorch by
-more than 1e-4 of the output's magnitude is removed.
+not check. Without a checkpoint the weights are random. The file is written as OUT.partial and
+renamed into place once onnxruntime loads it and it matches PyTorch to 1e-4 of the output's
+magnitude: a failed export leaves no file, and an existing OUT (--force) as it was.
 """
 import argparse
 
