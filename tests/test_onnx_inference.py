@@ -166,6 +166,11 @@ def test_a_file_of_another_number_of_classes_is_refused(retinanet):
                        r"where the config's RetinaHead \(3 classes, 9 anchors per location\) "
                        r'gives \(1, 27, 8, 8\).*another number of classes or anchors'):
         OnnxDetector(three, path)
+    fewer_anchors = copy.deepcopy(cfg)
+    fewer_anchors.model.bbox_head.anchor_generator.ratios = [1.0]
+    with pytest.raises(InputError, match=r"gives \(1, 240, 8, 8\): .* another number of classes "
+                       r'or anchors'):
+        OnnxDetector(fewer_anchors, path)
 
 
 def test_a_file_that_is_not_onnx_is_one_line(retinanet, tmp_path):
