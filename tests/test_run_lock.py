@@ -64,17 +64,24 @@ def test_the_lock_of_a_dead_run_is_taken_over_with_a_warning(tmp_path, holder, m
 
 
 @pytest.mark.slow
-def test_two_runs_started_together_in_one_work_dir(data_root, tmp_path):
-    command = [sys.executable, 'tools/train.py', CONFIG, '--work-dir', str(tmp_path),
-               '--cfg-options', *toy_options(data_root, epochs=1)]
-    runs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outputs = [run.communicate(timeout=600)[0] for run in runs]
-    codes = sorted(run.returncode for run in runs)
-    assert codes == [0, 1], outputs
-    refused = outputs[[run.returncode for run in runs].index(1)]
-    assert f'error: another run is training in {tmp_path} (pid ' in refused
-    assert 'Traceback' not in refused and (tmp_path / 'epoch_1.pth').exists()
+def test_a_second_train_run_started_while_one_trains(data_root, tmp_path):
+    """The probe started two at once: both exited 0 and overwrote each other's checkpoints.
+    Here the second starts once the first holds the lock (no race on who takes it)."""
+    def start(epochs):
+        return subprocess.Popen([sys.executable, 'tools/train.py', CONFIG, '--work-dir',
+                                 str(tmp_path), '--cfg-options',
+                                 *toy_options(data_root, epochs=epochs)],
+                                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    first = start(epochs=2)
+    lock = tmp_path / 'run.lock'
+    wait_for(lambda: lock.exists() and lock.read_text(), 120, 'the first run to take the lock')
+    second = start(epochs=1)
+    refused = second.communicate(timeout=600)[0]
+    trained = first.communicate(timeout=600)[0]
+    assert second.returncode == 1 and first.returncode == 0, trained[-2000:]
+    assert f'error: another run is training in {tmp_path} (pid {first.pid} on ' in refused
+    assert 'Traceback' not in refused and (tmp_path / 'epoch_2.pth').exists()
 
 
 @pytest.mark.slow
