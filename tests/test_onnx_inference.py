@@ -189,7 +189,7 @@ def retinanet_detector(retinanet):
     ([], 'predict: give an image path, an HxWx3 BGR array, a non-empty list'),
     (np.zeros((40, 50), np.uint8), r'image 0 is an array of shape \(40, 50\); give an HxWx3'),
     (torch.zeros(3, 40, 50), 'image 0 is a torch tensor; give an HxWx3 BGR uint8 numpy array'),
-    ([np.zeros((40, 50, 3), np.uint8), 7], 'image 1 is a int; give a path'),
+    ([np.zeros((40, 50, 3), np.uint8), 7], 'image 1 is of type int; give a path'),
     (np.zeros((10, 8000, 3), np.uint8), r"image 0 \(8000x10, width x height\): the config's "
                                         r'test pipeline cannot resize it'),
 ])

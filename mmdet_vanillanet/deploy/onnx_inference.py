@@ -176,7 +176,7 @@ class OnnxDetector:
                              f'{type(self.model).__name__} gives {len(expected)} '
                              f'({", ".join(expected[:3])}, ...); export it from this config')
         neck, head_outputs = self._run(x)
-        self._check_head_shapes(x, head_outputs)
+        self._check_shapes(x, [*(neck or ()), *(t for group in head_outputs for t in group)])
         if self.part.two_stage:
             flat = [t for group in head_outputs for t in group]
             diff = max_rel_diff([t for group in self.part.head(neck) for t in group], flat)
@@ -185,21 +185,19 @@ class OnnxDetector:
                                  f'checkpoint\'s (by {diff:.2g} of its outputs\' magnitude): '
                                  f'give the checkpoint the file was exported from')
 
-    def _check_head_shapes(self, x: torch.Tensor, head_outputs: list):
-        """The head's outputs must have the config's shapes: their channels are anchors per
-        location times classes (or box deltas); a file of another num_classes would otherwise
-        decode into wrong labels, or fail deep inside MMDetection."""
-        groups = self.part._named_groups(x)[1 if self.part.two_stage else 0:]
+    def _check_shapes(self, x: torch.Tensor, outputs: list):
+        """The file's outputs on ``x`` must have the shapes of the config's: a head's channels
+        are its anchors per location times its classes (or box deltas), and a file of another
+        num_classes would otherwise decode into wrong labels, or fail deep inside MMDetection."""
         head = self.part.head
-        for (prefix, maps), got in zip(groups, head_outputs):
-            for i, (e, g) in enumerate(zip(maps, got)):
-                if tuple(e.shape) != tuple(g.shape):
-                    raise InputError(
-                        f'{self.onnx_file}: output {prefix}{i} has shape {tuple(g.shape)} where '
-                        f'the config\'s {type(head).__name__} ({getattr(head, "num_classes", "?")} '
-                        f'classes, {getattr(head, "num_base_priors", "?")} anchors per location) '
-                        f'gives {tuple(e.shape)}: the file was exported from a config with '
-                        f'another number of classes or anchors; export it from this config')
+        for name, e, g in zip(self.output_names, self.part(x), outputs):
+            if tuple(e.shape) != tuple(g.shape):
+                raise InputError(
+                    f'{self.onnx_file}: output {name} has shape {tuple(g.shape)} where the '
+                    f'config\'s {type(head).__name__} ({getattr(head, "num_classes", "?")} '
+                    f'classes, {getattr(head, "num_base_priors", "?")} anchors per location) '
+                    f'gives {tuple(e.shape)}: the file was exported from a config with another '
+                    f'number of classes or anchors; export it from this config')
 
 
 def _image_list(inputs) -> list:
@@ -217,8 +215,8 @@ def _image_list(inputs) -> list:
             raise InputError(f'predict: image {i} is an array of shape {image.shape}; give an '
                              f'HxWx3 BGR array (as cv2.imread gives)')
         if not isinstance(image, (str, np.ndarray)):
-            raise InputError(f'predict: image {i} is a {type(image).__name__}; give a path or '
-                             f'an HxWx3 BGR array')
+            raise InputError(f'predict: image {i} is of type {type(image).__name__}; give a '
+                             f'path or an HxWx3 BGR array')
     return list(images)
 
 
