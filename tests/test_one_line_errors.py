@@ -36,7 +36,8 @@ def benchmark_request(*argv):
     (['--act-impl', 'triton'], '--act-impl triton chooses how the fused network computes'),
 ] + ([] if torch.cuda.is_available() else [
     (['--device', 'cuda'], '--device cuda: this PyTorch build or machine has no CUDA'),
-    (['--precision', 'fp16', '--device', 'cpu'], '--precision fp16 on the CPU')]))
+    (['--precision', 'fp16', '--device', 'cpu'], '--precision fp16 on the CPU'),
+    (['--precision', 'bf16', '--device', 'cpu'], '--precision bf16 on the CPU')]))
 def test_benchmark_requests_it_cannot_serve_are_refused_before_any_work(argv, message):
     with pytest.raises(InputError, match=message):
         benchmark_request(*argv)

@@ -66,10 +66,11 @@ def check_machine_request(options):
     if options.device.startswith('cuda') and not torch.cuda.is_available():
         raise InputError(f'--device {options.device}: this PyTorch build or machine has no CUDA '
                          f'(torch {torch.__version__}); use --device cpu')
-    if options.device == 'cpu' and options.precision == 'fp16' and not options.backbone_only:
-        raise InputError('--precision fp16 on the CPU: MMDetection\'s CPU post-processing (mmcv '
-                         'nms) takes fp32 only; use --precision bf16 or fp32, or time the '
-                         'backbone alone (--backbone-only)')
+    if options.device == 'cpu' and options.precision != 'fp32' and not options.backbone_only:
+        raise InputError(f'--precision {options.precision} on the CPU: MMDetection\'s CPU '
+                         f'post-processing (mmcv nms) takes fp32 only; time the whole detector '
+                         f'in fp32, or the backbone alone (--backbone-only) in '
+                         f'{options.precision}')
 
 
 def check_request(cfg, options):
@@ -220,7 +221,7 @@ def print_table(report):
         line = (f'{name:<12}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
                 f'{readable(r["gflops"] * 1e9):>9}{readable(r["params_m"] * 1e6):>10}')
         if 'efficiency' in r:
-            line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
+            line += f'{r["achieved_gflop_s"]:>9.3g}{r["efficiency"]:>11.3g}'
         print(line)
     if 'matmul_gflop_s' in report:
         print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')
