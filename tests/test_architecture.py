@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from helpers import ARCHS, build_backbone, narrow
-from mmdet_vanillanet.models import ARCH_SETTINGS
+from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.models import ARCH_SETTINGS, vanillanet
 
 
 @pytest.mark.parametrize('arch', [a for a in ARCHS if 'ada_pool' not in a])
@@ -78,3 +79,22 @@ def test_input_smaller_than_total_stride_is_refused():
     model(torch.randn(1, 3, 32, 45))
     with pytest.raises(ValueError, match='input 31x45 is too small for VanillaNet-custom'):
         model(torch.randn(1, 3, 31, 45))
+
+
+@pytest.mark.parametrize('norm_cfg, message', [
+    (dict(type='LN'), "norm_cfg type 'LN': VanillaNet normalises NCHW maps per channel"),
+    (dict(type='GN', num_groups=7), 'does not build a norm layer of 8 channels')])
+def test_norm_layers_the_backbone_cannot_use_are_named(norm_cfg, message):
+    """LN normalises the last dimension: it built, then failed at the first iteration."""
+    with pytest.raises(InputError, match=message):
+        build_backbone(arch=narrow('5'), norm_cfg=norm_cfg)
+    build_backbone(arch=narrow('5'), norm_cfg=dict(type='GN', num_groups=4))
+
+
+def test_with_cp_on_a_deploy_backbone_is_not_kept_as_if_it_acted(monkeypatch):
+    logged = []
+    monkeypatch.setattr(vanillanet, 'print_log', lambda message, **kw: logged.append(message))
+    backbone = build_backbone(arch=narrow('5'), deploy=True, with_cp=True)
+    assert not backbone.with_cp
+    assert logged == ['VanillaNet: with_cp is ignored by a deploy (fused) backbone, which is '
+                      'not trained']

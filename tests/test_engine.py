@@ -144,6 +144,60 @@ def test_a_finite_loss_step_that_blows_up_the_weights_is_never_checkpointed(tmp_
     assert not list(tmp_path.glob('*.pth'))
 
 
+class _Linear(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4))
+
+    def forward(self, inputs, data_samples=None, mode='loss'):
+        return dict(loss=self.w.sum())
+
+
+def _blow_up_at(work_dir, iteration, **hook):
+    """3 iterations of SGD on a linear loss, checkpointed every iteration; the lr jumps to
+    1e30 at ``iteration``: finite weights of 1e30, a blow-up that is not (yet) a NaN."""
+    runner = Runner(
+        model=_Linear(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * 3, batch_size=1,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=3),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e-3)),
+        param_scheduler=[dict(type='MultiStepLR', by_epoch=False, milestones=[iteration - 1],
+                              gamma=1e33)],
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1,
+                                           by_epoch=False),
+                           non_finite=dict(type='StopOnNonFiniteHook', **hook)),
+        default_scope='mmdet', experiment_name=f'blow_up{iteration}{hook}')
+    runner.train()
+    return runner
+
+
+@pytest.mark.parametrize('iteration, named', [
+    (1, 'no checkpoint of this run predates it'),
+    (3, 'the last checkpoint, {work_dir}/iter_2.pth, predates it')])
+def test_a_finite_blow_up_stops_at_its_step_naming_a_checkpoint_before_it(tmp_path, iteration,
+                                                                          named):
+    """The probe's case (lr 1e30): the weights are finite but useless after one step, and
+    the checkpoint saved after that step must never be called good."""
+    with pytest.raises(NonFiniteError) as err:
+        _blow_up_at(tmp_path, iteration)
+    message = str(err.value)
+    assert message.startswith(f'the weights blew up at iteration {iteration} (epoch 1, batch '
+                              f'{iteration}): the step multiplied the weights\' L2 norm by ')
+    assert 'the bound is 10, StopOnNonFiniteHook.max_norm_growth' in message
+    assert named.format(work_dir=tmp_path) in message
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == [
+        f'iter_{i}.pth' for i in range(1, iteration)]
+
+
+def test_the_bound_is_a_hook_argument(tmp_path):
+    runner = _blow_up_at(tmp_path, 3, max_norm_growth=1e40)  # a bound that lets it pass
+    assert runner.iter == 3
+    with pytest.raises(InputError, match='max_norm_growth=1 must be a number above 1'):
+        _blow_up_at(tmp_path / 'b', 3, max_norm_growth=1)
+
+
 class _Quadratic(BaseModel):
     def __init__(self):
         super().__init__()

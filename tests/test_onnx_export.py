@@ -88,3 +88,24 @@ def test_a_mid_schedule_checkpoint_is_refused_by_export(tmp_path):
     assert detector.backbone.act_learn == 0.5
     with pytest.raises(InputError, match='cannot fuse VanillaNet with act_learn=0.5'):
         fuse_detector(detector)
+
+
+@pytest.mark.parametrize('failure', ['mismatch', 'onnxruntime'])
+def test_a_failed_export_leaves_no_file_and_keeps_the_users(tmp_path, monkeypatch, failure):
+    """Written as OUT.partial, renamed into place only once checked (issue 17 item 6: the file
+    of a failed check stayed, and a rerun then needed --force)."""
+    if failure == 'mismatch':
+        monkeypatch.setattr(onnx_export, 'check_with_onnxruntime', lambda *args: 0.5)
+        error, message = onnx_export.ExportMismatchError, 'differs from PyTorch by 5.0e-01'
+    else:  # what onnxruntime says of an opset it cannot run, as the probe's --opset 5
+        def cannot_load(path, *args, **kwargs):
+            raise InputError(f'onnxruntime cannot load {path} (NOT_IMPLEMENTED)')
+        monkeypatch.setattr(onnx_export, 'onnxruntime_session', cannot_load)
+        error, message = InputError, 'onnxruntime cannot load'
+    for out, force in ((tmp_path / 'new.onnx', False), (tmp_path / 'mine.onnx', True)):
+        if force:
+            out.write_bytes(b'mine')
+        with pytest.raises(error, match=message):
+            onnx_export.export_onnx(CONFIG, None, str(out), shape=(64, 64), force=force)
+        assert (out.read_bytes() == b'mine') if force else not out.exists()
+        assert not list(tmp_path.glob('*.partial'))

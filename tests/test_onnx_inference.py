@@ -10,6 +10,7 @@ split; the COCO AP of both (0 here) is compared too, through MMDetection's CocoM
 import copy
 
 import mmcv
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -153,3 +154,55 @@ def test_the_files_metadata_is_read(retinanet, data_root, tmp_path, metadata, me
     onnx.save(model, changed)
     with pytest.raises(InputError, match=message):
         OnnxDetector(cfg, changed).predict(f'{data_root}val/000000.png')
+
+
+def test_a_file_of_another_number_of_classes_is_refused(retinanet):
+    """The probe's case: a file of another num_classes decoded with labels in the config's
+    range and high scores, or failed deep inside MMDetection."""
+    cfg, _, _, path = retinanet
+    three = copy.deepcopy(cfg)
+    three.model.bbox_head.num_classes = 3
+    with pytest.raises(InputError, match=r"output head_out0_level0 has shape \(1, 720, 8, 8\) "
+                       r"where the config's RetinaHead \(3 classes, 9 anchors per location\) "
+                       r'gives \(1, 27, 8, 8\).*another number of classes or anchors'):
+        OnnxDetector(three, path)
+    fewer_anchors = copy.deepcopy(cfg)
+    fewer_anchors.model.bbox_head.anchor_generator.ratios = [1.0]
+    with pytest.raises(InputError, match=r"gives \(1, 240, 8, 8\): .* another number of classes "
+                       r'or anchors'):
+        OnnxDetector(fewer_anchors, path)
+
+
+def test_a_file_that_is_not_onnx_is_one_line(retinanet, tmp_path):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'not an onnx file')
+    with pytest.raises(InputError, match=f'onnxruntime cannot load {corrupt} '):
+        OnnxDetector(retinanet[0], str(corrupt))
+
+
+@pytest.fixture(scope='module')
+def retinanet_detector(retinanet):
+    return OnnxDetector(retinanet[0], retinanet[3])
+
+
+@pytest.mark.parametrize('inputs, message', [
+    ([], 'predict: give an image path, an HxWx3 BGR array, a non-empty list'),
+    (np.zeros((40, 50), np.uint8), r'image 0 is an array of shape \(40, 50\); give an HxWx3'),
+    (torch.zeros(3, 40, 50), 'image 0 is a torch tensor; give an HxWx3 BGR uint8 numpy array'),
+    ([np.zeros((40, 50, 3), np.uint8), 7], 'image 1 is of type int; give a path'),
+    (np.zeros((10, 8000, 3), np.uint8), r"image 0 \(8000x10, width x height\): the config's "
+                                        r'test pipeline cannot resize it'),
+])
+def test_inputs_it_cannot_take_are_one_line(retinanet_detector, inputs, message):
+    with pytest.raises(InputError, match=message) as err:
+        retinanet_detector.predict(inputs)
+    assert '\n' not in str(err.value)
+
+
+def test_a_file_that_is_not_an_image_is_named(retinanet_detector, tmp_path):
+    text = tmp_path / 'notes.jpg'
+    text.write_text('not an image')
+    with pytest.raises(InputError, match=f'{text} is not an image file OpenCV can read'):
+        retinanet_detector.predict(str(text))
+    with pytest.raises(FileNotFoundError, match='image not found: .*none.jpg'):
+        retinanet_detector.predict(str(tmp_path / 'none.jpg'))

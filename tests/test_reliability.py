@@ -1,6 +1,7 @@
 """Faults injected into real runs of the tools on the toy set (kills: test_resume.py): a truncated
 checkpoint, NaN losses and weights, a checkpoint that would run code, bad config values, an
 unwritable work dir and a full disk."""
+import os.path as osp
 import re
 import resource
 import signal
@@ -54,14 +55,28 @@ def test_a_nan_loss_stops_training_naming_the_iteration(data_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_finite_blow_up_stops_at_its_step(data_root, tmp_path):
+    """The probe's case: at lr 1e30 one step leaves finite weights near 1e28; the run went on
+    to a NaN one step later and called the checkpoint saved in between good."""
+    output = train(tmp_path, data_root, epochs=1, expect_ok=False,
+                   options=['optim_wrapper.optimizer.lr=1e30'])
+    assert re.search(r"error: the weights blew up at iteration 1 \(epoch 1, batch 1\): the step "
+                     r"multiplied the weights' L2 norm by [\d.e+]+ \(to [\d.e+]+; the bound is "
+                     r'10, StopOnNonFiniteHook.max_norm_growth\)', output), output[-2000:]
+    assert 'no checkpoint of this run predates it' in output and 'Traceback' not in output
+    assert not list(tmp_path.glob('*.pth'))
+
+
+@pytest.mark.slow
 def test_a_divergence_after_a_checkpoint_names_it(data_root, tmp_path):
     """--resume with a huge lr (taken: ResumeLrFromConfigHook) diverges in epoch 2: the run
     stops before epoch 2 is checkpointed, naming epoch 1's checkpoint as the one to resume."""
     train(tmp_path, data_root, epochs=1)
     output = train(tmp_path, data_root, '--resume', epochs=2, expect_ok=False,
                    options=['optim_wrapper.optimizer.lr=1e39'])
-    assert re.search(r'error: non-finite values at iteration [5-8] \(epoch 2, batch [1-4]\): '
-                     r'.*weight tensors \(backbone\.', output)
+    # At lr 1e39 the weights blow up (norm growth) or overflow (non-finite) at the first step.
+    assert re.search(r'error: (non-finite values|the weights blew up) at iteration [5-8] '
+                     r'\(epoch 2, batch [1-4]\): ', output)
     assert f'the last checkpoint, {tmp_path}/epoch_1.pth, predates it' in output
     assert 'Traceback' not in output and not (tmp_path / 'epoch_2.pth').exists()
 
@@ -82,6 +97,22 @@ def test_a_checkpoint_that_would_run_code_never_does(data_root, tmp_path, tool):
     assert 'could run code from the file' in output and 'Traceback' not in output
 
 
+@pytest.mark.parametrize('opt_out', [False, True])
+@pytest.mark.slow
+def test_under_mmdetections_own_test_tool_the_protection_is_torchs_default(data_root, tmp_path,
+                                                                          opt_out):
+    """What docs/reliability.md says holds (issue 17 item 12): MMDetection's own tools load with
+    torch's default, weights_only=True, which refuses a crafted file; torch's explicit opt-out,
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, switches it off for them (only our tools overrule it)."""
+    evil, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
+    torch.save({'state_dict': {}, 'hook': RunsCode(marker)}, evil)
+    mmdet_test = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'test.py')
+    run(mmdet_test, CONFIG, str(evil), '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+        *toy_options(data_root), expect_ok=False,
+        env=dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1') if opt_out else None)
+    assert marker.exists() == opt_out
+
+
 @pytest.mark.parametrize('option, message', [
     ('model.backbone.arch=14', "unknown VanillaNet arch '14'; choose one of"),
     ('model.backbone.act_num=-1', 'act_num must be an integer >= 0'),
@@ -95,6 +126,7 @@ def test_a_checkpoint_that_would_run_code_never_does(data_root, tmp_path, tool):
       'model.backbone.init_cfg.checkpoint=open-mmlab://vanillanet13'),
      "MMEngine knows no model 'vanillanet13' under open-mmlab://"),
     ('load_from=torchvision://resnet50', 'torchvision:// names need torchvision installed'),
+    ('model.backbone.norm_cfg.type=LN', "norm_cfg type 'LN': VanillaNet normalises NCHW maps"),
 ])
 @pytest.mark.slow
 def test_bad_values_give_one_line_errors(data_root, tmp_path, option, message):

@@ -64,8 +64,6 @@ def main():
     args = build_parser().parse_args()
     force_weights_only_loading()
     register_all_modules()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with one_line_errors():
         report = run_benchmark(args)
     print_table(report)

@@ -11,6 +11,7 @@ import argparse
 
 from mmdet_vanillanet.deploy.convert import convert_checkpoint
 from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def main():
     args = build_parser().parse_args()
     with one_line_errors():
         before, after = convert_checkpoint(args.src, args.dst, args.force, args.unsafe_load)
-    print(f'backbone parameters: {before / 1e6:.2f}M (training) -> {after / 1e6:.2f}M (deploy)')
+    print(f'backbone parameters: {readable(before)} (training) -> {readable(after)} (deploy)')
     print(f'wrote {args.dst}')
 
 

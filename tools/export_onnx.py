@@ -8,8 +8,9 @@ The backbone is fused first (a checkpoint from the middle of deep training, act_
 refused: fusing it would change what it computes). Inputs are the data preprocessor's output
 (normalised RGB, NCHW float32), with dynamic batch, height and width unless --static H W. The
 file's metadata holds the arch, act_num and the minimum input side, which the graph itself does
-not check. Without a checkpoint the weights are random. A file that differs from PyTorch by
-more than 1e-4 of the output's magnitude is removed.
+not check. Without a checkpoint the weights are random. The file is written as OUT.partial and
+renamed into place once onnxruntime loads it and it matches PyTorch to 1e-4 of the output's
+magnitude: a failed export leaves no file, and an existing OUT (--force) as it was.
 """
 import argparse
 
@@ -19,6 +20,7 @@ from mmengine.config import DictAction
 from mmdet_vanillanet.deploy.onnx_export import OPSET, PARTS, ExportMismatchError, export_onnx
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
+from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +56,7 @@ def main():
                              cfg_options=args.cfg_options)
     print(f'wrote {out} ({args.part}, {"static" if args.static else "dynamic"} shapes, opset '
           f'{args.opset}, {"dynamo" if args.dynamo else "legacy"} exporter): '
-          f'{result.parameters / 1e6:.2f}M parameters')
+          f'{readable(result.parameters)} parameters')
     shapes = ', '.join('x'.join(map(str, s)) for s in result.checked_shapes)
     print(f'onnxruntime vs PyTorch on {shapes}: max relative difference '
           f'{result.max_rel_diff:.1e}')

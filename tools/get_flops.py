@@ -12,6 +12,7 @@ from mmdet_vanillanet.deploy.detector import load_config
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.complexity import detector_complexity
+from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def main():
         result = detector_complexity(model, tuple(args.shape))
     h, w = result['input_shape']
     print(f'{args.config} ({"fused" if args.deploy else "unfused"} backbone), input {h}x{w}:')
-    print(f'  params {result["params"] / 1e6:.1f}M, FLOPs {result["flops"] / 1e9:.1f}G')
+    print(f'  params {readable(result["params"])}, FLOPs {readable(result["flops"])}')
 
 
 if __name__ == '__main__':

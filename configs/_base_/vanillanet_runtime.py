@@ -11,6 +11,8 @@ default_hooks = dict(
     # load_from, --resume and test checkpoints must fit the model: no silent partial load
     # (replaced=[...] names heads replaced on purpose, for fine-tuning to other classes)
     checkpoint_fit=dict(type='CheckpointFitHook'),
+    # labels mean the config's classes: a COCO file listing them in another order is refused
+    class_order=dict(type='ClassOrderHook'),
     # exact --resume, seeded or not: the seed and the generators' states travel in checkpoints
     random_state=dict(type='RandomStateHook'),
     # --resume with another optim_wrapper.optimizer.lr really changes the lr
@@ -18,4 +20,6 @@ default_hooks = dict(
     # a NaN or infinite loss, weight or BN statistic stops the run before it is checkpointed
     non_finite=dict(type='StopOnNonFiniteHook'),
     # checkpoints that load with weights_only=True (torch >= 2.6's default)
-    weights_only=dict(type='WeightsOnlyCheckpointHook'))
+    weights_only=dict(type='WeightsOnlyCheckpointHook'),
+    # one training run per work_dir: a second one (or a --resume) while it lives is refused
+    work_dir_lock=dict(type='WorkDirLockHook'))

@@ -21,10 +21,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from torch.onnx import _constants as onnx_constants
 
 from ..errors import InputError
 from ..models.checkpoint_forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
+from ..output_paths import check_output_file
 from .detector import build_detector, load_config
 
 PARTS = ('backbone', 'neck', 'raw')
@@ -68,10 +70,13 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
     batch, height and width (``static``: fixed to one image of ``shape``), traced at ``shape``
     (H, W); write the arch, act_num, part and minimum input side into the file's metadata; then
     run the file in onnxruntime against PyTorch on the traced shape and another batch and size.
-    A file that differs by more than 1e-4 of the outputs' magnitude is removed
-    (ExportMismatchError). Bad input (an existing ``out`` without ``force``, a missing folder, a
-    size below the backbone's minimum, a checkpoint saved before deep training finished) is an
-    error before anything is written.
+    A file that differs by more than 1e-4 of the outputs' magnitude is not written
+    (ExportMismatchError), nor one onnxruntime cannot run; the file is written as
+    ``out.partial`` and renamed into place when checked, so a failed export leaves no file and
+    an existing ``out`` as it was. Bad input (an existing ``out`` without ``force``, a folder
+    named ``out``, a missing folder, an opset the exporter does not support, a size below the
+    backbone's minimum, a checkpoint saved before deep training finished) is an error before
+    anything is written.
 
     Example::
 
@@ -83,6 +88,7 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
     """
     onnx_packages()
     check_output_path(out, force)
+    check_opset(opset, dynamo)
     cfg = load_config(config, cfg_options)
     if cfg.model.backbone.get('type') != 'VanillaNet':
         raise InputError(f'{config if isinstance(config, str) else "the config"}: the backbone '
@@ -93,15 +99,20 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
     if min(shape) < side:
         raise InputError(f'--shape/--static {shape[0]} {shape[1]}: each side must be at '
                          f'least {side} pixels for this backbone')
-    export(module, out, shape, static=static, opset=opset, dynamo=dynamo)
-    write_metadata(out, module)
     h, w = shape
     shapes = [(1, 3, h, w)] if static else [(1, 3, h, w), (2, 3, h + 37, w + 65)]
-    diff = check_with_onnxruntime(module, out, shapes)
-    if not diff <= 1e-4:
-        os.remove(out)
-        raise ExportMismatchError(f'the exported file differs from PyTorch by {diff:.1e} (above '
-                                  f'1e-4); it was removed')
+    partial = f'{out}.partial'
+    try:
+        export(module, partial, shape, static=static, opset=opset, dynamo=dynamo)
+        write_metadata(partial, module)
+        diff = check_with_onnxruntime(module, partial, shapes)
+        if not diff <= 1e-4:
+            raise ExportMismatchError(f'the exported file differs from PyTorch by {diff:.1e} '
+                                      f'(above 1e-4); {out} was not written')
+        os.replace(partial, out)
+    finally:
+        if osp.exists(partial):
+            os.remove(partial)
     return OnnxExport(out, part, static, opset, dynamo, module.parameter_count(), shapes, diff)
 
 
@@ -242,17 +253,36 @@ def onnxruntime_session(path: str, device: str = 'cpu', threads: Optional[int] =
     if provider not in onnxruntime.get_available_providers():
         raise InputError(f'onnxruntime has no {provider} here (install onnxruntime-gpu for '
                          f'CUDA); available: {onnxruntime.get_available_providers()}')
-    return onnxruntime.InferenceSession(path, options, providers=[provider])
+    try:
+        return onnxruntime.InferenceSession(path, options, providers=[provider])
+    except Exception as err:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f'onnxruntime cannot load {path} ({reason}): give an ONNX file '
+                         f'written by tools/export_onnx.py (the default --opset '
+                         f'{OPSET})') from None
+
+
+def supported_opsets(dynamo: bool = False) -> range:
+    """The opsets torch's exporter writes (the legacy one stops below the newest)."""
+    newest = onnx_constants.ONNX_MAX_OPSET if dynamo else getattr(
+        onnx_constants, 'ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET', onnx_constants.ONNX_MAX_OPSET)
+    return range(onnx_constants.ONNX_MIN_OPSET, newest + 1)
+
+
+def check_opset(opset: int, dynamo: bool = False):
+    """Before any work: an opset the chosen exporter supports (onnxruntime's own limits are
+    met when the file is checked: a file it cannot run is not written)."""
+    opsets = supported_opsets(dynamo)
+    if opset not in opsets:
+        raise InputError(f'--opset {opset}: the {"dynamo" if dynamo else "legacy"} exporter '
+                         f'writes opsets {opsets.start} to {opsets.stop - 1} (default {OPSET})')
 
 
 def check_output_path(path: str, force: bool):
-    """Before any work: the file must be new (or --force) and its folder writable."""
+    """Before any work: the file must be new (or --force), not a folder, and its folder
+    writable."""
     if not path.endswith('.onnx'):
         raise InputError(f'{path}: the output file must end in .onnx')
+    check_output_file(path, 'the output file')
     if osp.exists(path) and not force:
         raise FileExistsError(f'{path} exists; pass --force to overwrite it')
-    folder = osp.dirname(osp.abspath(path))
-    if not osp.isdir(folder):
-        raise InputError(f'{path}: the folder {folder} does not exist')
-    if not os.access(folder, os.W_OK):
-        raise InputError(f'{path}: the folder {folder} is not writable')

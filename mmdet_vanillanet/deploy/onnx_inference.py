@@ -14,6 +14,7 @@ import copy
 import os.path as osp
 from typing import Any, List, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from mmcv.transforms import Compose
@@ -54,9 +55,10 @@ class OnnxDetector:
         threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
 
     A file that does not fit the config (another arch or act_num, not the raw part, another
-    detector's outputs) or, for a two-stage detector, whose RPN head differs from the
-    checkpoint's (for a quantized file: whose neck and RPN weights are not the checkpoint's
-    to within a quantization step), is refused with an :class:`InputError`.
+    detector's outputs, another number of classes or anchors per location) or, for a two-stage
+    detector, whose RPN head differs from the checkpoint's (for a quantized file: whose neck and
+    RPN weights are not the checkpoint's to within a quantization step), is refused with an
+    :class:`InputError`, as are inputs it cannot take (see ``predict``).
 
     Example::
 
@@ -97,16 +99,15 @@ class OnnxDetector:
 
     @torch.no_grad()
     def predict(self, inputs: Union[Image, Sequence[Image], dict]) -> List[DetDataSample]:
-        """Detections for an image (path or HWC BGR array), a list of images (run as one
-        padded batch) or a data batch from the config's dataloader; one DetDataSample per
-        image with ``pred_instances`` as ``model.test_step`` gives them (rescaled to the
-        original image)."""
+        """Detections for an image (path or HWC BGR uint8 array), a non-empty list of images
+        (run as one padded batch) or a data batch from the config's dataloader; one
+        DetDataSample per image with ``pred_instances`` as ``model.test_step`` gives them
+        (rescaled to the original image). Anything else (an empty list, a file that is not an
+        image, a tensor, an array that is not HxWx3, an image the test pipeline cannot resize)
+        is an :class:`InputError` naming it."""
         if not isinstance(inputs, dict):
-            images = [inputs] if isinstance(inputs, (str, np.ndarray)) else inputs
-            # img_id is one of PackDetInputs' meta keys; an image outside a dataset has none.
-            inputs = pseudo_collate([
-                self.pipeline(dict(img_path=image, img_id=i) if isinstance(image, str)
-                              else dict(img=image, img_id=i)) for i, image in enumerate(images)])
+            inputs = pseudo_collate([self._prepare(image, i) for i, image
+                                     in enumerate(_image_list(inputs))])
         data = self.model.data_preprocessor(inputs, False)
         images, samples = data['inputs'], data['data_samples']
         if min(images.shape[-2:]) < self.min_input_size:
@@ -124,6 +125,26 @@ class OnnxDetector:
             results = self.part.head.predict_by_feat(*head_outputs, batch_img_metas=metas,
                                                      rescale=True)
         return self.model.add_pred_to_datasample(samples, results)
+
+    def _prepare(self, image: Image, index: int) -> dict:
+        """One image through the test pipeline; its problems as one-line errors."""
+        if isinstance(image, str):
+            if not osp.isfile(image):
+                raise FileNotFoundError(f'image not found: {image}')
+            if not cv2.haveImageReader(image):
+                raise InputError(f'{image} is not an image file OpenCV can read')
+            # img_id is one of PackDetInputs' meta keys; an image outside a dataset has none.
+            data, what = dict(img_path=image, img_id=index), image
+        else:
+            data, what = dict(img=image, img_id=index), f'image {index}'
+        try:
+            return self.pipeline(data)
+        except cv2.error as err:  # a resize to 0 pixels, above all
+            size = 'x'.join(map(str, (cv2.imread(image) if isinstance(image, str)
+                                      else image).shape[1::-1]))
+            raise InputError(f'{what} ({size}, width x height): the config\'s test pipeline '
+                             f'cannot resize it ({str(err).strip().splitlines()[-1]}); an image '
+                             f'this elongated must be cropped first') from None
 
     def _run(self, images: torch.Tensor):
         """The file's outputs on ``images``: (neck maps or None, the head's output groups)."""
@@ -163,13 +184,14 @@ class OnnxDetector:
                              f'({", ".join(self.output_names[:3])}, ...) where the config\'s '
                              f'{type(self.model).__name__} gives {len(expected)} '
                              f'({", ".join(expected[:3])}, ...); export it from this config')
+        neck, head_outputs = self._run(x)
+        self._check_shapes(x, [*(neck or ()), *(t for group in head_outputs for t in group)])
         if self.part.two_stage:
             tolerance = 1e-3
             if self.quantization is not None:
                 self._check_quantized_weights()
                 tolerance = INT8_RPN_TOLERANCE
-            neck, rpn_outputs = self._run(x)
-            flat = [t for group in rpn_outputs for t in group]
+            flat = [t for group in head_outputs for t in group]
             diff = max_rel_diff([t for group in self.part.head(neck) for t in group], flat)
             if not diff <= tolerance:
                 raise InputError(f'the RPN head in {self.onnx_file} differs from the '
@@ -189,6 +211,40 @@ class OnnxDetector:
             raise InputError(f'the weights in {self.onnx_file} are not the checkpoint\'s '
                              f'({len(wrong)} of {compared} differ, e.g. {wrong[0]}): give the '
                              f'checkpoint the file was exported from')
+
+    def _check_shapes(self, x: torch.Tensor, outputs: list):
+        """The file's outputs on ``x`` must have the shapes of the config's: a head's channels
+        are its anchors per location times its classes (or box deltas), and a file of another
+        num_classes would otherwise decode into wrong labels, or fail deep inside MMDetection."""
+        head = self.part.head
+        for name, e, g in zip(self.output_names, self.part(x), outputs):
+            if tuple(e.shape) != tuple(g.shape):
+                raise InputError(
+                    f'{self.onnx_file}: output {name} has shape {tuple(g.shape)} where the '
+                    f'config\'s {type(head).__name__} ({getattr(head, "num_classes", "?")} '
+                    f'classes, {getattr(head, "num_base_priors", "?")} anchors per location) '
+                    f'gives {tuple(e.shape)}: the file was exported from a config with another '
+                    f'number of classes or anchors; export it from this config')
+
+
+def _image_list(inputs) -> list:
+    """``predict``'s images as a non-empty list of paths and HxWx3 arrays."""
+    images = [inputs] if isinstance(inputs, (str, np.ndarray, torch.Tensor)) else inputs
+    if not isinstance(images, (list, tuple)) or not images:
+        raise InputError(f'predict: give an image path, an HxWx3 BGR array, a non-empty list '
+                         f'of them, or a data batch (got {type(images).__name__} '
+                         f'{images!r:.40})')
+    for i, image in enumerate(images):
+        if isinstance(image, torch.Tensor):
+            raise InputError(f'predict: image {i} is a torch tensor; give an HxWx3 BGR uint8 '
+                             f'numpy array (as cv2.imread gives), a path, or a data batch')
+        if isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3):
+            raise InputError(f'predict: image {i} is an array of shape {image.shape}; give an '
+                             f'HxWx3 BGR array (as cv2.imread gives)')
+        if not isinstance(image, (str, np.ndarray)):
+            raise InputError(f'predict: image {i} is of type {type(image).__name__}; give a '
+                             f'path or an HxWx3 BGR array')
+    return list(images)
 
 
 def image_pipeline(cfg: Config) -> List[Any]:

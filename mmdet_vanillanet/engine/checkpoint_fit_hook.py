@@ -11,15 +11,18 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from ..class_order import check_checkpoint_classes
 from ..errors import InputError
 from ..models.checkpoint_forms import adopt_meta_act_learn
 from ..models.detector import check_detector_fits
+from .class_order_hook import run_classes
 
 
 @HOOKS.register_module()
 class CheckpointFitHook(Hook):
     """Refuse a checkpoint that does not fit the model (missing, unexpected or reshaped
-    tensors; the VanillaNet's act_num, arch or layout). Declared in
+    tensors; the VanillaNet's act_num, arch or layout), or whose classes
+    (``meta.dataset_meta.classes``) differ in names or order from the run's. Declared in
     ``configs/_base_/vanillanet_runtime.py``.
 
     Args:
@@ -27,8 +30,9 @@ class CheckpointFitHook(Hook):
             e.g. ``['roi_head.bbox_head.fc_cls', 'roi_head.bbox_head.fc_reg',
             'roi_head.mask_head.conv_logits']`` to fine-tune a COCO Mask R-CNN to another
             number of classes: their tensors may be missing from the checkpoint or of another
-            shape, and then keep their initialisation. ``load_from`` only: ``--resume``
-            continues the run that wrote the checkpoint, which must fit exactly.
+            shape, and then keep their initialisation; the checkpoint's classes may then
+            differ from the run's. ``load_from`` only: ``--resume`` continues the run that
+            wrote the checkpoint, which must fit exactly.
 
     Example (in a config)::
 
@@ -50,6 +54,8 @@ class CheckpointFitHook(Hook):
         state = checkpoint.get('state_dict', checkpoint)
         replaced = () if runner._resume else self.replaced
         source = runner._load_from or 'the checkpoint'
+        if not replaced:  # fine-tuning to other classes replaces the layers that name them
+            check_checkpoint_classes(source, checkpoint, run_classes(runner))
         for key in check_detector_fits(runner.model, state, source, replaced):
             del state[key]  # left at its initialisation (MMEngine lists it as missing)
         if replaced:

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmdet.registry import MODELS
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
@@ -32,6 +34,22 @@ from .checkpoint_forms import ACT_LEARN
 from .fusion import merge_conv_bn_modules
 from .pretrained import load_pretrained
 from .series_activation import SeriesActivation, check_act_impl
+
+
+def check_norm_cfg(norm_cfg: dict, channels: int) -> dict:
+    """The backbone normalises NCHW maps after each conv: a norm layer that takes them (BN,
+    SyncBN, GN, IN), not one over the last dimension (LN), which would fail at the first
+    iteration."""
+    try:
+        layer = build_norm_layer(copy.deepcopy(norm_cfg), channels)[1]
+    except (KeyError, TypeError, ValueError, AssertionError) as err:
+        raise InputError(f'norm_cfg={norm_cfg!r} does not build a norm layer of {channels} '
+                         f'channels ({err})') from None
+    if not isinstance(layer, (_BatchNorm, nn.GroupNorm, _InstanceNorm)):
+        raise InputError(f'norm_cfg type {norm_cfg.get("type")!r}: VanillaNet normalises NCHW '
+                         f'maps per channel after each conv; use BN (SyncBN for multi-GPU), GN '
+                         f'or IN (only BN and SyncBN fuse for deployment)')
+    return norm_cfg
 
 
 def build_conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
@@ -196,7 +214,11 @@ class VanillaNet(BaseModule):
         self.out_strides = tuple(self.arch.nominal_strides()[i] for i in out_indices)
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
-        self.norm_cfg = copy.deepcopy(norm_cfg)
+        self.norm_cfg = copy.deepcopy(check_norm_cfg(norm_cfg, self.arch.dims[0]))
+        if with_cp and deploy:
+            print_log('VanillaNet: with_cp is ignored by a deploy (fused) backbone, which is '
+                      'not trained', logger='current', level=30)
+            with_cp = False
         self.with_cp = with_cp
         self.deploy = deploy
         self._act_learn = 1.0

@@ -9,6 +9,8 @@ read FPS, or the backbone (with the neck) on the preprocessed tensor; data loadi
 import copy
 import importlib.metadata
 import importlib.util
+import os
+import re
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -19,11 +21,13 @@ from ..errors import InputError, deploy_layout_error
 from ..models.detector import fuse_detector
 from ..models.pretrained import checkpoint_layout
 from ..models.series_activation import SeriesActivation, kernel_checks
+from ..output_paths import check_output_file
 from .compare import check_fusion
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
 from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
+from .units import readable
 
 # What the report's settings leave out: they are its own fields, or the config's.
 NOT_SETTINGS = ('config', 'checkpoint', 'cfg_options')
@@ -49,10 +53,31 @@ def timed_part(options) -> str:
     return 'neck' if options.with_neck else 'backbone'
 
 
+def check_machine_request(options):
+    """--out, --threads, --device and --precision against this machine and build, before any
+    work (a bad --out was found only after the whole run, and lost its figures)."""
+    if options.out:
+        check_output_file(options.out, '--out')
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f'--threads {options.threads}: give a number of threads >= 1 (this '
+                         f'machine has {os.cpu_count()} cores)')
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', options.device):
+        raise InputError(f'--device {options.device}: choose cpu, cuda or cuda:N')
+    if options.device.startswith('cuda') and not torch.cuda.is_available():
+        raise InputError(f'--device {options.device}: this PyTorch build or machine has no CUDA '
+                         f'(torch {torch.__version__}); use --device cpu')
+    if options.device == 'cpu' and options.precision != 'fp32' and not options.backbone_only:
+        raise InputError(f'--precision {options.precision} on the CPU: MMDetection\'s CPU '
+                         f'post-processing (mmcv nms) takes fp32 only; time the whole detector '
+                         f'in fp32, or the backbone alone (--backbone-only) in '
+                         f'{options.precision}')
+
+
 def check_request(cfg, options):
     """The flags against each other, the config and the checkpoint, before anything is built. A
     deploy-layout checkpoint (or a deploy=True config) makes the run a deployed one: the config
     builds the fused backbone, and ``options.deploy`` says so in the report."""
+    check_machine_request(options)
     if options.backend == 'onnxruntime' and not options.backbone_only:
         raise InputError('--backend onnxruntime times the fused backbone (--backbone-only) '
                          'or backbone and neck (--with-neck); decoding detections from '
@@ -77,6 +102,10 @@ def check_request(cfg, options):
         if cfg.model.backbone.type != 'VanillaNet':
             raise InputError(f'--act-impl applies to a VanillaNet backbone; this config '
                              f'has {cfg.model.backbone.type}')
+        if not (options.deploy or options.compare or cfg.model.backbone.get('deploy', False)):
+            raise InputError(f'--act-impl {options.act_impl} chooses how the fused network '
+                             f'computes its activations; the unfused one timed here always runs '
+                             f'PyTorch: add --deploy (or --compare)')
         cfg.model.backbone.act_impl = options.act_impl
 
 
@@ -119,6 +148,8 @@ def run_benchmark(options) -> dict:
     """Time the variants ``options`` asks for; the report (results, settings, machine)."""
     cfg = load_config(options.config, options.cfg_options)
     check_request(cfg, options)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     model = build_timed_detector(cfg, options.checkpoint)
     batches = benchmark_inputs(cfg, options)
     timed, fused = variants(model, options)
@@ -194,15 +225,15 @@ def print_table(report):
     m = report['machine']
     print(f"\n{report['config']} [{report['part']}] on {m.get('gpu') or m.get('cpu')}, "
           f"torch {m['torch']}, {m['threads']} threads, act_impl {report['act_impl']}")
-    header = f'{"":<17}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"GFLOPs":>9}{"params M":>10}'
+    header = f'{"":<17}{"median ms":>11}{"p90 ms":>9}{"FPS":>8}{"FLOPs":>9}{"params":>10}'
     if 'matmul_gflop_s' in report:
         header += f'{"GFLOP/s":>9}{"of matmul":>11}'
     print(header)
     for name, r in report['results'].items():
         line = (f'{name:<17}{r["median_ms"]:>11.1f}{r["p90_ms"]:>9.1f}{r["fps"]:>8.2f}'
-                f'{r["gflops"]:>9.1f}{r["params_m"]:>10.2f}')
+                f'{readable(r["gflops"] * 1e9):>9}{readable(r["params_m"] * 1e6):>10}')
         if 'efficiency' in r:
-            line += f'{r["achieved_gflop_s"]:>9.1f}{r["efficiency"]:>11.2f}'
+            line += f'{r["achieved_gflop_s"]:>9.3g}{r["efficiency"]:>11.3g}'
         print(line)
     if 'matmul_gflop_s' in report:
         print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')

@@ -16,6 +16,7 @@ from mmengine.runner import CheckpointLoader
 from ..checkpoint_sources import HTTP, ZOO_PREFIXES
 from ..errors import InputError
 from ..serialization import safe_load
+from .launch import die_with_launcher
 
 USER_ERRORS = (InputError, FileNotFoundError, FileExistsError)
 # Files that cannot be written (or read) for lack of room or rights: a full disk or quota, a
@@ -36,13 +37,16 @@ def add_runner_args(parser: argparse.ArgumentParser):
 
 def parse(parser: argparse.ArgumentParser):
     args = parser.parse_args()
+    if args.launcher == 'pytorch':
+        die_with_launcher()
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
 
 
-RUNTIME_HOOKS = ('AtomicCheckpointHook', 'CheckpointFitHook', 'RandomStateHook',
-                 'ResumeLrFromConfigHook', 'StopOnNonFiniteHook', 'WeightsOnlyCheckpointHook')
+RUNTIME_HOOKS = ('AtomicCheckpointHook', 'CheckpointFitHook', 'ClassOrderHook',
+                 'RandomStateHook', 'ResumeLrFromConfigHook', 'StopOnNonFiniteHook',
+                 'WeightsOnlyCheckpointHook', 'WorkDirLockHook')
 
 
 def require_runtime_hooks(cfg: Config):

@@ -15,6 +15,7 @@ import math
 
 from mmengine.logging import print_log
 
+from ..class_order import check_class_order
 from ..errors import InputError
 
 INVALID_BOX_CHOICES = ('refuse', 'drop')
@@ -66,6 +67,7 @@ def check_coco_annotations(path: str, coco, *, classes=None, with_mask: bool = F
     names = _check_categories(coco['categories'], problems)
     problems.raise_first()
     _check_classes(source, classes, names)
+    check_class_order(path, classes, coco)
     kept = set(classes) if classes else set(names.values())
     invalid = Problems(source)
     seen = set()

@@ -16,6 +16,7 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS, MODELS
 from PIL import Image
 
+from ..class_order import check_class_order
 from ..errors import InputError
 from .coco_annotations import Problems, check_coco_annotations, check_invalid_boxes_choice
 
@@ -66,6 +67,22 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
                     training=not ds.get('test_mode', False), invalid_boxes=invalid_boxes)
                 if '://' not in img_dir:
                     check_image_files(ann, images, img_dir, _smallest_side(cfg, ds))
+        _check_evaluator_class_order(cfg, key)
+
+
+def _check_evaluator_class_order(cfg, key: str):
+    """The COCO file an evaluator maps labels back to names with lists the dataset's classes
+    in their order (CocoMetric numbers them by the file, as CocoDataset does)."""
+    evaluator_key = key.replace('_dataloader', '_evaluator')
+    evaluators = cfg.get(evaluator_key) if evaluator_key != key else None
+    datasets = list(_datasets(cfg, key))
+    if not evaluators or not datasets or _dataset_class(datasets[0]) is None:
+        return
+    classes = _classes(datasets[0])
+    for metric in evaluators if isinstance(evaluators, list) else [evaluators]:
+        ann = (metric or {}).get('ann_file')
+        if isinstance(ann, str) and ann.endswith('.json') and osp.isfile(ann):
+            check_class_order(ann, classes, what=f'{evaluator_key}.ann_file')
 
 
 def _path(root: str, rel):

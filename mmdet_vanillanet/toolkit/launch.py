@@ -1,7 +1,16 @@
 """Launching on CPU-only machines. MMEngine's launcher calls torch.cuda.set_device and wraps the
 model in DDP with device_ids, and SyncBN needs CUDA; none of that works without a GPU. Here the
 tool sets up a gloo process group itself before the Runner is built (the Runner then leaves it
-alone), wraps without device_ids, and uses plain BN. With CUDA nothing changes."""
+alone), wraps without device_ids, and uses plain BN. With CUDA nothing changes.
+
+Under torchrun, every worker dies with its launcher (``die_with_launcher``): torchrun starts
+its workers in sessions of their own, so killing it (or its terminal) would otherwise leave
+them training on, unseen, beside the next run."""
+import ctypes
+import os
+import signal
+import sys
+
 import torch
 import torch.distributed as dist
 from mmengine.model import MMDistributedDataParallel
@@ -17,6 +26,23 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs):
         super().__init__(module=module, device_ids=None, **kwargs)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_launcher():
+    """Ask the kernel to kill this process when its parent (torchrun's agent) dies, then make
+    sure the parent has not died already (the process would have been handed to init, or to a
+    subreaper, before the request). Linux only; elsewhere nothing changes."""
+    if not sys.platform.startswith('linux'):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # a kernel without it: the workers behave as torchrun's always did
+    if parent == 1 or os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _sync_bn_to_bn(node):

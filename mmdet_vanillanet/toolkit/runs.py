@@ -1,9 +1,10 @@
 """The Runners tools/train.py and tools/test.py build, and the demo runs: MMDetection's tools'
 flags applied to the config, and the config checked before anything runs (its runtime hooks,
-the dataset, the work dir, the checkpoint's layout), so that bad input is one line before a
-Runner is built. The config decides how the run trains; these add command-line behaviour only
-(see the tools' docstrings)."""
+the dataset, the work dir and its run lock, the checkpoint's layout), so that bad input is one
+line before a Runner is built. The config decides how the run trains; these add command-line
+behaviour only (see the tools' docstrings)."""
 import argparse
+import os
 import os.path as osp
 from typing import Optional
 
@@ -14,6 +15,8 @@ from mmengine.runner import Runner
 from ..deploy.detector import load_config
 from ..errors import InputError, deploy_layout_error
 from ..models.pretrained import checkpoint_layout, require_training_layout
+from ..output_paths import check_output_file
+from ..run_lock import lock_work_dir
 from ..serialization import safe_load
 from .cli import require_runtime_hooks, set_work_dir
 from .datasets import check_dataset_paths
@@ -40,16 +43,27 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
             raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
                                '"auto_scale_lr.base_batch_size" in your configuration file.')
         cfg.auto_scale_lr.enable = True
+    require_writable(cfg.work_dir)
+    if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
+        lock_work_dir(cfg.work_dir)
     configure_resume(cfg, resume)
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
                         invalid_boxes=invalid_boxes)
     guard_work_dir(cfg, resume, overwrite)
-    require_writable(cfg.work_dir)
     if cfg.get('load_from'):
         require_training_layout(cfg.load_from, 'start a training run',
                                 'use the training-mode checkpoint it was converted from')
     setup_launcher(cfg, launcher)
     return runner_from_cfg(cfg)
+
+
+# Where each launcher says which process of the run this is, before MMEngine sets it up.
+RANK_VARIABLES = dict(pytorch='RANK', slurm='SLURM_PROCID', mpi='OMPI_COMM_WORLD_RANK')
+
+
+def first_process(launcher: str) -> bool:
+    """Whether this is the run's first process (rank 0), which holds its work_dir's lock."""
+    return launcher not in RANK_VARIABLES or os.environ.get(RANK_VARIABLES[launcher], '0') == '0'
 
 
 def configure_resume(cfg: Config, resume: Optional[str]):
@@ -79,6 +93,7 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
             raise InputError(f'--out {out}: the dump file must be a .pkl file')
         if osp.exists(out):
             raise FileExistsError(f'--out {out} exists; remove it or choose another name')
+        check_output_file(out, '--out')
     if not osp.isfile(checkpoint) and '://' not in checkpoint:
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
@@ -101,8 +116,11 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
 
 def configure_deploy(cfg: Config, checkpoint: str, deploy: bool):
     """--deploy: fuse before testing, or build the deploy backbone for a deploy-layout
-    checkpoint; a deploy-layout checkpoint without it is an error, not a partial load."""
+    checkpoint; a deploy-layout checkpoint without it, and with a config whose backbone is not
+    ``deploy=True``, is an error, not a partial load."""
     layout = checkpoint_layout(checkpoint)
+    if layout == 'deploy' and cfg.model.backbone.get('deploy', False):
+        return  # a deploy config for a converted file, as MMDetection's own test.py takes it
     if layout == 'deploy' and not deploy:
         raise deploy_layout_error(checkpoint, 'be tested as a training-mode network',
                                   'add --deploy to test it as the fused network it is')

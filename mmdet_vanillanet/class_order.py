@@ -1,0 +1,73 @@
+"""Labels mean the config's classes, whatever order a COCO file lists its categories in.
+
+MMDetection's CocoDataset numbers its labels by the file's categories whose names are in the
+config's ``classes``, in the file's order, and CocoMetric maps labels back the same way; a file
+that lists them in another order than ``classes`` trains and evaluates every label under
+another class's name (AP 0.81 became 0.30 with two categories swapped), with no error. The
+config is the one source of truth: such a file is refused, never remapped (remapping would
+need a dataset and a metric of our own, and our configs would then differ from MMDetection's).
+"""
+import json
+import os
+import os.path as osp
+from typing import Dict, Optional, Sequence, Tuple
+
+from .errors import InputError
+
+# (path, size, mtime) -> the file's category names in order: a run's check and its hook read
+# a file once, and COCO's train file takes seconds.
+_CATEGORIES: Dict[Tuple[str, int, int], Tuple[str, ...]] = {}
+
+
+def file_category_names(path: str, coco: Optional[dict] = None) -> Tuple[str, ...]:
+    """The names of the categories a COCO file declares, in its order (``coco``: the file
+    already loaded)."""
+    stat = os.stat(path)
+    key = (osp.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CATEGORIES:
+        if coco is None:
+            with open(path, encoding='utf-8') as f:
+                coco = json.load(f)
+        _CATEGORIES[key] = tuple(c.get('name') for c in coco.get('categories') or ()
+                                 if isinstance(c, dict))
+    return _CATEGORIES[key]
+
+
+def check_class_order(path: str, classes: Sequence[str], coco: Optional[dict] = None,
+                      what: str = 'annotation file'):
+    """Raise InputError when the categories of the COCO file ``path`` that the config's
+    ``classes`` name appear in another order than ``classes``: labels would be numbered by
+    the file."""
+    if not classes:
+        return
+    wanted = set(classes)
+    in_file = [name for name in file_category_names(path, coco) if name in wanted]
+    in_config = [name for name in classes if name in set(in_file)]
+    if in_file != in_config:
+        raise InputError(
+            f'{what} {path} lists the categories {_names(in_file)} in another order than the '
+            f'config\'s classes {_names(in_config)}: MMDetection numbers labels by the file\'s '
+            f'order, so every label would train and evaluate under another class\'s name; '
+            f'reorder "categories" in the file as the config\'s classes, or set the config\'s '
+            f'metainfo classes to the file\'s order (and retrain)')
+
+
+def check_checkpoint_classes(source: str, checkpoint: dict, classes: Sequence[str]):
+    """Raise InputError when a checkpoint's ``meta.dataset_meta.classes`` (what its labels
+    mean) differ in names or order from the run's ``classes``. A checkpoint without them
+    (an MMDetection 2.x or a converted file) is not checked."""
+    meta = checkpoint.get('meta') or {}
+    saved = (meta.get('dataset_meta') or {}).get('classes') if isinstance(meta, dict) else None
+    if saved is None or not classes or tuple(saved) == tuple(classes):
+        return
+    raise InputError(
+        f'{source} was trained with the classes {_names(saved)}, in another order or with other '
+        f'names than the config\'s {_names(classes)}: its labels would be read as other '
+        f'classes; set the config\'s metainfo classes to the checkpoint\'s (to fine-tune to '
+        f'other classes, use load_from with default_hooks.checkpoint_fit.replaced=[...] naming '
+        f'the class layers)')
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ', '.join(map(repr, list(names)[:8]))
+    return f'[{shown}{", ..." if len(names) > 8 else ""}]'

@@ -1,0 +1,33 @@
+"""One training run per work_dir (``mmdet_vanillanet.run_lock``), under any tool: the configs
+declare this hook, so MMDetection's own tools/train.py takes the lock too."""
+from mmdet.registry import HOOKS
+from mmengine.hooks import Hook
+from mmengine.runner import BaseLoop
+
+from ..run_lock import lock_work_dir, unlock_work_dir
+
+
+@HOOKS.register_module()
+class WorkDirLockHook(Hook):
+    """A training run holds ``WORK_DIR/run.lock`` from its start to its end (rank 0 for all
+    ranks); a second training run or a ``--resume`` in the same work_dir while it lives stops
+    with one line naming it. Test runs do not take it: they read checkpoints and write only
+    their own timestamped folder. Our tools take the lock before building the Runner; this hook
+    takes it under MMDetection's own tools, at the start of the run (after the datasets are
+    built, before any checkpoint is loaded or step trained). Declared in
+    ``configs/_base_/vanillanet_runtime.py``.
+
+    Example (in a config)::
+
+            default_hooks = dict(work_dir_lock=dict(type='WorkDirLockHook'))
+    """
+
+    priority = 'HIGHEST'
+
+    def before_run(self, runner) -> None:
+        if isinstance(runner._train_loop, BaseLoop) and runner.rank == 0:
+            lock_work_dir(runner.work_dir)
+
+    def after_run(self, runner) -> None:
+        if runner.rank == 0:
+            unlock_work_dir(runner.work_dir)
