@@ -161,3 +161,11 @@ def center_roi_logits(model, batch):
 def run_config(work_dir, **checkpoint_hook):
     """The parts of a run's config that locate its checkpoints."""
     return Config(dict(work_dir=str(work_dir), default_hooks=dict(checkpoint=checkpoint_hook)))
+
+
+def save_toy_checkpoint(path, classes=('circle', 'square', 'triangle')):
+    """An (untrained) toy detector saved as a run saves it, with its classes; returns ``path``."""
+    model = MODELS.build(Config.fromfile(CONFIG).model)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': {'classes': classes}}},
+               path)
+    return path

@@ -7,11 +7,9 @@ import json
 import os.path as osp
 
 import pytest
-import torch
-from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from helpers import CONFIG, run, toy_options
+from helpers import CONFIG, run, save_toy_checkpoint, toy_options
 from mmdet_vanillanet.class_order import check_checkpoint_classes
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
@@ -77,11 +75,7 @@ def test_a_checkpoint_of_other_classes_is_named():
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     """An (untrained) toy detector saved as a run saves it, with its classes."""
-    path = tmp_path_factory.mktemp('ckpt') / 'toy.pth'
-    model = MODELS.build(Config.fromfile(CONFIG).model)
-    torch.save({'state_dict': model.state_dict(),
-                'meta': {'dataset_meta': {'classes': ('circle', 'square', 'triangle')}}}, path)
-    return path
+    return save_toy_checkpoint(tmp_path_factory.mktemp('ckpt') / 'toy.pth')
 
 
 def run_test_tool(tool, checkpoint, data_root, work_dir, *options):

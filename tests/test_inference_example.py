@@ -5,11 +5,8 @@ import os.path as osp
 import re
 
 import pytest
-import torch
-from mmdet.registry import MODELS
-from mmengine.config import Config
 
-from helpers import CONFIG, REPO_ROOT, evaluate
+from helpers import REPO_ROOT, evaluate, save_toy_checkpoint
 from mmdet_vanillanet.apis import convert_checkpoint
 
 pytestmark = pytest.mark.slow  # MMDetection's inferencer and tools, end to end
@@ -24,11 +21,7 @@ def example():
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
     """An (untrained) toy detector saved as a run saves it."""
-    path = tmp_path_factory.mktemp('example') / 'epoch_1.pth'
-    model = MODELS.build(Config.fromfile(CONFIG).model)
-    torch.save({'state_dict': model.state_dict(),
-                'meta': {'dataset_meta': {'classes': ('circle', 'square', 'triangle')}}}, path)
-    return path
+    return save_toy_checkpoint(tmp_path_factory.mktemp('example') / 'epoch_1.pth')
 
 
 def test_the_image_inference_example_runs(checkpoint, data_root, tmp_path, monkeypatch):
