@@ -123,20 +123,26 @@ class _Diverging(BaseModel):
         return dict(loss=self.w.sum())
 
 
+def _guarded_runner(model, work_dir, iters, lr, name, hook=None, **cfg):
+    """A Runner of ``iters`` SGD steps on a one-sample dataset, checkpointed every iteration
+    by our AtomicCheckpointHook and guarded by StopOnNonFiniteHook (``hook``: its arguments)."""
+    return Runner(
+        model=model, work_dir=str(work_dir),
+        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * iters, batch_size=1,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1,
+                                           by_epoch=False),
+                           non_finite=dict(type='StopOnNonFiniteHook', **(hook or {}))),
+        default_scope='mmdet', experiment_name=name, **cfg)
+
+
 def test_a_finite_loss_step_that_blows_up_the_weights_is_never_checkpointed(tmp_path):
     """The non-finite guard checks the weights after the step, before the checkpoint hook of
     the same iteration runs."""
-    runner = Runner(
-        model=_Diverging(), work_dir=str(tmp_path),
-        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * 2, batch_size=1,
-                              sampler=dict(type='DefaultSampler', shuffle=False),
-                              collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=2),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=3e38)),
-        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1,
-                                           by_epoch=False),
-                           non_finite=dict(type='StopOnNonFiniteHook')),
-        default_scope='mmdet', experiment_name='diverging')
+    runner = _guarded_runner(_Diverging(), tmp_path, iters=2, lr=3e38, name='diverging')
     with pytest.raises(NonFiniteError) as err:
         runner.train()
     assert str(err.value).startswith('non-finite values at iteration 1 (epoch 1, batch 1): '
@@ -156,19 +162,10 @@ class _Linear(BaseModel):
 def _blow_up_at(work_dir, iteration, **hook):
     """3 iterations of SGD on a linear loss, checkpointed every iteration; the lr jumps to
     1e30 at ``iteration``: finite weights of 1e30, a blow-up that is not (yet) a NaN."""
-    runner = Runner(
-        model=_Linear(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * 3, batch_size=1,
-                              sampler=dict(type='DefaultSampler', shuffle=False),
-                              collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=3),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=1e-3)),
+    runner = _guarded_runner(
+        _Linear(), work_dir, iters=3, lr=1e-3, name=f'blow_up{iteration}{hook}', hook=hook,
         param_scheduler=[dict(type='MultiStepLR', by_epoch=False, milestones=[iteration - 1],
-                              gamma=1e33)],
-        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1,
-                                           by_epoch=False),
-                           non_finite=dict(type='StopOnNonFiniteHook', **hook)),
-        default_scope='mmdet', experiment_name=f'blow_up{iteration}{hook}')
+                              gamma=1e33)])
     runner.train()
     return runner
 
