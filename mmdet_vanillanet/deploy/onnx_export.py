@@ -281,8 +281,8 @@ def check_opset(opset: int, dynamo: bool = False):
 def check_output_path(path: str, force: bool):
     """Before any work: the file must be new (or --force), not a folder, and its folder
     writable."""
+    check_output_file(path, 'the output file')  # first: a folder is named as a folder
     if not path.endswith('.onnx'):
         raise InputError(f'{path}: the output file must end in .onnx')
-    check_output_file(path, 'the output file')
     if osp.exists(path) and not force:
         raise FileExistsError(f'{path} exists; pass --force to overwrite it')

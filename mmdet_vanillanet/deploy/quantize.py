@@ -158,7 +158,7 @@ def quantize_onnx(config: Union[str, Config], onnx_file: str, out: str, split: s
     """
     onnx_packages('quantizing')
     recipe = Recipe(target, method, keep_float=keep_float)
-    check_new_output(out, force)
+    check_output_path(out, force)
     return quantize_file(load_config(config, cfg_options), onnx_file, out, recipe, split,
                          num_images, seed)
 
@@ -251,10 +251,3 @@ def load_exported(path: str):
         raise InputError(f'{path} has no VanillaNet metadata: write it with '
                          f'tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part backbone|neck|raw')
     return model
-
-
-def check_new_output(path: str, force: bool):
-    """Before any work: a new .onnx file (or --force) in a writable folder, never a folder."""
-    if osp.isdir(path):
-        raise InputError(f'{path} is a folder; give the .onnx file to write')
-    check_output_path(path, force)
