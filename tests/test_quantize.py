@@ -175,6 +175,7 @@ def test_bad_input_is_refused_before_any_work(exported, tmp_path, data_root):
         (dict(out=str(tmp_path)), InputError, 'is a folder'),
         (dict(split='test2'), InputError, "--split 'test2'"),
         (dict(method='mse'), InputError, "--method 'mse'"),
+        (dict(target='openvino'), InputError, "--target 'openvino'"),
         (dict(keep_float=['neck']), InputError, '--keep-float neck'),
     ]
     for change, error, message in cases:

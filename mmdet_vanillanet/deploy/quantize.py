@@ -62,13 +62,13 @@ class Recipe:
     keep_float: Optional[Tuple[str, ...]] = None  # None: the file's default (resolved)
 
     def __post_init__(self):
-        if self.keep_float is None:
-            return
-        self.keep_float = tuple(self.keep_float)
         for value, allowed, flag in ((self.target, TARGETS, '--target'),
                                      (self.method, METHODS, '--method')):
             if value not in allowed:
                 raise InputError(f'{flag} {value!r}: choose one of {list(allowed)}')
+        if self.keep_float is None:
+            return
+        self.keep_float = tuple(self.keep_float)
         unknown = [g for g in self.keep_float if g not in FLOAT_GROUPS]
         if unknown:
             raise InputError(f'--keep-float {" ".join(unknown)}: choose among '
