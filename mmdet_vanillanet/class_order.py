@@ -52,6 +52,21 @@ def check_class_order(path: str, classes: Sequence[str], coco: Optional[dict] = 
             f'metainfo classes to the file\'s order (and retrain)')
 
 
+def check_evaluator_class_order(evaluators, classes: Sequence[str], evaluator_key: str):
+    """The local COCO ``ann_file`` of each evaluator in ``evaluators`` (a config's
+    ``val_evaluator`` or ``test_evaluator``: one or a list) lists ``classes`` in their order:
+    CocoMetric maps labels back to names by the file's order, as CocoDataset numbers them."""
+    for metric in evaluators if isinstance(evaluators, list) else [evaluators]:
+        ann_file = (metric or {}).get('ann_file')
+        if is_local_json(ann_file):
+            check_class_order(ann_file, classes, what=f'{evaluator_key}.ann_file')
+
+
+def is_local_json(path) -> bool:
+    """A COCO file on this machine (not a URL, not a file of another format)."""
+    return isinstance(path, str) and path.endswith('.json') and osp.isfile(path)
+
+
 def check_checkpoint_classes(source: str, checkpoint: dict, classes: Sequence[str]):
     """Raise InputError when a checkpoint's ``meta.dataset_meta.classes`` (what its labels
     mean) differ in names or order from the run's ``classes``. A checkpoint without them

@@ -1,14 +1,12 @@
 """Refuse, before a run trains or tests, a COCO file whose categories are in another order than
 the config's classes (see ``mmdet_vanillanet.class_order``): under any tool, MMDetection's own
 included, since the configs declare this hook."""
-import os.path as osp
-
 from mmdet.datasets import CocoDataset
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.runner import BaseLoop
 
-from ..class_order import check_class_order
+from ..class_order import check_class_order, check_evaluator_class_order, is_local_json
 
 # The loops a Runner builds before 'before_run' (train: train and val; test: test), and the
 # config key of each one's evaluator.
@@ -37,10 +35,6 @@ def run_classes(runner):
     return None
 
 
-def _local_json(path) -> bool:
-    return isinstance(path, str) and path.endswith('.json') and osp.isfile(path)
-
-
 @HOOKS.register_module()
 class ClassOrderHook(Hook):
     """Before a run: every COCO dataset it built, and every evaluator's ``ann_file``, lists the
@@ -61,11 +55,9 @@ class ClassOrderHook(Hook):
                 continue
             dataset = loop.dataloader.dataset
             for ds in _leaf_datasets(dataset):
-                if isinstance(ds, CocoDataset) and _local_json(ds.ann_file):
+                if isinstance(ds, CocoDataset) and is_local_json(ds.ann_file):
                     check_class_order(ds.ann_file, ds.metainfo.get('classes'))
-            classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
-            evaluators = runner.cfg.get(evaluator_key) if evaluator_key else None
-            for metric in evaluators if isinstance(evaluators, list) else [evaluators]:
-                ann_file = (metric or {}).get('ann_file')
-                if _local_json(ann_file):
-                    check_class_order(ann_file, classes, what=f'{evaluator_key}.ann_file')
+            if evaluator_key:
+                check_evaluator_class_order(
+                    runner.cfg.get(evaluator_key),
+                    (getattr(dataset, 'metainfo', None) or {}).get('classes'), evaluator_key)

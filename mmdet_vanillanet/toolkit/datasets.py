@@ -16,7 +16,7 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS, MODELS
 from PIL import Image
 
-from ..class_order import check_class_order
+from ..class_order import check_evaluator_class_order
 from ..errors import InputError
 from .coco_annotations import Problems, check_coco_annotations, check_invalid_boxes_choice
 
@@ -78,11 +78,7 @@ def _check_evaluator_class_order(cfg, key: str):
     datasets = list(_datasets(cfg, key))
     if not evaluators or not datasets or _dataset_class(datasets[0]) is None:
         return
-    classes = _classes(datasets[0])
-    for metric in evaluators if isinstance(evaluators, list) else [evaluators]:
-        ann = (metric or {}).get('ann_file')
-        if isinstance(ann, str) and ann.endswith('.json') and osp.isfile(ann):
-            check_class_order(ann, classes, what=f'{evaluator_key}.ann_file')
+    check_evaluator_class_order(evaluators, _classes(datasets[0]), evaluator_key)
 
 
 def _path(root: str, rel):
