@@ -28,18 +28,20 @@ class NonFiniteError(RuntimeError):
 def weight_health(module: torch.nn.Module):
     """(names of the floating-point parameters and buffers (BN statistics) of ``module`` that
     hold a NaN or an infinity, the L2 norm of its parameters); one device synchronisation."""
-    named = [(name, t) for name, t in (*module.named_parameters(), *module.named_buffers())
-             if t.is_floating_point() and t.numel()]
+    parameters = [(name, t) for name, t in module.named_parameters()
+                  if t.is_floating_point() and t.numel()]
+    named = parameters + [(name, t) for name, t in module.named_buffers()
+                          if t.is_floating_point() and t.numel()]
     if not named:
         return [], 0.0
-    # The largest magnitude of each tensor: NaN and inf survive it, and it cannot overflow
-    # the way a sum of squares can.
-    peaks = torch.stack(torch._foreach_norm([t.detach() for _, t in named], float('inf')))
-    params = [p.detach() for p in module.parameters() if p.is_floating_point() and p.numel()]
-    # In float64: the squares of weights near 1e28 overflow float32.
-    norm = torch.stack(torch._foreach_norm(params, 2, dtype=torch.float64)).square().sum().sqrt()
-    values = torch.cat([peaks.double(), norm[None]]).tolist()
-    bad = [named[i][0] for i, peak in enumerate(values[:-1]) if not math.isfinite(peak)]
+    # Each tensor's L2 norm in float64, one pass over the weights: the squares of weights near
+    # 1e28 overflow float32, but no float32 (or half) value's square overflows float64, so a
+    # tensor's norm is non-finite exactly when it holds a NaN or an infinity.
+    norms = torch.stack(torch._foreach_norm([t.detach() for _, t in named], 2,
+                                            dtype=torch.float64))
+    total = norms[:len(parameters)].square().sum().sqrt()
+    values = torch.cat([norms, total[None]]).tolist()
+    bad = [named[i][0] for i, norm in enumerate(values[:-1]) if not math.isfinite(norm)]
     return bad, values[-1]
 
 
