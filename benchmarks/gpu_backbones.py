@@ -19,7 +19,7 @@ Writes gpu_backbones_<card>.{json,md} under --out-dir (default $OUT, else benchm
 the JSON after every section, so that a failure late in the run keeps what was measured. A
 failed check is recorded and printed, and the timings still run: where the run-time guard
 refuses the kernel under act_impl='triton', the figure is NaN. The JSON's kernel_checks holds
-what the guard found for each kernel variant (series_activation.kernel_checks: its first call
+what the guard found for each kernel variant (ops.activation_kernel.kernel_checks: its first call
 compared with PyTorch, and, as cudnn.benchmark is on here, which implementation 'auto' timed
 faster per input shape). (The figures before the kernel are kept in
 benchmarks/results/gpu_backbones_h100_pytorch_activation.md.)
@@ -38,8 +38,9 @@ from triton.testing import do_bench
 
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models import VanillaNet
-from mmdet_vanillanet.models.series_activation import SeriesActivation, kernel_checks
-from mmdet_vanillanet.models.series_activation_triton import series_activation
+from mmdet_vanillanet.models.series_activation import SeriesActivation
+from mmdet_vanillanet.ops.activation_kernel import kernel_checks
+from mmdet_vanillanet.ops.triton_activation import series_activation
 from mmdet_vanillanet.toolkit.compare import max_rel_diff
 from mmdet_vanillanet.toolkit.paths import REPO_ROOT
 from mmdet_vanillanet.toolkit.weights import randomize
@@ -177,8 +178,8 @@ def activation_layers(model, x, ceil: dict) -> dict:
     moved (input read once, output written once) and FLOPs (2 per multiply-add)."""
     inputs = []
     hooks = [m.register_forward_pre_hook(
-        lambda m, args, kwargs: inputs.append((m, args[0].clone(), kwargs.get('pool', 1))),
-        with_kwargs=True) for m in model.modules() if isinstance(m, SeriesActivation)]
+        lambda m, args: inputs.append((m, args[0].clone(), m.pool)))
+        for m in model.modules() if isinstance(m, SeriesActivation)]
     model.act_impl = 'torch'
     model(x)
     for hook in hooks:
@@ -192,7 +193,7 @@ def activation_layers(model, x, ceil: dict) -> dict:
                    bytes=(inp.numel() + out) * inp.element_size(), flops=2 * k * k * out)
         for impl in ('torch', 'triton'):
             module.act_impl = impl
-            row[f'{impl}_ms'] = guarded(lambda: bench_ms(lambda: module(inp, pool=pool)))
+            row[f'{impl}_ms'] = guarded(lambda: bench_ms(lambda: module(inp)))
         row['gb_s'] = row['bytes'] / row['triton_ms'] / 1e6
         row['gflop_s'] = row['flops'] / row['triton_ms'] / 1e6
         row['of_copy_bw'] = row['gb_s'] / ceil['copy_gb_s']

@@ -32,8 +32,7 @@ OUTSIDE_PLUGIN = (TOOLKIT, DEPLOY, 'mmdet_vanillanet.apis')
 # Imports inside functions, each with the reason it cannot be at the top of its module.
 LATE_IMPORTS = {
     # Triton is optional: CPU users and the training path never import it.
-    ('mmdet_vanillanet.models.series_activation', 'mmdet_vanillanet.models.'
-     'series_activation_triton'),
+    ('mmdet_vanillanet.ops.activation_kernel', 'mmdet_vanillanet.ops.triton_activation'),
 }
 TOOLS = sorted(glob.glob(osp.join(REPO_ROOT, 'tools', '*.py')))
 MAX_TOOL_FUNCTION_LINES = 45
