@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 
 from ..errors import CheckpointError, InputError
-from ..models.checkpoint_forms import (
+from ..models.checkpoint.forms import (
     adopt_meta_act_learn,
     backbone_state_dict,
     container_state,

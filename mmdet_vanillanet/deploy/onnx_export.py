@@ -24,7 +24,7 @@ from mmengine.config import Config
 from torch.onnx import _constants as onnx_constants
 
 from ..errors import InputError
-from ..models.checkpoint_forms import count_params
+from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
 from ..output_paths import check_output_file
 from .detector import build_detector, load_config

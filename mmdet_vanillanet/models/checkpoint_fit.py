@@ -11,7 +11,7 @@ import re
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint_forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
+from .checkpoint.forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
 
 # Tensors a fitting file may lack: BN's counters are absent from files of old torch versions.
 OPTIONAL_KEYS = re.compile(r'.*num_batches_tracked$')

@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import CheckpointError, InputError
-from .checkpoint_forms import ACT_LEARN, StateDict, dims_of
+from .checkpoint.forms import ACT_LEARN, StateDict, dims_of
 
 Tensor = torch.Tensor
 
