@@ -16,8 +16,8 @@ from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, r
 from mmdet_vanillanet.deploy.convert import deploy_checkpoint
 from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.models import VanillaNet
+from mmdet_vanillanet.models.checkpoint.fit import expected_state
 from mmdet_vanillanet.models.checkpoint.forms import count_params
-from mmdet_vanillanet.models.checkpoint_fit import expected_state
 from mmdet_vanillanet.models.detector import fuse_detector
 
 MMDET_TEST = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')

@@ -14,8 +14,8 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 
 from ..errors import CheckpointError, InputError
 from ..serialization import safe_load
+from .checkpoint.fit import OPTIONAL_KEYS, check_fits, key_problems
 from .checkpoint.forms import adopt_meta_act_learn, count_params
-from .checkpoint_fit import OPTIONAL_KEYS, check_fits, key_problems
 from .vanillanet import VanillaNet
 
 

@@ -11,13 +11,13 @@ from mmengine.logging import print_log
 
 from ..errors import deploy_layout_error
 from ..serialization import safe_load
+from .checkpoint.fit import check_fits, expected_state
 from .checkpoint.forms import (
     adopt_meta_act_learn,
     backbone_state_dict,
     describe_backbone,
     layout_of,
 )
-from .checkpoint_fit import check_fits, expected_state
 from .fusion import fuse_state_dict
 
 

@@ -10,8 +10,8 @@ import re
 
 import torch
 
-from ..errors import CheckpointError
-from .checkpoint.forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
+from ...errors import CheckpointError
+from .forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
 
 # Tensors a fitting file may lack: BN's counters are absent from files of old torch versions.
 OPTIONAL_KEYS = re.compile(r'.*num_batches_tracked$')
