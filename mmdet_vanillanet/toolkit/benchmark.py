@@ -18,8 +18,8 @@ from mmengine.runner import Runner
 
 from ..deploy.detector import build_detector, load_config
 from ..errors import InputError, deploy_layout_error
+from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
-from ..models.pretrained import checkpoint_layout
 from ..models.series_activation import SeriesActivation, kernel_checks
 from ..output_paths import check_output_file
 from .compare import check_fusion

@@ -9,16 +9,16 @@ from typing import Optional
 
 from mmengine.logging import print_log
 
-from ..errors import deploy_layout_error
-from ..serialization import safe_load
-from .checkpoint.fit import check_fits, expected_state
-from .checkpoint.forms import (
+from ...errors import deploy_layout_error
+from ...serialization import safe_load
+from ..fusion import fuse_state_dict
+from .fit import check_fits, expected_state
+from .forms import (
     adopt_meta_act_learn,
     backbone_state_dict,
     describe_backbone,
     layout_of,
 )
-from .fusion import fuse_state_dict
 
 
 def load_pretrained(model, filename: str, prefix: Optional[str] = None):
