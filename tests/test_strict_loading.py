@@ -10,7 +10,7 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, evaluate, run, toy_options, train
-from mmdet_vanillanet.deploy.detector import build_detector
+from mmdet_vanillanet.deploy.build import build_detector
 from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.models.detector import check_detector_fits
 

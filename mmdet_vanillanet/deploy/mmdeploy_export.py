@@ -33,7 +33,7 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.config import Config
 
 from ..errors import InputError
-from .detector import build_detector, load_config
+from .build import build_detector, load_config
 from .mmdeploy_compat import restore_torch_for_mmdeploy
 
 

@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
 from ..output_paths import check_output_file
-from .detector import build_detector, load_config
+from .build import build_detector, load_config
 
 PARTS = ('backbone', 'neck', 'raw')
 OPSET = 17  # TensorRT 8.6+ and every current onnxruntime

@@ -32,8 +32,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 from mmengine.config import Config
 
 from ..errors import InputError
+from .build import load_config
 from .calibration import CalibrationReader, calibration_inputs, split_dataset_cfg
-from .detector import load_config
 from .onnx_export import PARTS, check_output_path, onnx_packages
 from .quantized_file import (
     QUANTIZATION_KEY,

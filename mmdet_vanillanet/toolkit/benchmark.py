@@ -16,7 +16,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmengine.runner import Runner
 
-from ..deploy.detector import build_detector, load_config
+from ..deploy.build import build_detector, load_config
 from ..errors import InputError, deploy_layout_error
 from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
