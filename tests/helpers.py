@@ -13,7 +13,7 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 import mmdet_vanillanet  # noqa: F401  (registers VanillaNet, as a config's custom_imports)
-from mmdet_vanillanet.comparison import max_rel_diff, randomize  # noqa: F401  (for the tests)
+from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize  # noqa: F401  (for the tests)
 from mmdet_vanillanet.models import ARCH_SETTINGS
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 

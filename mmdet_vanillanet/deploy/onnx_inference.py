@@ -25,10 +25,10 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
-from ..comparison import max_rel_diff
 from ..errors import InputError
 from ..models.detector import load_detector_weights
 from .build import load_config
+from .equivalence import max_rel_diff
 from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
 from .quantized_file import quantization_record, weight_mismatches
 

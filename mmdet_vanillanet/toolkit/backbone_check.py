@@ -7,7 +7,7 @@ import time
 import torch
 from mmdet.registry import MODELS
 
-from ..comparison import max_rel_diff, randomize
+from ..deploy.equivalence import max_rel_diff, randomize
 from ..models.checkpoint.forms import count_params
 
 

@@ -1,7 +1,7 @@
 """The benchmark's fusion check: the fused backbone against the unfused one, before any timing."""
 import torch
 
-from ..comparison import max_rel_diff
+from ..deploy.equivalence import max_rel_diff
 from ..errors import InputError
 
 
