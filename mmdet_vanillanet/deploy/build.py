@@ -8,7 +8,7 @@ from typing import Optional, Union
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from ..models.detector import load_detector_weights
+from ..models.checkpoint.detector_weights import load_detector_weights
 from .equivalence import randomize
 
 

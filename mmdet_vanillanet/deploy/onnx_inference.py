@@ -26,7 +26,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
 from ..errors import InputError
-from ..models.detector import load_detector_weights
+from ..models.checkpoint.detector_weights import load_detector_weights
 from .build import load_config
 from .equivalence import max_rel_diff
 from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
