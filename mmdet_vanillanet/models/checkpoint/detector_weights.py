@@ -13,7 +13,7 @@ from ...errors import CheckpointError
 from ...serialization import safe_load
 from ..detector import unwrap_model
 from ..vanillanet import VanillaNet
-from .fit import OPTIONAL_KEYS, check_fits, key_problems
+from .fit import check_fits, key_differences
 from .forms import adopt_meta_act_learn
 
 
@@ -42,16 +42,11 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
         check_fits({k[len(prefix):]: v for k, v in expected.items() if k.startswith(prefix)},
                    {k[len(prefix):]: state[file_keys[k]] for k in file_keys
                     if k.startswith(prefix)}, filename)
-    rest = [k for k in expected if not k.startswith(backbones)]
-    missing = [k for k in rest if k not in file_keys and not k.startswith(free)
-               and not OPTIONAL_KEYS.match(k)]
-    unexpected = [k for k in file_keys if k not in expected
-                  and not k.startswith(backbones + free)]
-    wrong = [f'{k}: file {tuple(state[file_keys[k]].shape)} vs model {tuple(expected[k].shape)}'
-             for k in rest if k in file_keys and not k.startswith(free)
-             and state[file_keys[k]].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        problems = key_problems(wrong, missing, unexpected)
+    others = backbones + free  # the backbones are checked above, the free parts not at all
+    problems = key_differences(
+        {k: v for k, v in expected.items() if not k.startswith(others)},
+        {k: state[file_keys[k]] for k in file_keys if not k.startswith(others)})
+    if problems:
         raise CheckpointError(
             f'{filename} does not fit this {type(model).__name__}: {"; ".join(problems)}. '
             f'If you replaced these parts on purpose (fine-tuning to other classes), name '

@@ -7,6 +7,7 @@ fused on load into a deploy backbone) come from the same network built on the me
 memory, no initialisation, and no second description of the network to keep in line with it.
 """
 import re
+from typing import List
 
 import torch
 
@@ -28,11 +29,20 @@ def expected_state(backbone: torch.nn.Module, layout: str) -> StateDict:
                               deploy=layout == 'deploy', init_cfg=None).state_dict()
 
 
-def key_problems(wrong, missing, unexpected):
-    """'shape mismatches (2): a, b; missing keys (7): c, d, e, f, ...' for each non-empty list."""
-    return [f'{label} ({len(items)}): {", ".join(items[:4])}' + (', ...' if len(items) > 4 else '')
-            for label, items in (('shape mismatches', wrong), ('missing keys', missing),
-                                 ('unexpected keys', unexpected)) if items]
+def key_differences(expected: StateDict, state: StateDict) -> List[str]:
+    """What keeps ``state`` from fitting ``expected``, one phrase per kind ('shape mismatches
+    (2): a: file (..) vs model (..), ...', 'missing keys (7): c, d, e, f, ...', 'unexpected keys
+    ...'); empty when every tensor is there in its shape and nothing else. The optional BN
+    counters may be missing, and act_learn is no tensor to fit: the load sets it from the file,
+    1 where the file has none."""
+    missing = [k for k in expected if k not in state and not OPTIONAL_KEYS.match(k)
+               and k != ACT_LEARN]
+    unexpected = [k for k in state if k not in expected and k != ACT_LEARN]
+    wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    return [f'{label} ({len(keys)}): {", ".join(keys[:4])}' + (', ...' if len(keys) > 4 else '')
+            for label, keys in (('shape mismatches', wrong), ('missing keys', missing),
+                                ('unexpected keys', unexpected)) if keys]
 
 
 def check_fits(model_state: StateDict, state: StateDict, filename: str):
@@ -46,14 +56,8 @@ def check_fits(model_state: StateDict, state: StateDict, filename: str):
             f'{filename} was trained with act_num={file_act_num} ({kernel}x{kernel} activation '
             f'kernels) but the model has act_num={(model_kernel - 1) // 2}: set '
             f'act_num={file_act_num} in the backbone config')
-    # act_learn is no tensor to fit: the load sets it from the file, 1 where the file has none.
-    missing = [k for k in model_state if k not in state and not OPTIONAL_KEYS.match(k)
-               and k != ACT_LEARN]
-    unexpected = [k for k in state if k not in model_state and k != ACT_LEARN]
-    wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-             for k, v in model_state.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
+    problems = key_differences(model_state, state)
+    if problems:
         raise CheckpointError(
             f'{filename} does not fit this VanillaNet ({describe_backbone(model_state)}); the '
-            f'file holds {describe_backbone(state)}. '
-            + '; '.join(key_problems(wrong, missing, unexpected)))
+            f'file holds {describe_backbone(state)}. ' + '; '.join(problems))
