@@ -13,7 +13,7 @@ from mmdet_vanillanet import apis
 
 SIGNATURES = {
     'fuse_detector': '(model, inplace=True)',
-    'convert_checkpoint': '(src, dst, force=False, unsafe_load=False)',
+    'convert_checkpoint': '(src, dst, force=False, unsafe_load=False, config=None)',
     'export_onnx': "(config, checkpoint, out, part='backbone', shape=(320, 480), static=False, "
                    'opset=17, dynamo=False, force=False, cfg_options=None)',
     'OnnxDetector': "(config, onnx_file, checkpoint=None, device='cpu', threads=None)",

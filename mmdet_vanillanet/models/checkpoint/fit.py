@@ -1,32 +1,20 @@
 """Whether a checkpoint's tensors fit a model: every key in its shape and nothing else, or an
 error that says what differs (the act_num first, the common case; then the first mismatched
-keys and shapes, with the arch the file holds), never a silent partial load.
+keys and shapes, with the arch the file holds), never a silent partial load. One helper lists
+the differences (``key_differences``), for a backbone's tensors and for a detector's.
 
-The keys and shapes a backbone expects in a layout other than its own (a training-mode file
-fused on load into a deploy backbone) come from the same network built on the meta device: no
-memory, no initialisation, and no second description of the network to keep in line with it.
+What a model expects is its own state dict; a training-mode file fused on load into a deploy
+backbone is checked against the training network built on the meta device (backbone_weights.py):
+no second description of the network to keep in line with it.
 """
 import re
 from typing import List
-
-import torch
 
 from ...errors import CheckpointError
 from .forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
 
 # Tensors a fitting file may lack: BN's counters are absent from files of old torch versions.
 OPTIONAL_KEYS = re.compile(r'.*num_batches_tracked$')
-LAYOUTS = ('training', 'deploy')
-
-
-def expected_state(backbone: torch.nn.Module, layout: str) -> StateDict:
-    """The state dict (meta tensors: keys and shapes only) of a backbone of ``backbone``'s class,
-    arch and act_num in ``layout``, as the network itself builds it."""
-    if layout not in LAYOUTS:
-        raise ValueError(f'layout {layout!r}: one of {LAYOUTS}')
-    with torch.device('meta'):
-        return type(backbone)(arch=backbone.arch, act_num=backbone.act_num,
-                              deploy=layout == 'deploy', init_cfg=None).state_dict()
 
 
 def key_differences(expected: StateDict, state: StateDict) -> List[str]:
