@@ -65,6 +65,6 @@ def test_convert_checkpoint_writes_the_deploy_layout_and_returns_the_counts(tmp_
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(model(x), fused(x)) <= 1e-4
-    with pytest.raises(FileExistsError, match='pass --force'):
+    with pytest.raises(FileExistsError, match='pass force=True'):
         apis.convert_checkpoint(str(src), str(dst))
     assert apis.convert_checkpoint(str(src), str(dst), force=True) == (before, after)

@@ -19,7 +19,7 @@ from typing import Tuple, Union
 import torch
 from mmengine.config import Config
 
-from ..errors import CheckpointError, InputError
+from ..errors import Argument, CheckpointError, InputError, output_exists
 from ..models.arch_settings import ARCH_SETTINGS
 from ..models.checkpoint.backbone_weights import (
     check_same_norm,
@@ -60,8 +60,8 @@ def training_backbone(checkpoint, state, source: str,
     if config is not None:
         cfg = load_config(config).model.get('backbone') or {}
         if str(cfg.get('type')).split('.')[-1] != 'VanillaNet':
-            raise InputError(f'config: its model.backbone is {cfg.get("type")!r}, not a '
-                             f'VanillaNet')
+            raise InputError(Argument('config'), f': its model.backbone is '
+                             f'{cfg.get("type")!r}, not a VanillaNet')
         given = training_network(VanillaNet, cfg, 'config')
         if recorded is not None:
             check_same_norm(recorded, given, source, 'the config')
@@ -72,7 +72,7 @@ def training_backbone(checkpoint, state, source: str,
         raise CheckpointError(
             f'{source} records no config of the run that trained it, so the norm its BN layers '
             f'computed with (eps), which every fused weight depends on, is unknown: give the '
-            f'config it was trained with (config=...)')
+            f'config it was trained with (', Argument('config'), ')')
     return training_network(VanillaNet, dict(arch=released_arch(dims_of(state)),
                                              act_num=act_num_of(state), norm_cfg=RELEASED_NORM),
                             source)
@@ -136,7 +136,7 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
                          f'unfused weights); choose another destination')
     check_output_file(dst, 'the destination')
     if osp.exists(dst) and not force:
-        raise FileExistsError(f'{dst} exists; pass --force to overwrite it')
+        raise output_exists(dst)
     config = None if config is None else load_config(config)  # before the file is read
     checkpoint = (load_trusted if unsafe_load else safe_load)(src)
     out, before, after = deploy_checkpoint(checkpoint, src, config)
