@@ -26,6 +26,7 @@ from ..models.checkpoint.backbone_weights import (
     fused_state,
     recorded_backbone,
     training_network,
+    vanillanet_cfg,
 )
 from ..models.checkpoint.fit import check_fits
 from ..models.checkpoint.forms import (
@@ -58,11 +59,10 @@ def training_backbone(checkpoint, state, source: str,
     """The training-mode VanillaNet (meta device) that wrote ``state``: see the module's doc."""
     recorded = recorded_backbone(checkpoint, VanillaNet, source)
     if config is not None:
-        cfg = load_config(config).model.get('backbone') or {}
-        if str(cfg.get('type')).split('.')[-1] != 'VanillaNet':
-            raise InputError(Argument('config'), f': its model.backbone is '
-                             f'{cfg.get("type")!r}, not a VanillaNet')
-        given = training_network(VanillaNet, cfg, 'config')
+        cfg = vanillanet_cfg(load_config(config).get('model'))
+        if cfg is None:
+            raise InputError(Argument('config'), ': its model.backbone is not a VanillaNet')
+        given = training_network(VanillaNet, cfg, 'the config')
         if recorded is not None:
             check_same_norm(recorded, given, source, 'the config')
         return given

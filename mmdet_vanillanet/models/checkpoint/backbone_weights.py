@@ -62,14 +62,20 @@ def same_norm(a: nn.Module, b: nn.Module) -> bool:
                 for layer in map(_norm_layer, (a, b))}) == 1
 
 
+def vanillanet_cfg(model_cfg) -> Optional[dict]:
+    """``backbone`` of a model config (a dict) where it is a VanillaNet's, else None."""
+    cfg = model_cfg.get('backbone') if isinstance(model_cfg, dict) else None
+    if isinstance(cfg, dict) and str(cfg.get('type')).split('.')[-1] == 'VanillaNet':
+        return cfg
+    return None
+
+
 def recorded_backbone(checkpoint, backbone_type: type, source: str) -> Optional[nn.Module]:
     """The training-mode backbone (meta device) of the config ``checkpoint`` records, where it
     records one whose ``model.backbone`` is a VanillaNet; else None."""
-    model = recorded_model_cfg(checkpoint)
-    cfg = model.get('backbone') if model else None
-    if not isinstance(cfg, dict) or str(cfg.get('type')).split('.')[-1] != 'VanillaNet':
-        return None
-    return training_network(backbone_type, cfg, f'the config {source} records')
+    cfg = vanillanet_cfg(recorded_model_cfg(checkpoint))
+    return None if cfg is None else training_network(backbone_type, cfg,
+                                                     f'the config {source} records')
 
 
 def check_same_norm(recorded: nn.Module, given: nn.Module, source: str, given_what: str):
