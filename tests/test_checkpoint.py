@@ -216,8 +216,8 @@ def test_a_detector_file_that_records_no_config_needs_one():
     model = randomize(build_backbone(arch=narrow('13'), act_num=4, norm_cfg=EPS_1E_3)).eval()
     checkpoint = _recording({**NARROW13, 'norm_cfg': EPS_1E_3}, model.state_dict())
     del checkpoint['meta']
-    with pytest.raises(CheckpointError, match='x.pth records no config of the run that '
-                                              'trained it.*eps.*give the config'):
+    with pytest.raises(CheckpointError, match='x.pth records no config of the VanillaNet '
+                                              'it trained.*eps.*give the config'):
         deploy_checkpoint(copy.deepcopy(checkpoint), 'x.pth')
     given = Config(dict(model=dict(backbone={**NARROW13, 'norm_cfg': EPS_1E_3})))
     converted, _, _ = deploy_checkpoint(checkpoint, 'x.pth', given)

@@ -70,7 +70,7 @@ def training_backbone(checkpoint, state, source: str,
         return recorded
     if any(k.startswith(('backbone.', 'module.backbone.')) for k in container_state(checkpoint)):
         raise CheckpointError(
-            f'{source} records no config of the run that trained it, so the norm its BN layers '
+            f'{source} records no config of the VanillaNet it trained, so the norm its BN layers '
             f'computed with (eps), which every fused weight depends on, is unknown: give the '
             f'config it was trained with (', Argument('config'), ')')
     return training_network(VanillaNet, dict(arch=released_arch(dims_of(state)),
