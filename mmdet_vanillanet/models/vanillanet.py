@@ -35,9 +35,9 @@ from ..ops.activation_kernel import check_act_impl
 from ..ops.checkpoint import checkpoint
 from ..ops.lean_training import conv_norm_act, pool
 from .arch_settings import STEM, ArchSpec, resolve_arch
-from .checkpoint_forms import ACT_LEARN
+from .checkpoint.backbone_weights import load_pretrained
+from .checkpoint.forms import ACT_LEARN
 from .fusion import merge_conv_bn_modules
-from .pretrained import load_pretrained
 from .series_activation import SeriesActivation
 
 
@@ -199,7 +199,7 @@ class VanillaNet(BaseModule):
             (``model.act_impl``). Default: 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads a released
             ImageNet file or a detector checkpoint, checked key by key (see
-            ``mmdet_vanillanet.models.pretrained``).
+            ``mmdet_vanillanet.models.checkpoint.backbone_weights``).
 
     Example:
         >>> import torch

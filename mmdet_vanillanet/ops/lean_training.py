@@ -86,7 +86,7 @@ def applies(x: Tensor, norm: Optional[nn.Module], *params: Tensor) -> bool:
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
-# --- keeping and recomputing an op's input ---------------------------------------------------------
+# --- keeping and recomputing an op's input ------------------------------------------------
 
 def _keep_input(ctx, x: Tensor) -> list:
     """The tensors an op keeps for its input: its recipe's (ctx.recipe), or x itself."""
@@ -181,8 +181,9 @@ class _ConvNormAct(Function):
             grad_z, x.to(z.dtype), weight.to(z.dtype), [weight.shape[0]] if ctx.has_bias else None,
             conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6]])
-        return (_cast(grad_x, ctx.x_dtype), None, None, None, None, _cast(grad_weight, weight.dtype),
-                _cast(grad_bias, weight.dtype), grad_norm_weight, grad_norm_bias)
+        return (_cast(grad_x, ctx.x_dtype), None, None, None, None,
+                _cast(grad_weight, weight.dtype), _cast(grad_bias, weight.dtype),
+                grad_norm_weight, grad_norm_bias)
 
 
 def _cast(grad: Optional[Tensor], dtype) -> Optional[Tensor]:
