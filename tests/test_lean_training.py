@@ -196,3 +196,17 @@ def test_sync_bn_over_two_cpu_processes_equals_bn_over_their_batch():
     for key in state:
         if key.endswith(STATISTICS):
             torch.testing.assert_close(got['state'][key], state[key], rtol=1e-9, atol=1e-12)
+
+
+def test_torch_compile_trains_as_before():
+    """torch.compile traces PyTorch's ops (the lean ops step aside while it compiles): the
+    compiled step computes the plain path's."""
+    plain, lean = pair(arch=narrow('7'), act_num=4)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected_outs, expected = train_step(plain, x)
+    outs, got = train_step(torch.compile(lean, backend='aot_eager'), x)
+    got = {name.replace('_orig_mod.', ''): grad for name, grad in got.items()}
+    assert all(torch.equal(a, b) for a, b in zip(expected_outs, outs))
+    scale = max(grad.abs().max() for grad in expected.values())
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6 * scale)
