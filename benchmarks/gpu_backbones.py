@@ -14,6 +14,9 @@ Swin-T, and the series-activation kernel against the card's own ceilings, in one
 4. Every activation layer of VanillaNet-13 at 800x1344, batch 1: PyTorch and kernel time, the
    kernel's bandwidth and FLOP rate against the ceilings, and the activations' share of the
    backbone's time with each implementation.
+5. A training step of VanillaNet-13 (lean, plain, with_cp, lean + with_cp) and of ResNet-50 at
+   800x1344, batch 2, fp32 and fp16 autocast: peak memory (torch.cuda.max_memory_allocated)
+   and step time; and the lean path's gradients against the plain path's on the card.
 
 Writes gpu_backbones_<card>.{json,md} under --out-dir (default $OUT, else benchmarks/results),
 the JSON after every section, so that a failure late in the run keeps what was measured. A
@@ -213,6 +216,61 @@ def activation_layers(model, x, ceil: dict) -> dict:
     return result
 
 
+# --- 5. a training step ---------------------------------------------------------------------
+
+TRAIN_VARIANTS = {'lean': dict(), 'plain': dict(lean_training=False),
+                  'with_cp': dict(lean_training=False, with_cp=True),
+                  'lean + with_cp': dict(with_cp=True)}
+
+
+def training_steps(batch: int = 2, shape=(800, 1344)) -> dict:
+    """VanillaNet-13 (act_num 4, training layout) with each training switch and torchvision's
+    ResNet-50 body (every layer trained): one forward and backward pass at ``shape``, fp32 and
+    under fp16 autocast. Peak memory above the model and its gradients
+    (torch.cuda.max_memory_allocated), median step ms; and the lean path's gradients against the
+    plain path's on this card (relative to the largest gradient)."""
+    x = torch.randn(batch, 3, *shape, device='cuda')
+    models = {f'VanillaNet-13 {name}': VanillaNet(arch='13', act_num=4, **cfg)
+              for name, cfg in TRAIN_VARIANTS.items()}
+    plain_state = randomize(models['VanillaNet-13 plain']).state_dict()
+    for model in models.values():
+        model.load_state_dict(plain_state)
+    models['ResNet-50 (torchvision)'] = next(iter(references().values()))
+    rows, grads = [], {}
+    for name, model in models.items():
+        model.cuda().train()
+
+        def step():
+            outs = model(x)
+            outs = outs if isinstance(outs, (tuple, list)) else [outs]
+            sum(out.float().mean() for out in outs).backward()
+
+        for pname in ('fp32', 'fp16'):
+            with torch.autocast('cuda', dtype=torch.float16, enabled=pname == 'fp16'):
+                model.zero_grad(set_to_none=False)
+                step()  # gradients allocated, cuDNN's search done
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                step()
+                torch.cuda.synchronize()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+                ms = bench_ms(step)
+            rows.append(dict(model=name, precision=pname, batch=batch, shape=list(shape),
+                             peak_gib=peak, step_ms=ms))
+            print('training:', json.dumps(rows[-1]), flush=True)
+        if name in ('VanillaNet-13 lean', 'VanillaNet-13 plain'):
+            model.zero_grad(set_to_none=True)
+            step()
+            grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.cpu()
+        torch.cuda.empty_cache()
+    lean, plain = grads['VanillaNet-13 lean'], grads['VanillaNet-13 plain']
+    scale = max(g.abs().max().item() for g in plain.values())
+    diff = max((lean[n] - plain[n]).abs().max().item() for n in plain) / scale
+    return dict(rows=rows, lean_vs_plain_grad_diff=diff)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out-dir', default=os.environ.get(
@@ -250,6 +308,8 @@ def main():
         vn13.to('cpu', torch.float32)
         report['backbones'] = time_backbones(vns, references())
     save()
+    report['training'] = training_steps()
+    save()
     with open(f'{stem}.md', 'w') as f:
         f.write(markdown(report))
     print(markdown(report))
@@ -285,6 +345,15 @@ def markdown(report) -> str:
               + f'. Kernel against float64 on {len(report["kernel_check"])} cases: '
               + (f'{len(failed)} FAILED' if failed else 'all within bounds') + '.',
               '', guard_line(report['kernel_checks']), '']
+    if 'training' in report:
+        train = report['training']
+        lines += [f'A training step at 800x1344, batch {train["rows"][0]["batch"]}: peak memory '
+                  f'above the model and its gradients, median ms. Lean path gradients against the '
+                  f'plain path: {train["lean_vs_plain_grad_diff"]:.1e} of the largest.', '',
+                  '| backbone | precision | peak GiB | step ms |', '|---|---|---|---|']
+        lines += [f'| {r["model"]} | {r["precision"]} | {r["peak_gib"]:.2f} | '
+                  f'{r["step_ms"]:.1f} |' for r in train['rows']]
+        lines.append('')
     for pname, act in report['activations'].items():
         total = act['kernel_total']
         lines += [
