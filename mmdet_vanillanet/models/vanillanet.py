@@ -321,9 +321,7 @@ class VanillaNet(BaseModule):
             raise InputError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
                              'which is exact only for act_learn=1; it cannot take another value')
         self._act_learn = value
-        for module in self.modules():
-            if isinstance(module, ConvNorm) and module.act_learn is not None:
-                module.act_learn = value
+        self._pass_down('act_learn', value)
 
     @property
     def act_impl(self) -> str:
@@ -333,9 +331,7 @@ class VanillaNet(BaseModule):
     @act_impl.setter
     def act_impl(self, value: str):
         self._act_impl = check_act_impl(value)
-        for module in self.modules():
-            if isinstance(module, SeriesActivation):
-                module.act_impl = value
+        self._pass_down('act_impl', value)
 
     @property
     def lean_training(self) -> bool:
@@ -345,9 +341,14 @@ class VanillaNet(BaseModule):
     @lean_training.setter
     def lean_training(self, value: bool):
         self._lean_training = bool(value)
+        self._pass_down('lean', self._lean_training)
+
+    def _pass_down(self, name: str, value):
+        """Set ``name`` on every module inside that computes with it (None: one that has no
+        such step, as a conv2 has no leaky_relu)."""
         for module in self.modules():
-            if hasattr(module, 'lean'):
-                module.lean = self._lean_training
+            if module is not self and getattr(module, name, None) is not None:
+                setattr(module, name, value)
 
     def switch_to_deploy(self):
         """Fuse, in place, into the deployed network; a second call does nothing."""
