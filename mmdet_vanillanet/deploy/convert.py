@@ -15,7 +15,7 @@ from ..models.checkpoint_forms import (
     layout_of,
 )
 from ..models.fusion import fuse_state_dict
-from ..output_paths import check_output_file
+from ..output_paths import check_output_file, is_same_file, new_file_for
 from ..serialization import load_trusted, safe_load
 
 
@@ -48,7 +48,9 @@ def convert_checkpoint(src: str, dst: str, force: bool = False,
     """Write the fused (deploy-layout) version of the training-mode checkpoint ``src`` (a path,
     URL or model-zoo name; an ImageNet file or a whole detector's) to ``dst``, and return the
     backbone's parameter counts (training, deploy). The arch and act_num are read off the
-    weights. ``dst`` is never overwritten unless ``force``, and never when it is ``src``.
+    weights. ``dst`` is never overwritten unless ``force``, never when it is ``src``, and
+    never written through when it is a symbolic link; it is written as a new file, renamed into
+    place when complete.
     ``unsafe_load``: unpickle ``src`` without weights_only protection (only for a file you
     trust; what is written holds plain tensors only).
 
@@ -60,14 +62,14 @@ def convert_checkpoint(src: str, dst: str, force: bool = False,
                                            'vn13_deploy.pth')
         # then load it with model.backbone.deploy=True (or init_cfg of a deploy=True backbone)
     """
-    if osp.abspath(src) == osp.abspath(dst) or (osp.exists(src) and osp.exists(dst)
-                                                 and osp.samefile(src, dst)):
+    if is_same_file(src, dst):
         raise InputError(f'{dst} is the checkpoint being converted: writing the deploy file '
                          f'over it would lose the training checkpoint (its optimizer state and '
                          f'unfused weights); choose another destination')
     check_output_file(dst, 'the destination')
-    if osp.exists(dst) and not force:
+    if osp.lexists(dst) and not force:
         raise FileExistsError(f'{dst} exists; pass --force to overwrite it')
     out, before, after = deploy_checkpoint((load_trusted if unsafe_load else safe_load)(src))
-    torch.save(out, dst)
+    with new_file_for(dst, replace=force) as partial:
+        torch.save(out, partial)
     return before, after
