@@ -5,7 +5,10 @@ that is not the file's, and the tool's one-line errors. Generated weights, the t
 
 The AP kept after quantization needs a trained model: test_int8_accuracy.py."""
 import copy
+import os
 import re
+import shutil
+import signal
 
 import numpy as np
 import onnx
@@ -102,7 +105,7 @@ def test_a_quantized_single_stage_file_decodes_with_every_weight_in_it(tmp_path,
     raw = export_onnx(cfg, checkpoint, str(tmp_path / 'raw.onnx'), part='raw',
                       shape=(320, 320)).path
     path = str(tmp_path / 'int8.onnx')
-    record = quantize_onnx(cfg, raw, path, num_images=4)
+    record = quantize_onnx(cfg, raw, path, split='val', num_images=4)
     assert record['keep_float'] == () and onnxruntime_ops(path).get('Conv', 0) == 0
     samples = OnnxDetector(cfg, path).predict([f'{data_root}val/000000.png'])
     assert len(samples[0].pred_instances) > 0
@@ -209,13 +212,80 @@ def test_a_failed_run_leaves_no_file(exported, tmp_path, monkeypatch):
 def test_the_tool_quantizes_and_refuses_in_one_line(exported, tmp_path, data_root):
     _, _, raw = exported
     out = tmp_path / 'int8.onnx'
-    options = ['--cfg-options', f'train_dataloader.dataset.data_root={data_root}',
-               f'val_dataloader.dataset.data_root={data_root}']
+    options = ['--cfg-options', f'train_dataloader.dataset.data_root={data_root}']
     output = run('tools/quantize_onnx.py', CONFIG, raw, str(out), '--num-images', '4',
                  *options)
-    assert 'wrote' in output and 'calibrated on 4 val images (seed 0)' in output
+    assert 'wrote' in output and 'calibrated on 4 train images (seed 0)' in output
+    assert 'reading 4 calibration images of the train split' in output  # the progress
     again = run('tools/quantize_onnx.py', CONFIG, str(out), str(tmp_path / 'twice.onnx'),
                 *options, expect_ok=False)
     assert again.strip().splitlines()[-1] == (f'error: {out} is already quantized: quantize '
                                               f'the float file that tools/export_onnx.py wrote')
     assert sorted(p.name for p in tmp_path.iterdir()) == ['int8.onnx']
+
+
+def test_the_file_records_its_preprocessing_and_a_config_of_another_is_refused(exported,
+                                                                               tmp_path):
+    """Fails on main: a file calibrated with --cfg-options model.data_preprocessor.mean=[0,0,0]
+    std=[1,1,1] recorded nothing of it, and OnnxDetector decoded it with the config's
+    preprocessing: box / mask AP 0.021 / 0.013 instead of 0.280 / 0.332 (the probe)."""
+    cfg, checkpoint, raw = exported
+    other = copy.deepcopy(cfg)
+    other.model.data_preprocessor.update(mean=[0, 0, 0], std=[1, 1, 1])
+    path = str(tmp_path / 'int8.onnx')
+    record = quantize_onnx(other, raw, path, num_images=4)
+    assert record['preprocessing'] == dict(mean=[0.0] * 3, std=[1.0] * 3, bgr_to_rgb=True,
+                                           rgb_to_bgr=False, pad_size_divisor=32.0,
+                                           pad_value=0.0)
+    with pytest.raises(InputError, match=r'calibrated on tensors of another preprocessing than '
+                       r"the config's data preprocessor: mean \[0.0, 0.0, 0.0\] where the config "
+                       r'has \[123.675, 116.28, 103.53\]; std \[1.0, 1.0, 1.0\] where'):
+        OnnxDetector(cfg, path, checkpoint)
+    OnnxDetector(other, path, checkpoint)  # the config it was calibrated with
+    swapped = copy.deepcopy(cfg)
+    swapped.model.data_preprocessor.bgr_to_rgb = False
+    with pytest.raises(InputError, match='bgr_to_rgb True where the config has False'):
+        OnnxDetector(swapped, quantized(exported, tmp_path, name='rgb.onnx')[0], checkpoint)
+
+
+def test_a_two_stage_dynamo_file_quantizes_with_the_default_recipe(exported, tmp_path):
+    """Fails on main: '--keep-float head: the file has no such nodes', with no --keep-float
+    given (the groups were found by the legacy exporter's node names)."""
+    cfg, checkpoint, _ = exported
+    dynamo = export_onnx(cfg, checkpoint, str(tmp_path / 'dynamo.onnx'), part='raw',
+                         shape=(96, 96), dynamo=True).path
+    path = str(tmp_path / 'int8.onnx')
+    record = quantize_onnx(cfg, dynamo, path, num_images=4)
+    assert record['keep_float'] == ('head', )
+    assert onnxruntime_ops(path)['Conv'] == 3 * 5  # the RPN's three convs on five levels
+    OnnxDetector(cfg, path, checkpoint)  # its weights named as the legacy file's
+
+
+@pytest.mark.parametrize('damage', ['corrupt image', 'FIFO image', 'FIFO annotations'])
+def test_calibration_data_it_cannot_read_is_named(exported, tmp_path, data_root, damage):
+    """Fails on main: a corrupt image ended in mmcv's AssertionError, a FIFO blocked forever
+    (the alarm turns the hang into a failure)."""
+    cfg, _, raw = exported
+    cfg = copy.deepcopy(cfg)
+    folder = tmp_path / 'data'
+    shutil.copytree(data_root, folder)
+    cfg.train_dataloader.dataset.data_root = f'{folder}/'
+    if damage == 'FIFO annotations':
+        target = folder / 'annotations' / 'instances_train.json'
+    else:
+        target = folder / 'train' / sorted(os.listdir(folder / 'train'))[0]
+    target.unlink()
+    if damage == 'corrupt image':
+        target.write_bytes(open(f'{data_root}val/000000.png', 'rb').read()[:60] + b'garbage')
+    else:
+        os.mkfifo(target)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail('blocked reading a FIFO'))
+    signal.alarm(60)
+    try:
+        with pytest.raises(InputError, match=f'--split train: the .*{target.name}') as err:
+            quantize_onnx(cfg, raw, str(tmp_path / 'int8.onnx'), num_images=100)
+    finally:
+        signal.alarm(0)
+    assert '\n' not in str(err.value) and not (tmp_path / 'int8.onnx').exists()
+    expected = 'cannot be read through' if damage == 'corrupt image' else 'is a FIFO'
+    assert expected in str(err.value)
