@@ -8,6 +8,8 @@ machine). What the comparison needs is many detections of every class, scattered
 with non-empty masks (see center_roi_logits), compared one by one over the whole toy val
 split; the COCO AP of both (0 here) is compared too, through MMDetection's CocoMetric."""
 import copy
+import glob
+import pickle
 
 import mmcv
 import numpy as np
@@ -26,6 +28,7 @@ from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 
 def _generated(cfg, folder, seed=0, part='raw'):
@@ -269,3 +272,35 @@ def test_a_file_that_is_not_an_image_is_named(retinanet_detector, tmp_path):
     with pytest.raises(FileNotFoundError, match='image not found: .*none.jpg'):
         retinanet_detector.predict(str(tmp_path / 'none.jpg'))
 
+
+def test_the_test_tool_scores_an_exported_file_as_it_scores_the_checkpoint(mask_rcnn, tmp_path):
+    """tools/test.py CONFIG FILE.onnx --checkpoint CKPT: the config's dataloader and evaluator,
+    --out and --show-dir, and the same metrics as the fused checkpoint's test (main: the file
+    was taken for a checkpoint that "holds Python objects beyond tensors")."""
+    cfg, _, checkpoint, path = mask_rcnn
+    runner = build_test_runner(copy.deepcopy(cfg), path, work_dir=str(tmp_path / 'onnx'),
+                               out=str(tmp_path / 'onnx.pkl'), show_dir='vis',
+                               onnx_checkpoint=checkpoint)
+    got = runner.test()
+    expected = build_test_runner(copy.deepcopy(cfg), checkpoint, work_dir=str(tmp_path / 'pth'),
+                                 out=str(tmp_path / 'pth.pkl'), deploy=True).test()
+    assert set(got) >= {'coco/bbox_mAP', 'coco/segm_mAP'} and got == expected
+    dumped, reference = (pickle.load(open(tmp_path / f'{name}.pkl', 'rb'))
+                         for name in ('onnx', 'pth'))
+    assert len(dumped) == len(reference) == 6
+    for mine, theirs in zip(dumped, reference):
+        mine, theirs = mine['pred_instances'], theirs['pred_instances']
+        assert len(mine['labels']) == 20 and torch.equal(mine['labels'], theirs['labels'])
+        assert torch.allclose(mine['bboxes'], theirs['bboxes'], rtol=0, atol=1e-3)
+    assert len(glob.glob(str(tmp_path / 'onnx' / '*' / 'vis' / '*.png'))) == 6
+
+
+def test_the_test_tool_refuses_what_an_onnx_file_cannot_take(mask_rcnn):
+    cfg, _, checkpoint, path = mask_rcnn
+    for kwargs, message in ((dict(checkpoint=checkpoint, onnx_checkpoint=checkpoint),
+                             '--checkpoint .* names the checkpoint an ONNX file was exported '
+                             'from'),
+                            (dict(checkpoint=path, deploy=True), '--deploy: .* is an exported'),
+                            (dict(checkpoint=path, launcher='pytorch'), 'tested in one process')):
+        with pytest.raises(InputError, match=message):
+            build_test_runner(copy.deepcopy(cfg), **kwargs)
