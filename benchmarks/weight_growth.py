@@ -99,7 +99,8 @@ def first_step_growth(config: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--toy-epochs', type=int, default=4,
                         help='epochs of the toy run (8 steps each)')
     parser.add_argument('--out', default=osp.join(REPO_ROOT, 'benchmarks', 'results',
