@@ -11,33 +11,15 @@ import sys
 import time
 
 import pytest
-import torch
-from mmdet.registry import MODELS
-from mmengine.registry import init_default_scope
 from test_one_line_errors import benchmark_request
 
-from helpers import CONFIG, REPO_ROOT, randomize, run, toy_test_config
+from helpers import CONFIG, REPO_ROOT, run
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx, quantize_onnx
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.output_paths import new_file_for
 from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 MINE = b'the user\'s own bytes'
-
-
-@pytest.fixture(scope='module')
-def exported(tmp_path_factory, data_root):
-    """(config on the toy set, checkpoint, raw fp32 file) of the toy Mask R-CNN."""
-    folder = tmp_path_factory.mktemp('outputs')
-    cfg = toy_test_config(data_root)
-    cfg.train_dataloader.dataset.data_root = data_root
-    init_default_scope('mmdet')
-    model = randomize(MODELS.build(cfg.model)).eval()
-    checkpoint = str(folder / 'model.pth')
-    torch.save({'state_dict': model.state_dict()}, checkpoint)
-    raw = str(folder / 'raw.onnx')
-    export_onnx(cfg, checkpoint, raw, part='raw', shape=(96, 96))
-    return cfg, checkpoint, raw
 
 
 def umask() -> int:
