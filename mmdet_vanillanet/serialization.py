@@ -36,7 +36,7 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
 from .checkpoint_sources import open_checkpoint
-from .errors import CheckpointError, TruncatedCheckpointError
+from .errors import Argument, CheckpointError, TruncatedCheckpointError
 
 
 def _refused(what: str) -> pickle.UnpicklingError:
@@ -238,9 +238,9 @@ def _load(filename: str, map_location, weights_only: bool, mmap: bool):
     try:
         kind = file_kind(source) if isinstance(source, str) else None
         if kind is not None:
-            hint = (f': an exported file is tested with `python tools/test.py CONFIG '
-                    f'{filename} --checkpoint CKPT`, and run with OnnxDetector'
-                    if kind == ONNX else '')
+            hint = (': an exported file is scored by tools/test.py, given in place of the '
+                    'checkpoint (with the checkpoint it was exported from), and run by '
+                    'OnnxDetector' if kind == ONNX else '')
             raise CheckpointError(f'{filename} is {kind}, not a PyTorch checkpoint{hint}')
         try:
             return torch.load(source, map_location=map_location, weights_only=weights_only,
@@ -255,8 +255,8 @@ def _load(filename: str, map_location, weights_only: bool, mmap: bool):
             f'{filename} holds Python objects beyond tensors, plain numpy data and the message '
             f'hub buffers our runs write, so loading it could run code from the file or change '
             f'the loading process; it was not loaded. If you trust the file, rewrite it as '
-            f'plain tensors with `python tools/convert_checkpoint.py {filename} OUT '
-            f'--unsafe-load`. (torch said: {_unpickler_reason(err)})') from None
+            f'plain tensors: convert it (convert_checkpoint, tools/convert_checkpoint.py) with ',
+            Argument('unsafe_load', True), f'. (torch said: {_unpickler_reason(err)})') from None
     except PermissionError as err:  # not a damaged file: --resume must not pass over it
         raise CheckpointError(f'cannot read {filename} ({err.strerror}); fix its '
                               f'permissions') from None

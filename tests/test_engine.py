@@ -173,7 +173,8 @@ def _blow_up_at(work_dir, iteration, **hook):
 
 @pytest.mark.parametrize('iteration, named', [
     (1, 'no checkpoint of this run predates it'),
-    (3, 'is {work_dir}/iter_2.pth: continue from it with --resume {work_dir}/iter_2.pth')])
+    (3, "is {work_dir}/iter_2.pth: resume from it (load_from='{work_dir}/iter_2.pth' and "
+        'resume=True')])
 def test_a_finite_blow_up_stops_at_its_step_naming_a_checkpoint_before_it(tmp_path, iteration,
                                                                           named):
     """The probe's case (lr 1e30): the weights are finite but useless after one step, and
@@ -273,8 +274,8 @@ def test_a_slow_divergence_names_the_last_healthy_checkpoint(tmp_path):
     assert message.startswith('non-finite values at iteration')
     assert f'the last healthy one (its norm grown at most 2x since the healthy one before it ' \
            f'and its mean loss at most 1.5x their lowest, the later ones had grown or lost ' \
-           f'beyond that) is {tmp_path}/iter_20.pth: continue from it with --resume ' \
-           f'{tmp_path}/iter_20.pth' in message
+           f"beyond that) is {tmp_path}/iter_20.pth: resume from it (load_from=" \
+           f"'{tmp_path}/iter_20.pth' and resume=True" in message
     assert 'iter_20.pth 1.00' in message and 'iter_30.pth 9.8' in message
     assert 'since iter_20.pth, loss' in message and 'not healthy' in message
     assert (tmp_path / 'iter_40.pth').exists()  # the last checkpoint, passed over

@@ -121,7 +121,7 @@ def test_outputs_get_the_users_umask(exported, tmp_path):
     quantized = tmp_path / 'int8.onnx'
     quantize_onnx(cfg, raw, str(quantized), num_images=2, progress=False)
     converted = tmp_path / 'deploy.pth'
-    convert_checkpoint(checkpoint, str(converted))
+    convert_checkpoint(checkpoint, str(converted), config=cfg)
     for path in (quantized, converted):
         assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask(), path
 

@@ -16,7 +16,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
-from ..errors import InputError
+from ..errors import Argument, InputError
 from ..input_paths import check_input_file
 
 SPLITS = ('train', 'val', 'test')
@@ -27,10 +27,11 @@ def split_dataset_cfg(cfg: Config, split: str) -> Config:
     empty-image filtering: a calibration image needs no annotation); a dataset wrapper
     (RepeatDataset, ClassBalancedDataset) is unwrapped."""
     if split not in SPLITS:
-        raise InputError(f'--split {split!r}: choose one of {list(SPLITS)}')
+        raise InputError(Argument('split', split), f': choose one of {list(SPLITS)}')
     loader = cfg.get(f'{split}_dataloader')
     if not loader or not loader.get('dataset'):
-        raise InputError(f'--split {split}: the config has no {split}_dataloader.dataset')
+        raise InputError(Argument('split', split),
+                         f': the config has no {split}_dataloader.dataset')
     dataset = copy.deepcopy(loader.dataset)
     while 'pipeline' not in dataset and 'dataset' in dataset:
         dataset = dataset.dataset
@@ -49,11 +50,11 @@ def calibration_inputs(cfg: Config, split: str = 'train', num: int = 64, seed: i
     image that is not a regular file (a FIFO would block the read), or an image the pipeline
     cannot read, is an InputError naming it."""
     if num < 1:
-        raise InputError(f'--num-images {num}: calibrate on at least one image')
+        raise InputError(Argument('num_images', num), ': calibrate on at least one image')
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     dataset = DATASETS.build(dict(split_dataset_cfg(cfg, split), lazy_init=True))
     if isinstance(getattr(dataset, 'ann_file', None), str) and '://' not in dataset.ann_file:
-        check_input_file(dataset.ann_file, f'--split {split}: the annotation file')
+        check_input_file(dataset.ann_file, f'the annotation file of the {split} split')
     dataset.full_init()
     preprocessor = MODELS.build(copy.deepcopy(cfg.model.data_preprocessor))
     order = np.random.default_rng(seed).permutation(len(dataset))[:num]
@@ -78,15 +79,15 @@ def read_image(dataset, index: int, split: str) -> dict:
     is an InputError naming it."""
     path = dataset.get_data_info(index).get('img_path')
     if isinstance(path, str) and '://' not in path:
-        check_input_file(path, f'--split {split}: the image')
+        check_input_file(path, f'the image of the {split} split')
     try:
         return dataset[index]
     except Exception as err:  # mmcv's reading and decoding raise many types (AssertionError)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
-        raise InputError(f'--split {split}: the image {path} cannot be read through the '
+        raise InputError(f'the image {path} of the {split} split cannot be read through the '
                          f'config\'s test pipeline ({type(err).__name__}{": " if reason else ""}'
-                         f'{reason}); restore or remove it, or calibrate on another split') \
-            from None
+                         f'{reason}); restore or remove it, or calibrate on another ',
+                         Argument('split')) from None
 
 
 def pad_to(array: np.ndarray, shape: Optional[Sequence[int]]) -> np.ndarray:
@@ -97,7 +98,7 @@ def pad_to(array: np.ndarray, shape: Optional[Sequence[int]]) -> np.ndarray:
     if h > shape[0] or w > shape[1]:
         raise InputError(f'a calibration image is {h}x{w} after the test pipeline, larger than '
                          f'the file\'s fixed input {shape[0]}x{shape[1]}: export the file with '
-                         f'dynamic shapes or a larger --static size')
+                         f'dynamic shapes, or with a larger fixed input size')
     return np.pad(array, [(0, 0), (0, 0), (0, shape[0] - h), (0, shape[1] - w)])
 
 

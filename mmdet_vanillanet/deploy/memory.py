@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..errors import InputError
+from ..errors import Argument, InputError
 
 GIB = 1024 ** 3
 
@@ -52,16 +52,16 @@ def activation_bytes(module: nn.Module, shape: Tuple[int, ...], probe_side: int)
     return (total + c * probe_side ** 2 * 4) * n * h * w / probe_side ** 2
 
 
-def check_memory(module: nn.Module, shapes: Sequence[Tuple[int, ...]], what: str,
+def check_memory(module: nn.Module, shapes: Sequence[Tuple[int, ...]], argument: Argument,
                  probe_side: int):
     """Refuse (InputError) when the largest of ``shapes`` would need more memory than is
-    available; ``what`` names the request in the message, ``probe_side`` is a size the
-    module takes (at least its minimum input side)."""
+    available; ``argument`` is the one that asks for the size (named in the message),
+    ``probe_side`` a size the module takes (at least its minimum input side)."""
     available = available_memory()
     if available is None:
         return
     needed = max(activation_bytes(module, shape, probe_side) for shape in shapes)
     if needed > available:
-        raise InputError(f'{what}: the network\'s activations alone would need about '
+        raise InputError(argument, f': the network\'s activations alone would need about '
                          f'{needed / GIB:,.0f} GiB of memory, and {available / GIB:,.1f} GiB are '
                          f'available; give a smaller size')

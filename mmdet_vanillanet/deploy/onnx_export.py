@@ -22,11 +22,11 @@ import torch.nn as nn
 from mmengine.config import Config
 from torch.onnx import _constants as onnx_constants
 
-from ..errors import InputError
-from ..models.checkpoint_forms import count_params
+from ..errors import Argument, InputError, output_exists
+from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
 from ..output_paths import check_output_file, new_file_for
-from .detector import build_detector, load_config
+from .build import build_detector, load_config
 from .memory import check_memory
 
 PARTS = ('backbone', 'neck', 'raw')
@@ -100,11 +100,11 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
     module = ExportedPart(detector, part).eval()
     side = detector.backbone.min_input_size
     if min(shape) < side:
-        raise InputError(f'--shape/--static {shape[0]} {shape[1]}: each side must be at '
-                         f'least {side} pixels for this backbone')
+        raise InputError(Argument('shape', tuple(shape)), f': each side must be at least '
+                         f'{side} pixels for this backbone')
     h, w = shape
     shapes = [(1, 3, h, w)] if static else [(1, 3, h, w), (2, 3, h + 37, w + 65)]
-    check_memory(module, shapes, f'exporting at --shape/--static {h} {w}', probe_side=2 * side)
+    check_memory(module, shapes, Argument('shape', tuple(shape)), probe_side=2 * side)
     with new_file_for(out, replace=force) as partial:
         export(module, partial, shape, static=static, opset=opset, dynamo=dynamo)
         write_metadata(partial, module, checkpoint)
@@ -122,9 +122,9 @@ class ExportedPart(nn.Module):
     def __init__(self, detector: nn.Module, part: str):
         super().__init__()
         if part not in PARTS:
-            raise InputError(f'--part {part!r}: choose one of {list(PARTS)}')
+            raise InputError(Argument('part', part), f': choose one of {list(PARTS)}')
         if part != 'backbone' and not getattr(detector, 'with_neck', False):
-            raise InputError(f'--part {part}: {type(detector).__name__} has no neck')
+            raise InputError(Argument('part', part), f': {type(detector).__name__} has no neck')
         self.detector, self.part = detector, part
         # The head by name, not as a second submodule: the dynamo exporter names a weight by the
         # first path it meets (head.rpn_conv.weight), and every weight must be detector.<path>.
@@ -133,8 +133,8 @@ class ExportedPart(nn.Module):
             self.head_name = next((name for name in ('bbox_head', 'rpn_head')
                                    if getattr(detector, name, None) is not None), None)
             if self.head_name is None:
-                raise InputError(f'--part raw: {type(detector).__name__} has neither a '
-                                 f'bbox_head nor an rpn_head')
+                raise InputError(Argument('part', part), f': {type(detector).__name__} has '
+                                 f'neither a bbox_head nor an rpn_head')
 
     @property
     def head(self) -> Optional[nn.Module]:
@@ -266,8 +266,8 @@ def onnxruntime_session(path: str, device: str = 'cpu', threads: Optional[int] =
     except Exception as err:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f'onnxruntime cannot load {path} ({reason}): give an ONNX file '
-                         f'written by tools/export_onnx.py (the default --opset '
-                         f'{OPSET})') from None
+                         f'written by export_onnx (tools/export_onnx.py) at its default opset '
+                         f'{OPSET}') from None
 
 
 def supported_opsets(dynamo: bool = False) -> range:
@@ -282,8 +282,9 @@ def check_opset(opset: int, dynamo: bool = False):
     met when the file is checked: a file it cannot run is not written)."""
     opsets = supported_opsets(dynamo)
     if opset not in opsets:
-        raise InputError(f'--opset {opset}: the {"dynamo" if dynamo else "legacy"} exporter '
-                         f'writes opsets {opsets.start} to {opsets.stop - 1} (default {OPSET})')
+        raise InputError(Argument('opset', opset), f': the {"dynamo" if dynamo else "legacy"} '
+                         f'exporter writes opsets {opsets.start} to {opsets.stop - 1} (default '
+                         f'{OPSET})')
 
 
 def check_output_path(path: str, force: bool, inputs: Sequence[Optional[str]] = ()):
@@ -293,4 +294,4 @@ def check_output_path(path: str, force: bool, inputs: Sequence[Optional[str]] = 
     if not path.endswith('.onnx'):
         raise InputError(f'{path}: the output file must end in .onnx')
     if osp.lexists(path) and not force:
-        raise FileExistsError(f'{path} exists; pass --force to overwrite it')
+        raise output_exists(path)

@@ -8,15 +8,15 @@ from mmdet.structures import DetDataSample
 from mmengine.analysis import get_model_complexity_info
 
 from ..deploy.memory import check_memory
-from ..errors import InputError
+from ..errors import Argument, InputError
 from ..models.series_activation import SeriesActivation
 
 
 def check_shape(shape: Tuple[int, int]):
-    """InputError for a --shape with a side below 1 pixel."""
+    """InputError for a shape (--shape) with a side below 1 pixel."""
     if min(shape) < 1:
-        raise InputError(f'--shape {shape[0]} {shape[1]}: height and width must be positive '
-                         f'(the detector pads them to multiples of 32)')
+        raise InputError(Argument('shape', tuple(shape)), ': height and width must be positive '
+                         '(the detector pads them to multiples of 32)')
 
 
 def pseudo_batch(shape: Tuple[int, int]) -> dict:
@@ -56,7 +56,7 @@ def check_input_memory(model: torch.nn.Module, shape: Tuple[int, int]):
     module = torch.nn.Sequential(model.backbone, model.neck) if getattr(model, 'with_neck', False) \
         else model.backbone
     padded = (1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
-    check_memory(module, [padded], f'--shape {h} {w}', probe_side=max(64, 2 * side))
+    check_memory(module, [padded], Argument('shape', (h, w)), probe_side=max(64, 2 * side))
 
 
 @torch.no_grad()

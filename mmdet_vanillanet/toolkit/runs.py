@@ -13,11 +13,11 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ..deploy.detector import load_config
+from ..deploy.build import load_config
 from ..deploy.onnx_inference import OnnxDetector
 from ..errors import InputError, deploy_layout_error
 from ..input_paths import check_input_file
-from ..models.pretrained import checkpoint_layout, require_training_layout
+from ..models.checkpoint.backbone_weights import checkpoint_layout, require_training_layout
 from ..output_paths import check_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import ONNX, file_kind, safe_load

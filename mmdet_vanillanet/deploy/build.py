@@ -9,10 +9,10 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from ..class_order import config_classes
-from ..comparison import randomize
-from ..errors import InputError
+from ..errors import Argument, InputError
 from ..input_paths import check_input_file
-from ..models.detector import load_detector_weights
+from ..models.checkpoint.detector_weights import load_detector_weights
+from .equivalence import randomize
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:
@@ -28,9 +28,9 @@ def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) 
 
 
 def check_no_dict_strings(cfg_options: dict):
-    """MMEngine's --cfg-options parses numbers, strings, lists and tuples, not ``dict(...)``:
-    ``custom_hooks=[dict(type=...)]`` arrives as a list of strings, which failed with an
-    AttributeError or deep inside the Runner. Refused here, naming the key."""
+    """MMEngine's DictAction (--cfg-options) parses numbers, strings, lists and tuples, not
+    ``dict(...)``: ``custom_hooks=[dict(type=...)]`` arrives as a list of strings, which failed
+    with an AttributeError or deep inside the Runner. Refused here, naming the key."""
     def strings(value):
         if isinstance(value, (list, tuple)):
             return [s for v in value for s in strings(v)]
@@ -39,10 +39,11 @@ def check_no_dict_strings(cfg_options: dict):
     for key, value in cfg_options.items():
         written = [s for s in strings(value) if re.match(r'\s*dict\(', s)]
         if written:
-            raise InputError(f'cfg_options {key}: {written[0]!r} is a string, not a dict: '
-                             f'--cfg-options reads numbers, strings, lists and tuples, not '
-                             f'dict(...); set the fields one by one ({key}.0.type=...) where the '
-                             f'config has the entry, or write a config with this one as _base_')
+            raise InputError(f'{key} in ', Argument('cfg_options'), f': {written[0]!r} is a '
+                             f'string, not a dict (MMEngine\'s DictAction reads numbers, strings, '
+                             f'lists and tuples, not dict(...)); set the fields one by one '
+                             f'({key}.0.type=...) where the config has the entry, or write a '
+                             f'config with this one as _base_')
 
 
 def build_detector(cfg: Config, checkpoint: Optional[str] = None):
