@@ -38,7 +38,8 @@ def non_contiguous(fused):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
     parser.add_argument('--iters', type=int, default=3)
     args = parser.parse_args()

@@ -43,7 +43,8 @@ EFFICIENCY_MODES = ('unfused', 'fused', 'onnxruntime')
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--shape', type=int, nargs=2, default=[512, 832], metavar=('H', 'W'))
     parser.add_argument('--detection-shape', type=int, nargs=2, default=[800, 1216],
                         metavar=('H', 'W'), help='size of the efficiency measurement')

@@ -272,7 +272,8 @@ def training_steps(batch: int = 2, shape=(800, 1344)) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out-dir', default=os.environ.get(
         'OUT', osp.join(REPO_ROOT, 'benchmarks', 'results')))
     args = parser.parse_args()

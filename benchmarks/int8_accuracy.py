@@ -20,6 +20,7 @@ from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
+from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops, toy_raw_file
 from mmdet_vanillanet.toolkit.paths import CONFIGS
 
@@ -42,7 +43,8 @@ VARIANTS = {  # name: the recipe; tools/quantize_onnx.py's default is the RPN-he
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('checkpoint', help='the trained toy model (tools/demo.py)')
     parser.add_argument('--config', default=osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py'))
     parser.add_argument('--data', default='data/toy_coco', help='the toy dataset folder')
@@ -85,16 +87,17 @@ def score(cfg, args, name, recipe, fp32, reference):
 def main():
     args = parse_args()
     register_all_modules()
-    cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoint, args.work_dir)
-    reference = onnx_coco_ap(cfg, fp32, args.checkpoint, args.threads)
-    print(f'fp32: box {reference["box"]:.3f} mask {reference["mask"]:.3f}', flush=True)
-    rows = [score(cfg, args, name, VARIANTS[name], fp32, reference) for name in args.variants]
-    report = dict(config=args.config, checkpoint=args.checkpoint, data=args.data,
-                  split=args.split, num_images=args.num_images, seeds=args.seeds,
-                  threads=args.threads, fp32=reference, variants=rows)
-    with open(args.out, 'w') as f:
-        json.dump(report, f, indent=2)
-    print(f'wrote {args.out}')
+    with one_line_errors():  # an untrusted or unfit checkpoint, bad data: one line
+        cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoint, args.work_dir)
+        reference = onnx_coco_ap(cfg, fp32, args.checkpoint, args.threads)
+        print(f'fp32: box {reference["box"]:.3f} mask {reference["mask"]:.3f}', flush=True)
+        rows = [score(cfg, args, name, VARIANTS[name], fp32, reference) for name in args.variants]
+        report = dict(config=args.config, checkpoint=args.checkpoint, data=args.data,
+                      split=args.split, num_images=args.num_images, seeds=args.seeds,
+                      threads=args.threads, fp32=reference, variants=rows)
+        with open(args.out, 'w') as f:
+            json.dump(report, f, indent=2)
+        print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':

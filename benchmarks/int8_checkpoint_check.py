@@ -24,12 +24,14 @@ from mmdet_vanillanet.deploy.equivalence import max_rel_diff
 from mmdet_vanillanet.deploy.onnx_export import group_outputs, onnxruntime_session
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
 from mmdet_vanillanet.deploy.quantized_file import weight_differences
+from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
 from mmdet_vanillanet.toolkit.paths import CONFIGS
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('checkpoints', nargs='+', help='the file\'s checkpoint, then others')
     parser.add_argument('--config', default=osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py'))
     parser.add_argument('--data', default='data/toy_coco', help='the toy dataset folder')
@@ -58,23 +60,25 @@ def readings(path, model, side):
 def main():
     args = parse_args()
     register_all_modules()
-    cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoints[0], args.work_dir)
-    files = {'fp32': fp32}
-    for name, recipe in (('int8 all', Recipe(keep_float=())), ('int8 default', Recipe())):
-        files[name] = osp.join(args.work_dir, f'raw_{name.replace(" ", "_")}.onnx')
-        quantize_file(cfg, fp32, files[name], recipe, 'train', 64, 0)
-    rows = []
-    for checkpoint in args.checkpoints:
-        model = build_detector(cfg, checkpoint)
-        side = 2 * model.backbone.min_input_size
-        for name, path in files.items():
-            row = dict(file=name, checkpoint=checkpoint,
-                       the_files=checkpoint == args.checkpoints[0], **readings(path, model, side))
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    with open(args.out, 'w') as f:
-        json.dump(dict(config=args.config, data=args.data, rows=rows), f, indent=2)
-    print(f'wrote {args.out}')
+    with one_line_errors():  # an untrusted or unfit checkpoint, bad data: one line
+        cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoints[0], args.work_dir)
+        files = {'fp32': fp32}
+        for name, recipe in (('int8 all', Recipe(keep_float=())), ('int8 default', Recipe())):
+            files[name] = osp.join(args.work_dir, f'raw_{name.replace(" ", "_")}.onnx')
+            quantize_file(cfg, fp32, files[name], recipe, 'train', 64, 0)
+        rows = []
+        for checkpoint in args.checkpoints:
+            model = build_detector(cfg, checkpoint)
+            side = 2 * model.backbone.min_input_size
+            for name, path in files.items():
+                row = dict(file=name, checkpoint=checkpoint,
+                           the_files=checkpoint == args.checkpoints[0],
+                           **readings(path, model, side))
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        with open(args.out, 'w') as f:
+            json.dump(dict(config=args.config, data=args.data, rows=rows), f, indent=2)
+        print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':

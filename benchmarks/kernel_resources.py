@@ -126,7 +126,8 @@ def markdown(rows: list) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', type=int, nargs='+', default=sorted(LIMITS),
                         choices=sorted(LIMITS), help='compute capabilities to build for')
     parser.add_argument('--k', type=int, nargs='+', default=list(range(3, kernel.MAX_K + 1, 2)))

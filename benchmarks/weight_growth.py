@@ -1,10 +1,13 @@
 """How much one training step grows the weights' L2 norm in normal training: the measurement
-behind StopOnNonFiniteHook's bound (max_norm_growth, 10 by default).
+behind StopOnNonFiniteHook's bound (max_norm_growth, 10 by default), and behind its choice of a
+healthy checkpoint after a stop (HEALTHY_GROWTH, HEALTHY_LOSS).
 
     python benchmarks/weight_growth.py    # about 10 minutes on 2 shared cores
 
 - the toy config trained from scratch on a generated toy set (deep training, AdamW at the
-  config's lr, warm-up included): the largest growth over every step;
+  config's lr, warm-up included), checkpointed every epoch: the largest growth over every step,
+  the largest growth of the norm from one checkpoint to the next, and the largest ratio of a
+  checkpoint's mean loss to the lowest of the checkpoints before it;
 - one step of each COCO config at its full lr (no warm-up: the worst case of its schedule), its
   VanillaNet at 1/16 of the widths, on two generated 320x320 images with boxes and masks.
 Writes benchmarks/results/weight_growth.json.
@@ -35,8 +38,9 @@ from mmdet_vanillanet.toolkit.toy_data import make_toy_coco
 NARROW = 16
 
 
-def toy_run_growth(epochs: int) -> float:
-    """The largest one-step growth of a toy run (the hook records it)."""
+def toy_run_growth(epochs: int) -> dict:
+    """The largest one-step growth of a toy run, and between its checkpoints the largest growth
+    and loss ratio (the hook records them)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = f'{tmp}/data/'
         make_toy_coco(root, num_train=32, num_val=4, image_size=(96, 96))
@@ -48,11 +52,18 @@ def toy_run_growth(epochs: int) -> float:
         cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None  # training only
         cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
         cfg.custom_hooks[0].duration = max(1, epochs // 2)
-        cfg.default_hooks.checkpoint.interval = epochs + 1
+        cfg.default_hooks.checkpoint.interval = 1
         cfg.randomness = dict(seed=0)
         runner = Runner.from_cfg(cfg)
         runner.train()
-        return next(h for h in runner.hooks if isinstance(h, StopOnNonFiniteHook)).largest_growth
+        hook = next(h for h in runner.hooks if isinstance(h, StopOnNonFiniteHook))
+        norms = [hook.start_norm] + [s['norm'] for s in hook.saved]
+        losses = [s['loss'] for s in hook.saved]
+        return {f'toy run, {epochs} epochs (largest over every step)': hook.largest_growth,
+                f'toy run, {epochs} epochs (largest growth from one checkpoint to the next)':
+                    max(b / a for a, b in zip(norms, norms[1:])),
+                f'toy run, {epochs} epochs (largest mean loss over the lowest before it)':
+                    max(loss / min(losses[:i]) for i, loss in enumerate(losses) if i)}
 
 
 def synthetic_batch(with_mask: bool) -> dict:
@@ -99,7 +110,8 @@ def first_step_growth(config: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--toy-epochs', type=int, default=4,
                         help='epochs of the toy run (8 steps each)')
     parser.add_argument('--out', default=osp.join(REPO_ROOT, 'benchmarks', 'results',
@@ -109,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main():
     args = build_parser().parse_args()
-    results = {f'toy run, {args.toy_epochs} epochs (largest over every step)':
-               toy_run_growth(args.toy_epochs)}
-    print(f'{next(iter(results))}: {results[next(iter(results))]:.5f}', flush=True)
+    results = toy_run_growth(args.toy_epochs)
+    for name, value in results.items():
+        print(f'{name}: {value:.5f}', flush=True)
     for config in sorted(glob.glob(osp.join(CONFIGS, '*_coco.py'))):
         name = f'{osp.basename(config)} (first step, full lr)'
         results[name] = first_step_growth(config)

@@ -13,6 +13,7 @@ from mmengine.fileio import get as fetch_bytes
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
 from .errors import InputError
+from .input_paths import check_input_file
 
 HTTP = ('http://', 'https://')
 # MMEngine's model-zoo schemes whose checkpoints load as they are (mmcls:// ones are rewritten
@@ -77,6 +78,5 @@ def open_checkpoint(filename: str):
             raise InputError(f'{filename}: no MMEngine storage backend reads '
                              f'{source.split("://")[0]}:// paths; give a local path, a URL '
                              f'or a model-zoo name') from None
-    if not osp.isfile(source):
-        raise FileNotFoundError(f'checkpoint file not found: {source}')
+    check_input_file(source, 'checkpoint file')
     return source

@@ -12,7 +12,10 @@ import os
 import os.path as osp
 from typing import Dict, Optional, Sequence, Tuple
 
+from mmdet.registry import DATASETS
+
 from .errors import InputError
+from .input_paths import check_input_file
 
 # (path, size, mtime) -> the file's category names in order: a run's check and its hook read
 # a file once, and COCO's train file takes seconds.
@@ -54,17 +57,67 @@ def check_class_order(path: str, classes: Sequence[str], coco: Optional[dict] = 
 
 def check_evaluator_class_order(evaluators, classes: Sequence[str], evaluator_key: str):
     """The local COCO ``ann_file`` of each evaluator in ``evaluators`` (a config's
-    ``val_evaluator`` or ``test_evaluator``: one or a list) lists ``classes`` in their order:
-    CocoMetric maps labels back to names by the file's order, as CocoDataset numbers them."""
+    ``val_evaluator`` or ``test_evaluator``: one or a list) declares every one of ``classes``
+    (CocoMetric looks their ids up by name: a missing one failed with an IndexError after the
+    whole test) and lists them in their order: CocoMetric maps labels back to names by the
+    file's order, as CocoDataset numbers them."""
     for metric in evaluators if isinstance(evaluators, list) else [evaluators]:
         ann_file = (metric or {}).get('ann_file')
+        what = f'{evaluator_key}.ann_file'
+        if isinstance(ann_file, str) and '://' not in ann_file and osp.lexists(ann_file):
+            check_input_file(ann_file, what)
         if is_local_json(ann_file):
-            check_class_order(ann_file, classes, what=f'{evaluator_key}.ann_file')
+            declared = file_category_names(ann_file)
+            missing = [name for name in classes or () if name not in declared]
+            if missing:
+                raise missing_classes_error(f'{what} {ann_file}', missing, declared)
+            check_class_order(ann_file, classes, what=what)
+
+
+def missing_classes_error(source: str, missing: Sequence[str],
+                          declared: Sequence[str]) -> InputError:
+    """The one message for config classes a COCO file does not declare, naming a category that
+    differs only in case or spaces (a class 'circle' where the file has 'Circle ')."""
+    near = [f'{name!r} differs from its {other!r} only in case or spaces' for name in missing
+            for other in declared if isinstance(other, str)
+            and ''.join(other.split()).casefold() == ''.join(name.split()).casefold()]
+    shown = _names(sorted(n for n in declared if isinstance(n, str)))
+    return InputError(
+        f'{source} declares no category named {", ".join(map(repr, missing))} (it declares '
+        f'{shown}{"; " + "; ".join(near) if near else ""}), but the config\'s classes include '
+        f'it; make the config\'s metainfo classes the file\'s category names')
 
 
 def is_local_json(path) -> bool:
     """A COCO file on this machine (not a URL, not a file of another format)."""
     return isinstance(path, str) and path.endswith('.json') and osp.isfile(path)
+
+
+def dataset_class(ds: dict):
+    """The class a dataset config builds (a registered name or the class), or None."""
+    kind = ds.get('type')
+    if isinstance(kind, str):
+        return DATASETS.get(kind)
+    return kind if isinstance(kind, type) else None
+
+
+def dataset_classes(ds: dict) -> Tuple[str, ...]:
+    """The classes a dataset config labels by: its metainfo's, else its dataset class's."""
+    classes = (ds.get('metainfo') or {}).get('classes')
+    cls = dataset_class(ds)
+    return tuple(classes or (cls.METAINFO.get('classes') if cls is not None else None) or ())
+
+
+def config_classes(cfg) -> Tuple[str, ...]:
+    """The classes a config's detector is tested with (its test dataset's, else its val or
+    train dataset's; the first inside a wrapper): what its labels mean."""
+    for key in ('test_dataloader', 'val_dataloader', 'train_dataloader'):
+        ds = (cfg.get(key) or {}).get('dataset')
+        while ds and ('dataset' in ds or 'datasets' in ds):
+            ds = ds.get('dataset') or ds['datasets'][0]
+        if ds:
+            return dataset_classes(ds)
+    return ()
 
 
 def check_checkpoint_classes(source: str, checkpoint: dict, classes: Sequence[str]):

@@ -29,6 +29,7 @@ import math
 import pickle
 import reprlib
 import zipfile
+from typing import Optional
 
 import numpy as np
 import torch
@@ -207,13 +208,40 @@ def load_trusted(filename: str, map_location='cpu'):
     return _load(filename, map_location, weights_only=False, mmap=False)
 
 
+ONNX = 'an ONNX model'
+# The first bytes of torch's zip format and of its legacy (pickle) one.
+CHECKPOINT_SIGNATURES = (b'PK\x03\x04', b'\x80')
+# What other files a checkpoint is mistaken for begin with (an ONNX model: its first field,
+# ir_version).
+SIGNATURES = ((b'\x08', ONNX), (b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
+              (b'{', 'a JSON file'), (b'[', 'a JSON file'))
+
+
+def file_kind(path: str) -> Optional[str]:
+    """What a local file's first bytes say it is when it is no checkpoint ('an ONNX model', a
+    PNG or JPEG image, a JSON file, 'a file of another format'); None for what torch.load may
+    read (its zip or legacy format), or an empty file (a write cut short)."""
+    with open(path, 'rb') as f:
+        head = f.read(8)
+    if not head or head.startswith(CHECKPOINT_SIGNATURES):
+        return None
+    return next((kind for signature, kind in SIGNATURES if head.startswith(signature)),
+                'a file of another format')
+
+
 def _load(filename: str, map_location, weights_only: bool, mmap: bool):
     """torch.load with each failure as one CheckpointError: a refused object, a file that cannot
-    be read, a truncated or corrupt one."""
+    be read, a truncated or corrupt one, a file of another kind (an ONNX model, an image)."""
     source = open_checkpoint(filename)
     # What reads back the objects MMEngine writes was allow-listed when the plugin was
     # imported (before this module could be).
     try:
+        kind = file_kind(source) if isinstance(source, str) else None
+        if kind is not None:
+            hint = (': an exported file is scored by tools/test.py, given in place of the '
+                    'checkpoint (with the checkpoint it was exported from), and run by '
+                    'OnnxDetector' if kind == ONNX else '')
+            raise CheckpointError(f'{filename} is {kind}, not a PyTorch checkpoint{hint}')
         try:
             return torch.load(source, map_location=map_location, weights_only=weights_only,
                               mmap=mmap and isinstance(source, str))

@@ -8,8 +8,18 @@ os.environ['TRITON_INTERPRET'] = '1'
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
 
-from helpers import build_backbone, narrow, randomize, scale_options, train  # noqa: E402
+from helpers import (  # noqa: E402
+    build_backbone,
+    narrow,
+    randomize,
+    scale_options,
+    toy_config,
+    train,
+)
+from mmdet_vanillanet.deploy.onnx_export import export_onnx  # noqa: E402
 from mmdet_vanillanet.toolkit.toy_data import make_toy_coco  # noqa: E402
 
 
@@ -19,6 +29,21 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy') / 'data'
     make_toy_coco(str(root), num_train=16, num_val=6, image_size=(96, 96))
     return f'{root}/'
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory, data_root):
+    """(config on the toy set, checkpoint, raw fp32 file) of the toy Mask R-CNN with generated
+    weights."""
+    folder = tmp_path_factory.mktemp('exported')
+    cfg = toy_config(data_root)
+    init_default_scope('mmdet')
+    model = randomize(MODELS.build(cfg.model)).eval()
+    checkpoint = str(folder / 'model.pth')
+    torch.save({'state_dict': model.state_dict()}, checkpoint)
+    raw = str(folder / 'raw.onnx')
+    export_onnx(cfg, checkpoint, raw, part='raw', shape=(96, 96))
+    return cfg, checkpoint, raw
 
 
 @pytest.fixture

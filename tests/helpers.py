@@ -129,6 +129,14 @@ def toy_test_config(data_root):
     return cfg
 
 
+def toy_config(data_root):
+    """The toy config with every split on the tests' toy set, in this process."""
+    cfg = toy_test_config(data_root)
+    for split in ('train', 'val'):
+        cfg[f'{split}_dataloader'].dataset.data_root = data_root
+    return cfg
+
+
 def narrow_retinanet_config():
     """RetinaNet on a narrow VanillaNet-13, testing at the toy images' scale."""
     cfg = Config.fromfile(f'{CONFIGS}/retinanet_vanillanet13_coco.py')

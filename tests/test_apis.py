@@ -17,9 +17,9 @@ SIGNATURES = {
     'export_onnx': "(config, checkpoint, out, part='backbone', shape=(320, 480), static=False, "
                    'opset=17, dynamo=False, force=False, cfg_options=None)',
     'OnnxDetector': "(config, onnx_file, checkpoint=None, device='cpu', threads=None)",
-    'quantize_onnx': "(config, onnx_file, out, split='val', num_images=64, seed=0, "
+    'quantize_onnx': "(config, onnx_file, out, split='train', num_images=64, seed=0, "
                      "target='onnxruntime', method='minmax', keep_float=None, force=False, "
-                     'cfg_options=None)',
+                     'cfg_options=None, progress=True)',
 }
 
 

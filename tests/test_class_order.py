@@ -114,3 +114,21 @@ def test_a_checkpoint_of_another_class_order_is_refused_at_load(data_root, tmp_p
     assert (f"{checkpoint} was trained with the classes ['circle', 'square', 'triangle'], in "
             f"another order or with other names than the config's ['square', 'circle', "
             f"'triangle']") in output
+
+
+@pytest.mark.parametrize('name', ['Circle', 'circle ', 'cir cle'])
+def test_a_class_differing_only_in_case_or_spaces_is_named_before_the_test(data_root, tmp_path,
+                                                                           name):
+    """Fails on main: in test_evaluator.ann_file only, the whole test ran, then CocoMetric
+    failed with an IndexError (it looks the classes' ids up by name)."""
+    with open(f'{data_root}annotations/instances_val.json') as f:
+        coco = json.load(f)
+    coco['categories'][0]['name'] = name
+    path = tmp_path / 'val.json'
+    path.write_text(json.dumps(coco))
+    cfg = toy_cfg(data_root)
+    cfg.test_evaluator.ann_file = str(path)
+    with pytest.raises(InputError) as err:
+        check_dataset_paths(cfg, ('test_dataloader', ))
+    assert f"test_evaluator.ann_file {path} declares no category named 'circle'" in str(err.value)
+    assert f"'circle' differs from its {name!r} only in case or spaces" in str(err.value)

@@ -123,9 +123,10 @@ class _Diverging(BaseModel):
         return dict(loss=self.w.sum())
 
 
-def _guarded_runner(model, work_dir, iters, lr, name, hook=None, **cfg):
-    """A Runner of ``iters`` SGD steps on a one-sample dataset, checkpointed every iteration
-    by our AtomicCheckpointHook and guarded by StopOnNonFiniteHook (``hook``: its arguments)."""
+def _guarded_runner(model, work_dir, iters, lr, name, hook=None, interval=1, **cfg):
+    """A Runner of ``iters`` SGD steps on a one-sample dataset, checkpointed every ``interval``
+    iterations by our AtomicCheckpointHook and guarded by StopOnNonFiniteHook (``hook``: its
+    arguments)."""
     return Runner(
         model=model, work_dir=str(work_dir),
         train_dataloader=dict(dataset=[dict(inputs=torch.zeros(1))] * iters, batch_size=1,
@@ -133,7 +134,7 @@ def _guarded_runner(model, work_dir, iters, lr, name, hook=None, **cfg):
                               collate_fn=dict(type='default_collate')),
         train_cfg=dict(by_epoch=False, max_iters=iters),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
-        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=1,
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=interval,
                                            by_epoch=False),
                            non_finite=dict(type='StopOnNonFiniteHook', **(hook or {}))),
         default_scope='mmdet', experiment_name=name, **cfg)
@@ -172,7 +173,8 @@ def _blow_up_at(work_dir, iteration, **hook):
 
 @pytest.mark.parametrize('iteration, named', [
     (1, 'no checkpoint of this run predates it'),
-    (3, 'the last checkpoint, {work_dir}/iter_2.pth, predates it')])
+    (3, "is {work_dir}/iter_2.pth: resume from it (load_from='{work_dir}/iter_2.pth' and "
+        'resume=True')])
 def test_a_finite_blow_up_stops_at_its_step_naming_a_checkpoint_before_it(tmp_path, iteration,
                                                                           named):
     """The probe's case (lr 1e30): the weights are finite but useless after one step, and
@@ -243,3 +245,37 @@ def test_resume_with_another_lr_continues_the_schedule_scaled(tmp_path):
     _lr_run(tmp_path / 'halved', 0.2, 4)
     resumed = _lr_run(tmp_path / 'halved', 0.1, 6, resume=True)
     assert resumed == pytest.approx([lr / 2 for lr in whole[4:]], rel=1e-12)
+
+
+class _SlowlyDiverging(BaseModel):
+    """A loss whose value is w^2 and whose gradient is -2w: each SGD step multiplies the weight
+    by 1 + 2 lr (under the one-step bound for lr < 4.5) and the loss grows with it, a slow
+    divergence that reaches infinity only after many checkpoints."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, inputs, data_samples=None, mode='loss'):
+        square = self.w.pow(2).sum()
+        return dict(loss=2 * square.detach() - square)
+
+
+def test_a_slow_divergence_names_the_last_healthy_checkpoint(tmp_path):
+    """Fails on main: the stop named the last checkpoint, whose weights had grown by 1e7 since
+    the one before (issue 24: 4.7x, with the loss tripled, at SGD lr 0.5). Here 20 quiet steps,
+    then steps that multiply the weight by 5, checkpointed every 10 steps, until it overflows."""
+    runner = _guarded_runner(
+        _SlowlyDiverging(), tmp_path, iters=200, lr=1e-4, name='slow', interval=10,
+        param_scheduler=[dict(type='MultiStepLR', by_epoch=False, milestones=[20], gamma=2e4)])
+    with pytest.raises(NonFiniteError) as err:
+        runner.train()
+    message = str(err.value)
+    assert message.startswith('non-finite values at iteration')
+    assert f'the last healthy one (its norm grown at most 2x since the healthy one before it ' \
+           f'and its mean loss at most 1.5x their lowest, the later ones had grown or lost ' \
+           f"beyond that) is {tmp_path}/iter_20.pth: resume from it (load_from=" \
+           f"'{tmp_path}/iter_20.pth' and resume=True" in message
+    assert 'iter_20.pth 1.00' in message and 'iter_30.pth 9.8' in message
+    assert 'since iter_20.pth, loss' in message and 'not healthy' in message
+    assert (tmp_path / 'iter_40.pth').exists()  # the last checkpoint, passed over

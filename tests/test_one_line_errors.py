@@ -5,23 +5,31 @@ The checks are tested here as functions, and each tool once as the user runs it.
 function's error names its arguments as the caller wrote them, never a command-line flag; the
 tools word them as their flags (issue 23)."""
 import ast
+import errno
 import glob
+import os
 import os.path as osp
 import re
 import runpy
+import shutil
+import signal
 
 import pytest
 import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from helpers import CONFIG, REPO_ROOT, run
-from mmdet_vanillanet.apis import convert_checkpoint
+from helpers import CONFIG, REPO_ROOT, RunsCode, randomize, run
+from mmdet_vanillanet.apis import OnnxDetector, convert_checkpoint, fuse_detector
 from mmdet_vanillanet.deploy import onnx_export
+from mmdet_vanillanet.deploy.build import load_config
 from mmdet_vanillanet.errors import Argument, InputError, output_exists
 from mmdet_vanillanet.toolkit.benchmark import check_request
-from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.toolkit.cli import TRAINING_REMEDY, one_line_errors
+from mmdet_vanillanet.toolkit.complexity import detector_complexity, pseudo_batch
+from mmdet_vanillanet.toolkit.demo import toy_data_options
 from mmdet_vanillanet.toolkit.runs import build_test_runner
+from mmdet_vanillanet.toolkit.timing import Settings, measure, measure_onnxruntime
 
 BENCHMARK = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'benchmark.py'))
 
@@ -110,6 +118,122 @@ def test_the_tools_print_one_line(tmp_path, training_checkpoint, argv, message):
     assert not (tmp_path / 'x.onnx').exists()
 
 
+@pytest.fixture
+def alarm():
+    """A read that blocks (a FIFO) fails the test instead of hanging it."""
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail('blocked reading a FIFO'))
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+
+
+def fifo_in_place_of(path):
+    os.remove(path)
+    os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize('what', ['annotation file', 'image', 'test_evaluator.ann_file',
+                                  'config file', 'checkpoint'])
+def test_a_fifo_where_a_file_is_read_is_refused_before_reading(tmp_path, data_root, what,
+                                                               training_checkpoint, alarm):
+    """Fails on main: tools/test.py blocked forever on a FIFO as the annotation file or an
+    image."""
+    data = tmp_path / 'data'
+    shutil.copytree(data_root, data)
+    config, checkpoint = CONFIG, shutil.copy(training_checkpoint, tmp_path / 'epoch_1.pth')
+    ann = data / 'annotations' / 'instances_val.json'
+    options = dict(toy_data_options(f'{data}/'))
+    if what == 'test_evaluator.ann_file':
+        shutil.copy(ann, tmp_path / 'val.json')
+        options['test_evaluator.ann_file'] = fifo_in_place_of(tmp_path / 'val.json')
+    elif what == 'config file':
+        config = tmp_path / 'config.py'
+        os.mkfifo(config)
+    else:
+        fifo_in_place_of({'annotation file': ann, 'image': data / 'val' / '000001.png',
+                          'checkpoint': checkpoint}[what])
+    with pytest.raises(InputError, match=r'is a FIFO \(named pipe\), not a regular file; give a '
+                                         r'file|is a FIFO \(named pipe\), not an image file'):
+        build_test_runner(str(config), str(checkpoint), work_dir=str(tmp_path / 'work'),
+                          cfg_options=options)
+
+
+def test_an_onnx_file_that_is_a_fifo_is_refused(tmp_path, alarm):
+    fifo = tmp_path / 'raw.onnx'
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match='ONNX file .*raw.onnx is a FIFO'):
+        OnnxDetector(CONFIG, str(fifo))
+
+
+@pytest.mark.parametrize('shape', [(-64, 64), (0, 32)])
+def test_a_shape_without_pixels_is_refused(shape):
+    """Fails on main for tools/get_flops.py: a RuntimeError of torch."""
+    model = MODELS.build(Config.fromfile(CONFIG).model)
+    with pytest.raises(InputError, match=rf'shape=\({shape[0]}, {shape[1]}\): height and width '
+                                         rf'must be positive'):
+        detector_complexity(model, shape)
+
+
+def test_a_size_too_large_for_memory_is_refused_from_its_estimate(tmp_path):
+    """Fails on main: export --shape 100000 100000 ran out of memory (a traceback, or the
+    kernel's kill) instead of a refusal before work."""
+    with pytest.raises(InputError, match=r"shape=\(100000, 100000\): the network's activations "
+                                         r'alone would need about [\d,]+ GiB of memory, and '
+                                         r'[\d.,]+ GiB are available'):
+        onnx_export.export_onnx(CONFIG, None, str(tmp_path / 'x.onnx'), shape=(100000, 100000))
+    model = MODELS.build(Config.fromfile(CONFIG).model)
+    with pytest.raises(InputError, match=r'shape=\(100000, 100000\): the network'):
+        detector_complexity(model, (100000, 100000))
+    assert os.listdir(tmp_path) == []
+
+
+def test_dict_written_in_cfg_options_is_named():
+    """Fails on main: custom_hooks=[dict(type=...)] arrived as a list of strings, and our hook
+    check failed with an AttributeError."""
+    with pytest.raises(InputError, match=r"custom_hooks in cfg_options=...: \"dict\(type='Empty"
+                                         r"CacheHook'\)\" is a string, not a dict"):
+        load_config(CONFIG, {'custom_hooks': ["dict(type='EmptyCacheHook')"]})
+
+
+def test_the_benchmark_times_a_compiled_backbone_and_its_onnx_files():
+    """Fails on main: --compile failed in the FLOPs count and the export, which trace the module
+    and cannot enter torch.compile's wrapper (--compile --backend onnxruntime --int8). The
+    'eager' backend wraps as the default one does, without compiling."""
+    cfg = Config.fromfile(CONFIG)
+    model = fuse_detector(randomize(MODELS.build(cfg.model)).eval())
+    model.backbone = torch.compile(model.backbone, backend='eager')
+    batches = [pseudo_batch((64, 96))]
+    settings = Settings(iters=1, warmup=0, progress=False)
+    fused = measure(model, batches, 'backbone', settings)
+    result = measure_onnxruntime(model, batches, 'backbone', settings, fused, int8=True)
+    assert fused['gflops'] > 0 and result['int8']['median_ms'] > 0
+    assert hasattr(model.backbone, '_orig_mod')  # still compiled for the PyTorch rows
+
+
+@pytest.mark.slow
+def test_the_int8_benchmarks_refuse_an_untrusted_checkpoint_in_one_line(tmp_path):
+    """Fails on main: refused, but with a traceback."""
+    torch.save({'state_dict': {}, 'meta': RunsCode(tmp_path / 'pwned')}, tmp_path / 'bad.pth')
+    output = run('benchmarks/int8_checkpoint_check.py', str(tmp_path / 'bad.pth'),
+                 '--work-dir', str(tmp_path / 'work'), '--out', str(tmp_path / 'r.json'),
+                 expect_ok=False)
+    assert output.strip().splitlines()[-1].startswith('error: ') and 'could run code' in output
+    assert 'Traceback' not in output and not (tmp_path / 'pwned').exists()
+
+
+def test_every_tools_help_is_its_whole_docstring():
+    """Fails on main: the help was the docstring's first line, cut mid-sentence ("calibrated on
+    the config's")."""
+    for path in sorted(glob.glob(osp.join(REPO_ROOT, 'tools', '*.py'))
+                       + glob.glob(osp.join(REPO_ROOT, 'benchmarks', '*.py'))):
+        for call in ast.walk(ast.parse(open(path).read())):
+            if isinstance(call, ast.Call) and getattr(call.func, 'attr', '') == 'ArgumentParser':
+                description = {k.arg: k.value for k in call.keywords}['description']
+                assert isinstance(description, ast.Constant) or (
+                    isinstance(description, ast.Name) and description.id == '__doc__'), path
+
+
 FLAG = re.compile(r'(?<![\w-])--[a-z]')
 # Our tools' own code, which speaks in their flags.
 TOOLS_CODE = osp.join(REPO_ROOT, 'mmdet_vanillanet', 'toolkit')
@@ -158,3 +282,17 @@ def test_the_library_names_arguments_and_the_tools_name_their_flags():
     assert printed == ['error: --keep-float neck head: choose among ...',
                        'error: x.onnx exists; pass --force to overwrite it',
                        'error: --static 16 64: too small', 'error: no config: give one (--config)']
+
+
+def test_a_failed_write_is_worded_for_the_tool():
+    """Fails on main: make_toy_coco on a read-only disk spoke of checkpoints and --resume."""
+    def printed(**kwargs):
+        with pytest.raises(SystemExit) as exit_:
+            with one_line_errors(**kwargs):
+                raise OSError(errno.EROFS, 'Read-only file system', 'data/toy/train/0.png')
+        return exit_.value.code
+
+    assert printed() == ('error: cannot write data/toy/train/0.png (Read-only file system); '
+                         'free some space or fix its permissions, or choose another place to '
+                         'write')
+    assert '--resume continues from the last one' in printed(remedy=TRAINING_REMEDY)

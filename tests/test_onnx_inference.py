@@ -8,6 +8,8 @@ machine). What the comparison needs is many detections of every class, scattered
 with non-empty masks (see center_roi_logits), compared one by one over the whole toy val
 split; the COCO AP of both (0 here) is compared too, through MMDetection's CocoMetric."""
 import copy
+import glob
+import pickle
 
 import mmcv
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from mmdet.apis import inference_detector
 from mmdet.registry import MODELS
 from mmengine.evaluator import Evaluator
+from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
@@ -25,6 +28,7 @@ from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 
 def _generated(cfg, folder, seed=0, part='raw'):
@@ -40,7 +44,7 @@ def _generated(cfg, folder, seed=0, part='raw'):
     module = onnx_export.ExportedPart(fused, part).eval()
     path = str(folder / f'seed{seed}_{part}.onnx')
     onnx_export.export(module, path, (160, 160))
-    onnx_export.write_metadata(path, module)
+    onnx_export.write_metadata(path, module, checkpoint)
     return fused, checkpoint, path
 
 
@@ -138,22 +142,83 @@ def test_a_two_stage_detector_needs_the_checkpoint_the_file_came_from(mask_rcnn,
         OnnxDetector(cfg, path, another)
 
 
-@pytest.mark.parametrize('metadata, message', [
-    (None, 'has no VanillaNet metadata'),
-    ({'min_input_size': '400'}, 'input 320x320: .* needs each side at least 400 pixels')])
-def test_the_files_metadata_is_read(retinanet, data_root, tmp_path, metadata, message):
-    cfg, _, _, path = retinanet
+def with_metadata(path, folder, metadata):
+    """A copy of the file with ``metadata`` merged into its own (None: none at all; a value
+    None: that key removed)."""
     model = onnx.load(path)
     kept = {} if metadata is None else {p.key: p.value for p in model.metadata_props}
     kept.update(metadata or {})
     del model.metadata_props[:]
     for key, value in kept.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    changed = str(tmp_path / 'changed.onnx')
+        if value is not None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+    changed = str(folder / 'changed.onnx')
     onnx.save(model, changed)
+    return changed
+
+
+@pytest.mark.parametrize('metadata, message', [
+    (None, 'has no VanillaNet metadata'),
+    ({'min_input_size': '400'}, 'input 320x320: .* needs each side at least 400 pixels'),
+    # Crafted values (main: ValueError, KeyError, RuntimeError, JSONDecodeError tracebacks).
+    ({'min_input_size': 'abc'}, "its metadata min_input_size 'abc' is not a positive whole"),
+    ({'min_input_size': '-100'}, "its metadata min_input_size '-100' is not a positive"),
+    ({'min_input_size': None}, "its metadata min_input_size '' is not a positive"),
+    ({'quantization': '{not json'}, "its metadata 'quantization' is not the JSON object"),
+    ({'quantization': '[1, 2]'}, "its metadata 'quantization' is not the JSON object")])
+def test_the_files_metadata_is_read(retinanet, data_root, tmp_path, metadata, message):
+    cfg, _, _, path = retinanet
+    with pytest.raises(InputError, match=message) as err:
+        OnnxDetector(cfg, with_metadata(path, tmp_path, metadata)).predict(
+            f'{data_root}val/000000.png')
+    assert '\n' not in str(err.value)
+
+
+def test_a_checkpoint_of_other_classes_is_refused_by_export_and_inference(mask_rcnn, tmp_path):
+    """Fails on main: tools/test.py refused such a checkpoint, but export_onnx and OnnxDetector
+    took it, and every label came out as another class's."""
+    cfg, _, checkpoint, path = mask_rcnn
+    state = torch.load(checkpoint, weights_only=True)
+    permuted = str(tmp_path / 'permuted.pth')
+    torch.save({**state, 'meta': {'dataset_meta': {
+        'classes': ('square', 'circle', 'triangle')}}}, permuted)
+    message = r"permuted.pth was trained with the classes \['square', 'circle', 'triangle'\]"
     with pytest.raises(InputError, match=message):
-        OnnxDetector(cfg, changed).predict(f'{data_root}val/000000.png')
+        OnnxDetector(cfg, path, permuted)
+    with pytest.raises(InputError, match=message):
+        onnx_export.export_onnx(cfg, permuted, str(tmp_path / 'x.onnx'), part='raw')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['permuted.pth']
+    same = str(tmp_path / 'same.pth')
+    torch.save({**state, 'meta': {'dataset_meta': {
+        'classes': ('circle', 'square', 'triangle')}}}, same)
+    OnnxDetector(cfg, path, same)
+
+
+def test_a_file_exported_without_a_checkpoint_says_so(retinanet, tmp_path, caplog):
+    """Fails on main: neither the tool's output nor the file said the weights were random."""
+    cfg = retinanet[0]
+    generated = str(tmp_path / 'generated.onnx')
+    onnx_export.export_onnx(cfg, None, generated, part='raw', shape=(320, 320))
+    assert {p.key: p.value for p in onnx.load(generated).metadata_props}['weights'] == \
+        onnx_export.GENERATED
+    assert 'was exported without a checkpoint: its weights are random' in \
+        logged_warnings(caplog, lambda: OnnxDetector(cfg, generated))
+    # Exported with its checkpoint: no warning.
+    assert 'without a checkpoint' not in logged_warnings(caplog,
+                                                         lambda: OnnxDetector(cfg, retinanet[3]))
+
+
+def logged_warnings(caplog, call) -> str:
+    """The warnings MMEngine's logger (outside logging's tree) logged during ``call()``."""
+    caplog.clear()
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(caplog.handler)
+    try:
+        call()
+    finally:
+        logger.removeHandler(caplog.handler)
+    return '\n'.join(r.getMessage() for r in caplog.records if r.levelname == 'WARNING')
 
 
 def test_a_file_of_another_number_of_classes_is_refused(retinanet):
@@ -206,3 +271,36 @@ def test_a_file_that_is_not_an_image_is_named(retinanet_detector, tmp_path):
         retinanet_detector.predict(str(text))
     with pytest.raises(FileNotFoundError, match='image not found: .*none.jpg'):
         retinanet_detector.predict(str(tmp_path / 'none.jpg'))
+
+
+def test_the_test_tool_scores_an_exported_file_as_it_scores_the_checkpoint(mask_rcnn, tmp_path):
+    """tools/test.py CONFIG FILE.onnx --checkpoint CKPT: the config's dataloader and evaluator,
+    --out and --show-dir, and the same metrics as the fused checkpoint's test (main: the file
+    was taken for a checkpoint that "holds Python objects beyond tensors")."""
+    cfg, _, checkpoint, path = mask_rcnn
+    runner = build_test_runner(copy.deepcopy(cfg), path, work_dir=str(tmp_path / 'onnx'),
+                               out=str(tmp_path / 'onnx.pkl'), show_dir='vis',
+                               onnx_checkpoint=checkpoint)
+    got = runner.test()
+    expected = build_test_runner(copy.deepcopy(cfg), checkpoint, work_dir=str(tmp_path / 'pth'),
+                                 out=str(tmp_path / 'pth.pkl'), deploy=True).test()
+    assert set(got) >= {'coco/bbox_mAP', 'coco/segm_mAP'} and got == expected
+    dumped, reference = (pickle.load(open(tmp_path / f'{name}.pkl', 'rb'))
+                         for name in ('onnx', 'pth'))
+    assert len(dumped) == len(reference) == 6
+    for mine, theirs in zip(dumped, reference):
+        mine, theirs = mine['pred_instances'], theirs['pred_instances']
+        assert len(mine['labels']) == 20 and torch.equal(mine['labels'], theirs['labels'])
+        assert torch.allclose(mine['bboxes'], theirs['bboxes'], rtol=0, atol=1e-3)
+    assert len(glob.glob(str(tmp_path / 'onnx' / '*' / 'vis' / '*.png'))) == 6
+
+
+def test_the_test_tool_refuses_what_an_onnx_file_cannot_take(mask_rcnn):
+    cfg, _, checkpoint, path = mask_rcnn
+    for kwargs, message in ((dict(checkpoint=checkpoint, onnx_checkpoint=checkpoint),
+                             '--checkpoint .* names the checkpoint an ONNX file was exported '
+                             'from'),
+                            (dict(checkpoint=path, deploy=True), '--deploy: .* is an exported'),
+                            (dict(checkpoint=path, launcher='pytorch'), 'tested in one process')):
+        with pytest.raises(InputError, match=message):
+            build_test_runner(copy.deepcopy(cfg), **kwargs)

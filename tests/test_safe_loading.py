@@ -183,7 +183,7 @@ def test_a_refused_file_is_one_line_naming_what_was_refused(tmp_path):
         safe_load(str(tmp_path / 'c.pth'))
     message = str(refused.value)
     assert "(torch said: numpy dtype [('a', 'O')] is refused" in message
-    assert '--unsafe-load' in message and '\n' not in message and '\033' not in message
+    assert 'unsafe_load=True' in message and '\n' not in message and '\033' not in message
 
 
 @pytest.mark.parametrize('array', [
@@ -239,3 +239,18 @@ def test_a_resumed_message_hub_smooths_and_saves_again(tmp_path):
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == dict(smoothed=[2.5, 2.0, 2.0], eta='np.float64(12.5)',
                          history=[1.0, 3.0, 2.0, 6.0], counts=[1, 1, 1, 1], registry='{}')
+
+
+@pytest.mark.parametrize('content, kind', [
+    (b'\x08\x08\x12\x07pytorch', 'an ONNX model'), (b'\x89PNG\r\n\x1a\n', 'a PNG image'),
+    (b'{"images": []}', 'a JSON file'), (b'hello', 'a file of another format')])
+def test_a_file_that_is_no_checkpoint_is_named_as_what_it_is(tmp_path, content, kind):
+    """Fails on main: an ONNX file given as a checkpoint was said to hold 'Python objects beyond
+    tensors', with advice to --unsafe-load it."""
+    path = tmp_path / 'file.pth'
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f'{path} is {kind}, not a PyTorch checkpoint') \
+            as err:
+        safe_load(str(path))
+    assert ('scored by tools/test.py' in str(err.value)) == (kind == 'an ONNX model')
+    assert 'unsafe-load' not in str(err.value)

@@ -21,7 +21,8 @@ from mmdet_vanillanet.toolkit.backbone_check import check_backbone
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='13', help=f"one of {list(ARCH_SETTINGS)} or 'all'")
     parser.add_argument('--act-num', type=int, default=4)
     parser.add_argument('--size', type=int, default=224, help='input side in pixels')

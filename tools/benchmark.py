@@ -11,18 +11,22 @@ input is one generated image of --shape, padded to 32 as the test pipeline would
 mmdet_vanillanet/toolkit/benchmark.py.
 """
 import argparse
-import json
 
 import torch
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 
-from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark
-from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
+from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark, write_report
+from mmdet_vanillanet.toolkit.cli import (
+    force_weights_only_loading,
+    interruptible,
+    one_line_errors,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('checkpoint', nargs='?', help='weights (default: random)')
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1333], metavar=('H', 'W'),
@@ -64,13 +68,12 @@ def main():
     args = build_parser().parse_args()
     force_weights_only_loading()
     register_all_modules()
-    with one_line_errors():
+    with interruptible(), one_line_errors():
         report = run_benchmark(args)
-    print_table(report)
-    if args.out:
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=2)
-        print(f'wrote {args.out}')
+        print_table(report)
+        if args.out:
+            write_report(report, args.out)
+            print(f'wrote {args.out}')
 
 
 if __name__ == '__main__':

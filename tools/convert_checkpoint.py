@@ -12,12 +12,13 @@ checkpoint keeps its neck and heads, to be tested with ``model.backbone.deploy=T
 import argparse
 
 from mmdet_vanillanet.deploy.convert import convert_checkpoint
-from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('src', help='training-mode checkpoint (local path or URL)')
     parser.add_argument('dst', help='where to write the deploy checkpoint')
     parser.add_argument('--config', help='the config src was trained with (its model.backbone '
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main():
     args = build_parser().parse_args()
-    with one_line_errors():
+    with interruptible(), one_line_errors():
         before, after = convert_checkpoint(args.src, args.dst, args.force, args.unsafe_load,
                                            args.config)
     print(f'backbone parameters: {readable(before)} (training) -> {readable(after)} (deploy)')

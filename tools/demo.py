@@ -15,12 +15,17 @@ import time
 from mmengine.config import DictAction
 
 from mmdet_vanillanet.engine import NonFiniteError
-from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
+from mmdet_vanillanet.toolkit.cli import (
+    TRAINING_REMEDY,
+    force_weights_only_loading,
+    one_line_errors,
+)
 from mmdet_vanillanet.toolkit.demo import run_demo, summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--work-dir', default=osp.join(
         'work_dirs', 'toy_demo', time.strftime('%Y%m%d_%H%M%S')))
     parser.add_argument('--data', default='data/toy_coco', help='toy dataset folder')
@@ -32,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     args = build_parser().parse_args()
     force_weights_only_loading()
-    with one_line_errors(NonFiniteError):
+    with one_line_errors(NonFiniteError, remedy=TRAINING_REMEDY):
         result = run_demo(args.work_dir, args.data, args.cfg_options)
     print('\n'.join(summary(result)))
     if not result.fused_matches:

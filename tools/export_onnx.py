@@ -8,9 +8,11 @@ The backbone is fused first (a checkpoint from the middle of deep training, act_
 refused: fusing it would change what it computes). Inputs are the data preprocessor's output
 (normalised RGB, NCHW float32), with dynamic batch, height and width unless --static H W. The
 file's metadata holds the arch, act_num and the minimum input side, which the graph itself does
-not check. Without a checkpoint the weights are random. The file is written as OUT.partial and
-renamed into place once onnxruntime loads it and it matches PyTorch to 1e-4 of the output's
-magnitude: a failed export leaves no file, and an existing OUT (--force) as it was.
+not check. Without a checkpoint the weights are random: the last line says so, and so does the
+file's metadata (weights), which OnnxDetector warns of. The file is written as a new file beside
+OUT and renamed into place once onnxruntime loads it and it matches PyTorch to 1e-4 of the
+output's magnitude: a failed or interrupted export leaves no file, and an existing OUT (--force)
+as it was. OUT is never the checkpoint or the config, nor a symbolic link.
 """
 import argparse
 
@@ -19,12 +21,17 @@ from mmengine.config import DictAction
 
 from mmdet_vanillanet.deploy.onnx_export import OPSET, PARTS, ExportMismatchError, export_onnx
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
+from mmdet_vanillanet.toolkit.cli import (
+    force_weights_only_loading,
+    interruptible,
+    one_line_errors,
+)
 from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('files', nargs='+', metavar='[CKPT] OUT.onnx',
                         help='an optional checkpoint, then the file to write')
@@ -47,8 +54,9 @@ def main():
     force_weights_only_loading()
     register_all_modules()
     # export_onnx's shape is the size of --static, where given, else of --shape.
-    with one_line_errors(ExportMismatchError, flags={'shape': '--static' if args.static
-                                                     else '--shape'}):
+    with interruptible(), one_line_errors(ExportMismatchError,
+                                          flags={'shape': '--static' if args.static
+                                                 else '--shape'}):
         if len(args.files) > 2:
             raise InputError(f'expected [CKPT] OUT.onnx after the config, got {args.files}')
         checkpoint, out = (None, *args.files) if len(args.files) == 1 else args.files
@@ -62,6 +70,9 @@ def main():
     shapes = ', '.join('x'.join(map(str, s)) for s in result.checked_shapes)
     print(f'onnxruntime vs PyTorch on {shapes}: max relative difference '
           f'{result.max_rel_diff:.1e}')
+    if checkpoint is None:
+        print(f'warning: no checkpoint was given: {out} holds random weights, not a trained '
+              f'model\'s (its metadata says so); pass CKPT before OUT.onnx to export one')
 
 
 if __name__ == '__main__':

@@ -16,7 +16,8 @@ from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1280], metavar=('H', 'W'),
                         help='input height and width (padded to 32)')

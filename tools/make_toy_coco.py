@@ -13,7 +13,8 @@ from mmdet_vanillanet.toolkit.toy_data import SPLITS, describe_split, make_toy_c
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='data/toy_coco', help='output directory')
     parser.add_argument('--num-train', type=int, default=200, help='training images')
     parser.add_argument('--num-val', type=int, default=50, help='validation images')

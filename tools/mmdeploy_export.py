@@ -28,7 +28,8 @@ from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_er
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('deploy_cfg', help="mmdeploy's deploy config (from its repository's "
                         'configs/mmdet/)')
     parser.add_argument('model_cfg', help='the detector config')

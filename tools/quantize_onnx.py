@@ -1,15 +1,17 @@
 """Quantize an exported backbone, neck or raw ONNX file to INT8 (QDQ), calibrated on the config's
 images read through its test pipeline and data preprocessor.
 
-    python tools/quantize_onnx.py CONFIG IN.onnx OUT.onnx [--split val] [--num-images 64]
+    python tools/quantize_onnx.py CONFIG IN.onnx OUT.onnx [--split train] [--num-images 64]
     python tools/quantize_onnx.py configs/mask_rcnn_vanillanet_toy.py raw.onnx raw_int8.onnx
 
 IN.onnx is what tools/export_onnx.py wrote from the same config. onnxruntime's quantize_static
 does the work. --target onnxruntime (default) writes the fast CPU file (uint8 activations,
 7-bit per-channel weights); --target tensorrt the symmetric int8 file TensorRT's explicit
-quantization takes. The recipe and the calibration (split, images, seed, annotation file) go
-into the file's metadata; OnnxDetector decodes a quantized raw file as it decodes the fp32 one.
-The work is mmdet_vanillanet/deploy/quantize.py.
+quantization takes. The recipe, the calibration (split, images, seed, annotation file) and the
+data preprocessor's settings go into the file's metadata; OnnxDetector decodes a quantized raw
+file as it decodes the fp32 one, and refuses a config whose preprocessing differs. OUT.onnx is
+written as a new file and renamed into place when complete: a failed or interrupted run leaves
+no file, and OUT.onnx is never IN.onnx. The work is mmdet_vanillanet/deploy/quantize.py.
 """
 import argparse
 
@@ -18,16 +20,18 @@ from mmengine.config import DictAction
 
 from mmdet_vanillanet.deploy.calibration import SPLITS
 from mmdet_vanillanet.deploy.quantize import FLOAT_GROUPS, METHODS, TARGETS, quantize_onnx
-from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config')
     parser.add_argument('onnx_file', metavar='IN.onnx', help='written by tools/export_onnx.py')
     parser.add_argument('out', metavar='OUT.onnx')
-    parser.add_argument('--split', default='val', choices=SPLITS,
-                        help="the config's dataset to calibrate on (default: val)")
+    parser.add_argument('--split', default='train', choices=SPLITS,
+                        help="the config's dataset to calibrate on (default: train, which keeps "
+                        'the images a test scores out of the calibration)')
     parser.add_argument('--num-images', type=int, default=64,
                         help='calibration images, drawn at random (default 64)')
     parser.add_argument('--seed', type=int, default=0, help='the draw of the images')
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     args = build_parser().parse_args()
     register_all_modules()
-    with one_line_errors():
+    with interruptible(), one_line_errors():
         record = quantize_onnx(args.config, args.onnx_file, args.out, split=args.split,
                                num_images=args.num_images, seed=args.seed,
                                target=args.target, method=args.method,

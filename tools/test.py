@@ -3,8 +3,17 @@
 - a training-mode checkpoint is loaded as usual and the backbone is fused before testing;
 - a deploy-layout checkpoint (tools/convert_checkpoint.py) is loaded into a deploy backbone.
 A deploy-layout checkpoint without --deploy is an error rather than a silent partial load, as
-is any checkpoint that does not fit (the config's CheckpointFitHook). The Runner is built by
-mmdet_vanillanet/toolkit/runs.py (build_test_runner).
+is any checkpoint that does not fit (the config's CheckpointFitHook).
+
+An exported raw file (tools/export_onnx.py --part raw, fp32, or INT8 from
+tools/quantize_onnx.py) in place of the checkpoint is tested as it runs in onnxruntime, decoded
+by the config's heads (OnnxDetector), with the same dataloader, evaluator and outputs (--out,
+--show-dir, --work-dir); --checkpoint names the checkpoint it was exported from, which a
+two-stage detector's RoI heads need (and which the file's weights are checked against):
+
+    python tools/test.py configs/mask_rcnn_vanillanet_toy.py raw_int8.onnx --checkpoint epoch_40.pth
+
+The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_test_runner).
 """
 import argparse
 
@@ -18,9 +27,13 @@ from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description='MMDet test (and eval) a model')
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an exported raw ONNX file')
+    parser.add_argument('--checkpoint', dest='onnx_checkpoint', metavar='CKPT',
+                        help='with an ONNX file: the checkpoint it was exported from (a '
+                        'two-stage detector runs its RoI heads with its weights)')
     parser.add_argument('--work-dir',
                         help='the directory to save the file containing evaluation metrics')
     parser.add_argument('--out', type=str,
@@ -43,7 +56,8 @@ def main():
         return build_test_runner(
             args.config, args.checkpoint, work_dir=args.work_dir, cfg_options=args.cfg_options,
             out=args.out, deploy=args.deploy, show=args.show, show_dir=args.show_dir,
-            wait_time=args.wait_time, launcher=args.launcher).test()
+            wait_time=args.wait_time, launcher=args.launcher,
+            onnx_checkpoint=args.onnx_checkpoint).test()
 
 
 if __name__ == '__main__':

@@ -14,8 +14,10 @@ from mmdet.utils import get_test_pipeline_cfg
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
+from mmengine.utils import ProgressBar
 
 from ..errors import Argument, InputError
+from ..input_paths import check_input_file
 
 SPLITS = ('train', 'val', 'test')
 
@@ -39,22 +41,53 @@ def split_dataset_cfg(cfg: Config, split: str) -> Config:
 
 
 @torch.no_grad()
-def calibration_inputs(cfg: Config, split: str = 'val', num: int = 64, seed: int = 0,
-                       static_shape: Optional[Sequence[int]] = None) -> List[np.ndarray]:
+def calibration_inputs(cfg: Config, split: str = 'train', num: int = 64, seed: int = 0,
+                       static_shape: Optional[Sequence[int]] = None,
+                       progress: bool = False) -> List[np.ndarray]:
     """``num`` inputs (NCHW float32, batch 1; every image of the split if it has fewer) as the
     exported file takes them. ``static_shape`` (H, W): a file with a fixed input size gets each
-    tensor padded to it with zeros, as the preprocessor pads a batch."""
+    tensor padded to it with zeros, as the preprocessor pads a batch. An annotation file or
+    image that is not a regular file (a FIFO would block the read), or an image the pipeline
+    cannot read, is an InputError naming it."""
     if num < 1:
         raise InputError(Argument('num_images', num), ': calibrate on at least one image')
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    dataset = DATASETS.build(split_dataset_cfg(cfg, split))
+    dataset = DATASETS.build(dict(split_dataset_cfg(cfg, split), lazy_init=True))
+    if isinstance(getattr(dataset, 'ann_file', None), str) and '://' not in dataset.ann_file:
+        check_input_file(dataset.ann_file, f'the annotation file of the {split} split')
+    dataset.full_init()
     preprocessor = MODELS.build(copy.deepcopy(cfg.model.data_preprocessor))
     order = np.random.default_rng(seed).permutation(len(dataset))[:num]
+    bar = None
+    if progress:
+        print(f'reading {len(order)} calibration images of the {split} split')
+        bar = ProgressBar(len(order))
     inputs = []
     for index in order:
-        tensor = preprocessor(pseudo_collate([dataset[int(index)]]), False)['inputs']
+        data = read_image(dataset, int(index), split)
+        tensor = preprocessor(pseudo_collate([data]), False)['inputs']
         inputs.append(pad_to(tensor.float().numpy(), static_shape))
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        print()
     return inputs
+
+
+def read_image(dataset, index: int, split: str) -> dict:
+    """The dataset's item ``index`` through the test pipeline; a problem with its image file
+    is an InputError naming it."""
+    path = dataset.get_data_info(index).get('img_path')
+    if isinstance(path, str) and '://' not in path:
+        check_input_file(path, f'the image of the {split} split')
+    try:
+        return dataset[index]
+    except Exception as err:  # mmcv's reading and decoding raise many types (AssertionError)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise InputError(f'the image {path} of the {split} split cannot be read through the '
+                         f'config\'s test pipeline ({type(err).__name__}{": " if reason else ""}'
+                         f'{reason}); restore or remove it, or calibrate on another ',
+                         Argument('split')) from None
 
 
 def pad_to(array: np.ndarray, shape: Optional[Sequence[int]]) -> np.ndarray:
@@ -71,16 +104,28 @@ def pad_to(array: np.ndarray, shape: Optional[Sequence[int]]) -> np.ndarray:
 
 class CalibrationReader:
     """onnxruntime's calibration data reader (the get_next/rewind protocol of
-    onnxruntime.quantization.CalibrationDataReader) over prepared inputs."""
+    onnxruntime.quantization.CalibrationDataReader) over prepared inputs; with ``progress``, a
+    progress bar of the inputs onnxruntime has taken (it runs the file on each as it takes it),
+    ended by ``done``."""
 
-    def __init__(self, inputs: Sequence[np.ndarray], name: str = 'input'):
+    def __init__(self, inputs: Sequence[np.ndarray], name: str = 'input', progress: bool = False):
         self.inputs, self.name, self.position = list(inputs), name, 0
+        self.bar = None
+        if progress:
+            print(f'measuring the activations\' ranges on {len(self.inputs)} images')
+            self.bar = ProgressBar(len(self.inputs))
 
     def get_next(self):
         if self.position >= len(self.inputs):
             return None
         self.position += 1
+        if self.bar is not None and self.bar.completed < len(self.inputs):
+            self.bar.update()
         return {self.name: self.inputs[self.position - 1]}
 
     def rewind(self):
         self.position = 0
+
+    def done(self):
+        if self.bar is not None:
+            print()

@@ -39,7 +39,7 @@ from ..models.checkpoint.forms import (
     layout_of,
 )
 from ..models.vanillanet import VanillaNet
-from ..output_paths import check_output_file
+from ..output_paths import check_output_file, is_same_file, new_file_for
 from ..serialization import load_trusted, safe_load
 from .build import load_config
 
@@ -114,7 +114,8 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
     fusion folds in; without it, the config the file records, or for a backbone-only file that
     records none (the authors' ImageNet files) BatchNorm with eps 1e-6, the authors' one norm.
     A detector checkpoint that records no config needs ``config``. ``dst`` is never
-    overwritten unless ``force``, and never when it is ``src``.
+    overwritten unless ``force``, never when it is ``src``, and never written through when it
+    is a symbolic link; it is written as a new file, renamed into place when complete.
     ``unsafe_load``: unpickle ``src`` without weights_only protection (only for a file you
     trust; what is written holds plain tensors only).
 
@@ -129,16 +130,16 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
                            config='configs/mask_rcnn_vanillanet13_coco.py')
         # then load it with model.backbone.deploy=True (or init_cfg of a deploy=True backbone)
     """
-    if osp.abspath(src) == osp.abspath(dst) or (osp.exists(src) and osp.exists(dst)
-                                                 and osp.samefile(src, dst)):
+    if is_same_file(src, dst):
         raise InputError(f'{dst} is the checkpoint being converted: writing the deploy file '
                          f'over it would lose the training checkpoint (its optimizer state and '
                          f'unfused weights); choose another destination')
     check_output_file(dst, 'the destination')
-    if osp.exists(dst) and not force:
+    if osp.lexists(dst) and not force:
         raise output_exists(dst)
     config = None if config is None else load_config(config)  # before the file is read
     checkpoint = (load_trusted if unsafe_load else safe_load)(src)
     out, before, after = deploy_checkpoint(checkpoint, src, config)
-    torch.save(out, dst)
+    with new_file_for(dst, replace=force) as partial:
+        torch.save(out, partial)
     return before, after

@@ -12,7 +12,6 @@ onnx and onnxruntime are the package's ``deploy`` extra, not runtime requirement
 imported when a function here needs them (``onnx_packages``), so that importing the deploy API
 needs neither.
 """
-import os
 import os.path as osp
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -26,11 +25,14 @@ from torch.onnx import _constants as onnx_constants
 from ..errors import Argument, InputError, output_exists
 from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
-from ..output_paths import check_output_file
+from ..output_paths import check_output_file, new_file_for
 from .build import build_detector, load_config
+from .memory import check_memory
 
 PARTS = ('backbone', 'neck', 'raw')
 OPSET = 17  # TensorRT 8.6+ and every current onnxruntime
+# The 'weights' metadata of a file exported without a checkpoint.
+GENERATED = 'generated: random, no checkpoint'
 
 
 class ExportMismatchError(RuntimeError):
@@ -47,6 +49,7 @@ class OnnxExport(NamedTuple):
     parameters: int  # learned numbers of the exported modules
     checked_shapes: List[Tuple[int, ...]]  # the NCHW inputs onnxruntime ran
     max_rel_diff: float  # onnxruntime against PyTorch, relative to each output's magnitude
+    checkpoint: Optional[str]  # None: generated (random) weights
 
 
 def onnx_packages(needed_for: str = 'exporting'):
@@ -87,7 +90,7 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
         result.max_rel_diff  # about 1e-6
     """
     onnx_packages()
-    check_output_path(out, force)
+    check_output_path(out, force, inputs=(checkpoint, config if isinstance(config, str) else None))
     check_opset(opset, dynamo)
     cfg = load_config(config, cfg_options)
     if cfg.model.backbone.get('type') != 'VanillaNet':
@@ -101,19 +104,16 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
                          f'{side} pixels for this backbone')
     h, w = shape
     shapes = [(1, 3, h, w)] if static else [(1, 3, h, w), (2, 3, h + 37, w + 65)]
-    partial = f'{out}.partial'
-    try:
+    check_memory(module, shapes, Argument('shape', tuple(shape)), probe_side=2 * side)
+    with new_file_for(out, replace=force) as partial:
         export(module, partial, shape, static=static, opset=opset, dynamo=dynamo)
-        write_metadata(partial, module)
+        write_metadata(partial, module, checkpoint)
         diff = check_with_onnxruntime(module, partial, shapes)
         if not diff <= 1e-4:
             raise ExportMismatchError(f'the exported file differs from PyTorch by {diff:.1e} '
                                       f'(above 1e-4); {out} was not written')
-        os.replace(partial, out)
-    finally:
-        if osp.exists(partial):
-            os.remove(partial)
-    return OnnxExport(out, part, static, opset, dynamo, module.parameter_count(), shapes, diff)
+    return OnnxExport(out, part, static, opset, dynamo, module.parameter_count(), shapes, diff,
+                      checkpoint)
 
 
 class ExportedPart(nn.Module):
@@ -126,13 +126,19 @@ class ExportedPart(nn.Module):
         if part != 'backbone' and not getattr(detector, 'with_neck', False):
             raise InputError(Argument('part', part), f': {type(detector).__name__} has no neck')
         self.detector, self.part = detector, part
-        self.head = None
+        # The head by name, not as a second submodule: the dynamo exporter names a weight by the
+        # first path it meets (head.rpn_conv.weight), and every weight must be detector.<path>.
+        self.head_name = None
         if part == 'raw':
-            self.head = getattr(detector, 'bbox_head', None) or getattr(detector, 'rpn_head',
-                                                                        None)
-            if self.head is None:
+            self.head_name = next((name for name in ('bbox_head', 'rpn_head')
+                                   if getattr(detector, name, None) is not None), None)
+            if self.head_name is None:
                 raise InputError(Argument('part', part), f': {type(detector).__name__} has '
                                  f'neither a bbox_head nor an rpn_head')
+
+    @property
+    def head(self) -> Optional[nn.Module]:
+        return getattr(self.detector, self.head_name) if self.head_name else None
 
     def parameter_count(self) -> int:
         """Learned numbers of the modules the export runs."""
@@ -208,13 +214,15 @@ def backbone_metadata(backbone: nn.Module) -> Dict[str, str]:
                 act_num=str(backbone.act_num))
 
 
-def write_metadata(path: str, module: ExportedPart):
-    """What a consumer of the file needs to know that the graph cannot say."""
+def write_metadata(path: str, module: ExportedPart, checkpoint: Optional[str]):
+    """What a consumer of the file needs to know that the graph cannot say, and where its
+    weights come from (``checkpoint``'s file name, or ``GENERATED``: None)."""
     onnx, _ = onnx_packages()
     backbone = vanillanets_of(module.detector)[0]
     model = onnx.load(path)
+    weights = f'checkpoint {osp.basename(checkpoint)}' if checkpoint else GENERATED
     for key, value in dict(**backbone_metadata(backbone), part=module.part,
-                           min_input_size=str(backbone.min_input_size),
+                           min_input_size=str(backbone.min_input_size), weights=weights,
                            input='RGB-normalised NCHW float32 (the data preprocessor\'s output), '
                                  'each side at least min_input_size').items():
         entry = model.metadata_props.add()
@@ -279,11 +287,11 @@ def check_opset(opset: int, dynamo: bool = False):
                          f'{OPSET})')
 
 
-def check_output_path(path: str, force: bool):
-    """Before any work: the file must be new (or ``force``), not a folder, and its folder
-    writable."""
-    check_output_file(path, 'the output file')  # first: a folder is named as a folder
+def check_output_path(path: str, force: bool, inputs: Sequence[Optional[str]] = ()):
+    """Before any work: the file must be new (or ``force``), not a link, a folder or one of
+    ``inputs`` (even with ``force``), and its folder writable."""
+    check_output_file(path, 'the output file', inputs)  # first: a folder is named as a folder
     if not path.endswith('.onnx'):
         raise InputError(f'{path}: the output file must end in .onnx')
-    if osp.exists(path) and not force:
+    if osp.lexists(path) and not force:
         raise output_exists(path)

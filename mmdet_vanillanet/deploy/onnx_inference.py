@@ -11,7 +11,6 @@ detections are the PyTorch model's.
   PyTorch on the file's neck maps, with their weights from the checkpoint.
 """
 import copy
-import os.path as osp
 from typing import Any, List, Optional, Sequence, Union
 
 import cv2
@@ -23,14 +22,23 @@ from mmdet.structures import DetDataSample
 from mmdet.utils import get_test_pipeline_cfg
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
+from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
+from ..class_order import config_classes
 from ..errors import Argument, InputError
+from ..input_paths import check_input_file
 from ..models.checkpoint.detector_weights import load_detector_weights
 from .build import load_config
 from .equivalence import max_rel_diff
-from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
-from .quantized_file import quantization_record, weight_mismatches
+from .onnx_export import (
+    GENERATED,
+    ExportedPart,
+    backbone_metadata,
+    group_outputs,
+    onnxruntime_session,
+)
+from .quantized_file import preprocessing_differences, quantization_record, weight_mismatches
 
 # A quantized file's RPN outputs differ from the checkpoint's by design (0.8 % of their
 # magnitude on the demo model with every node int8): a loose second guard behind the weight
@@ -55,10 +63,13 @@ class OnnxDetector:
         threads: onnxruntime's intra-op threads (default: onnxruntime's choice).
 
     A file that does not fit the config (another arch or act_num, not the raw part, another
-    detector's outputs, another number of classes or anchors per location) or, for a two-stage
-    detector, whose RPN head differs from the checkpoint's (for a quantized file: whose neck and
-    RPN weights are not the checkpoint's to within a quantization step), is refused with an
-    :class:`InputError`, as are inputs it cannot take (see ``predict``).
+    detector's outputs, another number of classes or anchors per location; a quantized file
+    calibrated with another data preprocessor's mean, std, channel order or padding) or, for a
+    two-stage detector, whose RPN head differs from the checkpoint's (for a quantized file:
+    whose neck and RPN weights are not the checkpoint's to within a quantization step), and a
+    checkpoint whose classes differ from the config's, are refused with an
+    :class:`InputError`, as are inputs it cannot take (see ``predict``). A file exported
+    without a checkpoint (random weights) is run with a warning.
 
     Example::
 
@@ -77,8 +88,7 @@ class OnnxDetector:
                  threads: Optional[int] = None):
         cfg = load_config(config)
         init_default_scope(cfg.get('default_scope', 'mmdet'))
-        if not osp.isfile(onnx_file):
-            raise FileNotFoundError(f'ONNX file not found: {onnx_file}')
+        check_input_file(onnx_file, 'ONNX file')
         self.onnx_file = onnx_file
         # Built without init_weights: the heads get the checkpoint's weights, decoding needs
         # none, and the backbone runs only once, to name the outputs the file must have.
@@ -86,10 +96,9 @@ class OnnxDetector:
         self.part = ExportedPart(self.model, 'raw')  # a one-line error without neck or head
         self.session = onnxruntime_session(onnx_file, device, threads,
                                            needed_for='running an ONNX file')
-        self.min_input_size = self._check_metadata()
-        self.quantization = quantization_record(self.session.get_modelmeta().custom_metadata_map)
+        self.min_input_size = self._check_metadata(cfg)
         if checkpoint:
-            load_detector_weights(self.model, checkpoint, device)
+            load_detector_weights(self.model, checkpoint, device, classes=config_classes(cfg))
         elif self.part.two_stage:
             raise InputError(f'{type(self.model).__name__} runs its RoI heads in PyTorch: give '
                              f'the checkpoint {onnx_file} was exported from')
@@ -129,8 +138,7 @@ class OnnxDetector:
     def _prepare(self, image: Image, index: int) -> dict:
         """One image through the test pipeline; its problems as one-line errors."""
         if isinstance(image, str):
-            if not osp.isfile(image):
-                raise FileNotFoundError(f'image not found: {image}')
+            check_input_file(image, 'image')
             if not cv2.haveImageReader(image):
                 raise InputError(f'{image} is not an image file OpenCV can read')
             # img_id is one of PackDetInputs' meta keys; an image outside a dataset has none.
@@ -153,8 +161,11 @@ class OnnxDetector:
                                [torch.from_numpy(v).to(images.device) for v in values])
         return (tuple(groups[0]), groups[1:]) if self.part.two_stage else (None, groups)
 
-    def _check_metadata(self) -> int:
-        """Refuse a file that is not the config's raw part; return its minimum input side."""
+    def _check_metadata(self, cfg: Config) -> int:
+        """Refuse a file that is not the config's raw part, and a quantized file calibrated on
+        tensors another preprocessing made (its int8 ranges would not fit them); warn of a file
+        without trained weights. Sets
+        ``quantization`` (the record, or None) and returns the file's minimum input side."""
         meta = self.session.get_modelmeta().custom_metadata_map
         if 'part' not in meta:
             raise InputError(f'{self.onnx_file} has no VanillaNet metadata: write it with '
@@ -169,7 +180,33 @@ class OnnxDetector:
         if wrong:
             raise InputError(f'{self.onnx_file} does not fit the config: {"; ".join(wrong)}; '
                              f'export it from this config')
-        return int(meta['min_input_size'])
+        if meta.get('weights') == GENERATED:
+            print_log(f'{self.onnx_file} was exported without a checkpoint: its weights are '
+                      f'random, and so are its detections', logger='current', level=30)
+        self.quantization = quantization_record(meta, self.onnx_file)
+        if self.quantization is not None:
+            self._check_preprocessing(cfg)
+        side = meta.get('min_input_size', '')
+        if not (side.isdigit() and int(side) >= 1):
+            raise InputError(f'{self.onnx_file}: its metadata min_input_size {side!r} is not a '
+                             f'positive whole number; export the file again')
+        return int(side)
+
+    def _check_preprocessing(self, cfg: Config):
+        recorded = self.quantization.get('preprocessing')
+        if recorded is None:  # quantized before the record was written
+            print_log(f'{self.onnx_file} does not record the preprocessing it was calibrated '
+                      f'with: make sure the config\'s data preprocessor (mean, std, channel '
+                      f'order, padding) is the one it was quantized with, or quantize it again',
+                      logger='current', level=30)
+            return
+        wrong = preprocessing_differences(recorded, cfg)
+        if wrong:
+            raise InputError(f'{self.onnx_file} was calibrated on tensors of another '
+                             f'preprocessing than the config\'s data preprocessor: '
+                             f'{"; ".join(wrong)}; its int8 ranges would not fit what it is '
+                             f'given. Use the config it was quantized with, or quantize it again '
+                             f'with this one')
 
     @torch.no_grad()
     def _check_outputs(self):

@@ -21,33 +21,38 @@ that kept box and mask AP within 0.01 of fp32 for every calibration draw measure
 else is quantized. The recipe, the
 calibration data and the float nodes are written into the file's metadata ('quantization').
 """
+import contextlib
 import dataclasses
+import functools
 import json
-import os
-import os.path as osp
-import tempfile
+import logging
 from dataclasses import asdict, dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from mmengine.config import Config
 
 from ..errors import Argument, InputError
+from ..input_paths import check_input_file
+from ..output_paths import new_file_for
 from .build import load_config
 from .calibration import CalibrationReader, calibration_inputs, split_dataset_cfg
 from .onnx_export import PARTS, check_output_path, onnx_packages
 from .quantized_file import (
+    EXPORTED_PREFIX,
     QUANTIZATION_KEY,
     check_file_fits_config,
     float_convs,
     is_quantized,
+    preprocessing_of,
     read_metadata,
     static_input_shape,
 )
 
 TARGETS = ('onnxruntime', 'tensorrt')
 METHODS = ('minmax', 'percentile', 'entropy')
-# Groups of nodes that can stay float, by the legacy exporter's node names (module paths).
-FLOAT_GROUPS = {'stem': ('/backbone/stem/', ), 'head': ('/rpn_head/', '/bbox_head/'),
+# Groups of nodes that can stay float, by the modules their convs' weights belong to (the
+# initializers' names, detector.<module path>.weight, under either exporter).
+FLOAT_GROUPS = {'stem': ('backbone.stem.', ), 'head': ('rpn_head.', 'bbox_head.'),
                 'last_stage': None}  # None: the backbone's last stage, found in the graph
 
 
@@ -102,18 +107,22 @@ def resolved(recipe: Recipe, model) -> Recipe:
 
 
 def float_nodes(model, groups: Sequence[str]) -> List[str]:
-    """Names of the nodes of ``groups`` (FLOAT_GROUPS), with the Relu feeding each of their
-    convs: onnxruntime quantizes a float Conv again when it runs the file if the Conv's input
-    comes from a DequantizeLinear, so its producer must stay float too."""
+    """Names of the nodes of ``groups`` (FLOAT_GROUPS): the convs whose weights are the group's
+    modules', the nodes between two of them (their activations and pools), and the Relu
+    feeding each of their convs: onnxruntime quantizes a float Conv again when it runs the
+    file if the Conv's input comes from a DequantizeLinear, so its producer must stay float
+    too. Found by weights and edges, not node names, which differ between the exporters."""
     nodes = list(model.graph.node)
     names = set()
     for group in groups:
-        prefixes = FLOAT_GROUPS[group] or (last_stage_prefix(nodes), )
-        found = {n.name for n in nodes if any(p in n.name for p in prefixes if p)}
+        prefixes = tuple(f'{EXPORTED_PREFIX}{p}' for p in
+                         FLOAT_GROUPS[group] or (last_stage_prefix(model), ) if p)
+        found = between_nodes(nodes, {n.name for n in nodes if n.op_type == 'Conv'
+                                      and n.input[1].startswith(prefixes)})
         if not found:
             raise InputError(Argument('keep_float', [group]), f': the file has no such nodes '
-                             f'(node names {prefixes}); the file must hold them and come from '
-                             f'the legacy exporter (export_onnx\'s default, not dynamo)')
+                             f'(no conv weights named {" or ".join(prefixes)}); the file must '
+                             f'hold them (a backbone or neck file has no head)')
         names |= found
     producers = {out: n for n in nodes for out in n.output}
     for node in nodes:
@@ -124,27 +133,55 @@ def float_nodes(model, groups: Sequence[str]) -> List[str]:
     return sorted(names)
 
 
-def last_stage_prefix(nodes) -> Optional[str]:
-    stages = {int(n.name.split('/backbone/stages.')[1].split('/')[0]) for n in nodes
-              if '/backbone/stages.' in n.name}
-    return f'/backbone/stages.{max(stages)}/' if stages else None
+def between_nodes(nodes, convs: Set[str]) -> Set[str]:
+    """``convs`` and the nodes other than convs on a path from one of them to another."""
+    producers = {out: n for n in nodes for out in n.output}
+    consumers: Dict[str, list] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    @functools.lru_cache(maxsize=None)
+    def after(name: str) -> bool:  # fed by a group conv through non-conv nodes
+        node = by_name[name]
+        return any(p.name in convs or (p.op_type != 'Conv' and after(p.name))
+                   for p in (producers.get(i) for i in node.input) if p is not None)
+
+    @functools.lru_cache(maxsize=None)
+    def before(name: str) -> bool:  # feeding a group conv through non-conv nodes
+        return any(c.name in convs or (c.op_type != 'Conv' and before(c.name))
+                   for out in by_name[name].output for c in consumers.get(out, ()))
+
+    by_name = {n.name: n for n in nodes}
+    return set(convs) | {n.name for n in nodes if n.op_type != 'Conv' and n.name not in convs
+                         and after(n.name) and before(n.name)}
 
 
-def quantize_onnx(config: Union[str, Config], onnx_file: str, out: str, split: str = 'val',
+def last_stage_prefix(model) -> Optional[str]:
+    """'backbone.stages.N.' of the backbone's last stage, from the file's weights."""
+    marker = f'{EXPORTED_PREFIX}backbone.stages.'
+    stages = {int(i.name[len(marker):].split('.')[0]) for i in model.graph.initializer
+              if i.name.startswith(marker)}
+    return f'backbone.stages.{max(stages)}.' if stages else None
+
+
+def quantize_onnx(config: Union[str, Config], onnx_file: str, out: str, split: str = 'train',
                   num_images: int = 64, seed: int = 0, target: str = 'onnxruntime',
                   method: str = 'minmax', keep_float: Optional[Sequence[str]] = None,
-                  force: bool = False,
-                  cfg_options: Optional[dict] = None) -> dict:
+                  force: bool = False, cfg_options: Optional[dict] = None,
+                  progress: bool = True) -> dict:
     """Write an INT8 (QDQ) version of ``onnx_file`` (a part exported from ``config`` by
     ``export_onnx``) to ``out``, calibrated on ``num_images`` images of the config's ``split``
     dataset (drawn with ``seed``) read through its test pipeline and data preprocessor; for the
     ``target`` runtime ('onnxruntime' or 'tensorrt'), with the ``method`` ('minmax',
     'percentile', 'entropy') and the node groups ``keep_float`` ('stem', 'head', 'last_stage';
     default: a two-stage detector's RPN head, nothing in other files; ``()``: none) in float.
-    Returns what was written into the file's metadata ('quantization'). Bad input (a
-    missing, non-ONNX or already quantized file, one from another config, an output that exists
-    without ``force``, a split the config lacks) is an error before any work; a failed run
-    leaves no file.
+    Returns what was written into the file's metadata ('quantization'), the data
+    preprocessor's settings the ranges were measured with included (``OnnxDetector`` refuses a
+    config whose preprocessing differs). Bad input (a missing, non-ONNX or already quantized
+    file, one from another config, an output that exists without ``force`` or that is
+    ``onnx_file`` itself, a split the config lacks) is an error before any work; a failed or
+    interrupted run leaves no file. ``progress``: show the calibration's progress.
 
     Example::
 
@@ -158,15 +195,16 @@ def quantize_onnx(config: Union[str, Config], onnx_file: str, out: str, split: s
     """
     onnx_packages('quantizing')
     recipe = Recipe(target, method, keep_float=keep_float)
-    check_output_path(out, force)
+    check_output_path(out, force, inputs=(onnx_file, config if isinstance(config, str) else None))
     return quantize_file(load_config(config, cfg_options), onnx_file, out, recipe, split,
-                         num_images, seed)
+                         num_images, seed, replace=force, progress=progress)
 
 
-def quantize_file(cfg: Config, onnx_file: str, out: str, recipe: Recipe, split: str = 'val',
-                  num_images: int = 64, seed: int = 0) -> dict:
+def quantize_file(cfg: Config, onnx_file: str, out: str, recipe: Recipe, split: str = 'train',
+                  num_images: int = 64, seed: int = 0, replace: bool = True,
+                  progress: bool = False) -> dict:
     """``quantize_onnx``'s work, for any ``recipe`` (benchmarks/int8_accuracy.py measures
-    variants with it); ``out`` is written even if it exists."""
+    variants with it); ``out`` is replaced if it exists only with ``replace``."""
     model = load_exported(onnx_file)
     meta = read_metadata(model)
     check_file_fits_config(onnx_file, meta, cfg)
@@ -174,14 +212,17 @@ def quantize_file(cfg: Config, onnx_file: str, out: str, recipe: Recipe, split: 
     if 'head' in recipe.keep_float and meta['part'] != 'raw':
         raise InputError(Argument('keep_float', ['head']), f': {onnx_file} holds the '
                          f'{meta["part"]} part, without a head')
-    dataset = split_dataset_cfg(cfg, split)
-    inputs = calibration_inputs(cfg, split, num_images, seed, static_input_shape(model))
     excluded = float_nodes(model, recipe.keep_float)
+    dataset = split_dataset_cfg(cfg, split)
+    inputs = calibration_inputs(cfg, split, num_images, seed, static_input_shape(model),
+                                progress=progress)
     record = metadata_record(recipe, excluded, dict(
         images=len(inputs), split=split, seed=seed, ann_file=dataset.get('ann_file'),
         data_root=dataset.get('data_root'),
-        read_by='the config\'s test pipeline and data preprocessor'))
-    write_quantized(model, out, CalibrationReader(inputs), recipe, excluded, record)
+        read_by='the config\'s test pipeline and data preprocessor'),
+        preprocessing=preprocessing_of(cfg))
+    write_quantized(model, out, CalibrationReader(inputs, progress=progress), recipe, excluded,
+                    record, replace)
     return record
 
 
@@ -198,28 +239,30 @@ def quantize_on_inputs(onnx_file: str, out: str, inputs: Sequence,
     return record
 
 
-def metadata_record(recipe: Recipe, excluded: Sequence[str], calibration: dict) -> dict:
+def metadata_record(recipe: Recipe, excluded: Sequence[str], calibration: dict,
+                    preprocessing: Optional[dict] = None) -> dict:
     """What goes into the file's metadata: the recipe, the nodes kept float, the calibration
-    data and onnxruntime's version."""
+    data, the data preprocessor's settings it was read with, and onnxruntime's version."""
     _, onnxruntime = onnx_packages('quantizing')
     return dict(format='QDQ', **asdict(recipe), onnxruntime=onnxruntime.__version__,
-                float_nodes=list(excluded), calibration=calibration)
+                float_nodes=list(excluded), calibration=calibration,
+                preprocessing=preprocessing)
 
 
 def write_quantized(model, out: str, reader, recipe: Recipe, excluded: Sequence[str],
-                    record: dict):
-    """quantize_static into a temporary file beside ``out``, the record into its metadata, a
-    check that the excluded convs stayed float, then the rename: a failure leaves no file."""
+                    record: dict, replace: bool = True):
+    """quantize_static into a new file beside ``out``, the record into its metadata, a check
+    that the excluded convs stayed float, then the rename (over an existing ``out`` only with
+    ``replace``): a failure leaves no file."""
     import onnx
     from onnxruntime.quantization import quantize_static
-    fd, tmp = tempfile.mkstemp(suffix='.onnx', dir=osp.dirname(osp.abspath(out)))
-    os.close(fd)
-    try:
+    with new_file_for(out, replace) as partial, quiet_preprocessing_advice():
         # The ModelProto, not a path: from a path quantize_static writes <file>-inferred.onnx
         # beside the input (two runs on one file race; a read-only folder fails).
-        quantize_static(model, tmp, reader, nodes_to_exclude=list(excluded) or None,
+        quantize_static(model, partial, reader, nodes_to_exclude=list(excluded) or None,
                         **recipe.quantize_static_kwargs())
-        quantized = onnx.load(tmp)
+        reader.done()
+        quantized = onnx.load(partial)
         kept = float_convs(quantized)
         wanted = sorted(n.name for n in model.graph.node
                         if n.op_type == 'Conv' and n.name in set(excluded))
@@ -228,18 +271,36 @@ def write_quantized(model, out: str, reader, recipe: Recipe, excluded: Sequence[
                                f'{wanted} were asked for')
         entry = quantized.metadata_props.add()
         entry.key, entry.value = QUANTIZATION_KEY, json.dumps(record)
-        onnx.save(quantized, tmp)
-        os.replace(tmp, out)
+        onnx.save(quantized, partial)
+
+
+@contextlib.contextmanager
+def quiet_preprocessing_advice():
+    """Without onnxruntime's advice to run its pre-processing before quantization (printed
+    twice a run through the root logger): the file is quantized as exported, on purpose. Its
+    pre-processing (shape inference and onnxruntime's basic graph optimisations) would only
+    fold the export's Constant, Cast and Identity nodes here (the convs are fused already, the
+    node names stay), and every figure of the INT8 tables (docs/deployment.md) was measured
+    without it."""
+    class Advice(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return 'pre-processing before quantization' not in record.getMessage()
+
+    loggers = [logging.getLogger(), logging.getLogger('onnxruntime.quantization')]
+    advice = Advice()
+    for logger in loggers:
+        logger.addFilter(advice)
+    try:
+        yield
     finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+        for logger in loggers:
+            logger.removeFilter(advice)
 
 
 def load_exported(path: str):
     """The ModelProto of an exported, not yet quantized part; a one-line error otherwise."""
     onnx, _ = onnx_packages('quantizing')
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'ONNX file not found: {path}')
+    check_input_file(path, 'ONNX file')
     try:
         model = onnx.load(path)
     except Exception as err:  # onnx raises DecodeError, or others, on a file it cannot parse

@@ -37,9 +37,50 @@ def is_quantized(model) -> bool:
         node.op_type in QDQ_OPS for node in model.graph.node)
 
 
-def quantization_record(meta: Dict[str, str]) -> Optional[dict]:
-    """What quantize_onnx wrote into a file's metadata, or None for a float file."""
-    return json.loads(meta[QUANTIZATION_KEY]) if QUANTIZATION_KEY in meta else None
+def quantization_record(meta: Dict[str, str], path: str) -> Optional[dict]:
+    """What quantize_onnx wrote into a file's metadata, or None for a float file; an entry
+    that is not a JSON object is an InputError naming ``path``."""
+    if QUANTIZATION_KEY not in meta:
+        return None
+    try:
+        record = json.loads(meta[QUANTIZATION_KEY])
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise InputError(f'{path}: its metadata {QUANTIZATION_KEY!r} is not the JSON object '
+                         f'tools/quantize_onnx.py writes ({meta[QUANTIZATION_KEY]!r:.60}); '
+                         f'quantize the exported file again')
+    return record
+
+
+# The data preprocessor's settings that decide the tensors a file is given, with
+# DetDataPreprocessor's defaults: a quantized file's ranges were measured on such tensors.
+PREPROCESSING = dict(mean=None, std=None, bgr_to_rgb=False, rgb_to_bgr=False,
+                     pad_size_divisor=1, pad_value=0)
+
+
+def preprocessing_of(cfg: Config) -> dict:
+    """The config's data preprocessor's normalisation, channel order and padding, as JSON
+    values (numbers as floats, sequences as lists)."""
+    settings = cfg.model.get('data_preprocessor') or {}
+
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return float(value) if isinstance(value, (int, float)) and \
+            not isinstance(value, bool) else value
+
+    return {key: plain(settings.get(key, default)) for key, default in PREPROCESSING.items()}
+
+
+def preprocessing_differences(recorded, cfg: Config) -> List[str]:
+    """'mean [0.0, 0.0, 0.0] where the config has [123.675, ...]' for each setting in which a
+    quantized file's ``recorded`` preprocessing differs from the config's."""
+    wanted = preprocessing_of(cfg)
+    if not isinstance(recorded, dict):
+        return [f'preprocessing {recorded!r:.60} where the config has {wanted}']
+    return [f'{key} {recorded.get(key)!r} where the config has {value!r}'
+            for key, value in wanted.items() if recorded.get(key) != value]
 
 
 def check_file_fits_config(path: str, meta: Dict[str, str], cfg: Config):

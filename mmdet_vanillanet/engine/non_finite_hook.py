@@ -19,6 +19,13 @@ from ..models.detector import unwrap_model
 # training included), 1.00001 in a first step at each COCO config's full lr; a step of 10x is
 # far beyond any training step, and the probe's blow-up (lr 1e30) grows it by about 1e28.
 MAX_NORM_GROWTH = 10.0
+# A checkpoint is healthy when, since the healthy checkpoint before it (or the run's start), the
+# parameters' norm grew by at most HEALTHY_GROWTH, and the mean loss of the steps before it is at
+# most HEALTHY_LOSS times the lowest such mean of the healthy checkpoints before it. A slow
+# divergence (SGD at lr 0.5) stays under the one-step bound for many steps: its last checkpoint
+# had weights grown 4.7x and a loss tripled, and was named as predating the damage.
+HEALTHY_GROWTH = 2.0
+HEALTHY_LOSS = 1.5
 
 
 class NonFiniteError(RuntimeError):
@@ -85,14 +92,28 @@ class StopOnNonFiniteHook(Hook):
         self.max_norm_growth = float(max_norm_growth)
         self.norm = None  # the parameters' norm after the previous step
         self.largest_growth = 1.0
+        self.start_norm = None
+        self.losses = []  # the total loss of each step since the last checkpoint
+        self.saved = []  # per checkpoint: dict(norm, loss, path)
 
     def before_train(self, runner) -> None:
         # After loading or resuming: the first step is checked too.
         _, self.norm = weight_health(unwrap_model(runner.model))
+        self.start_norm = self.norm
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        # Every save follows this hook's check of the step: self.norm is the saved weights'.
+        # The path is known once the checkpoint hook has written it (after_train_iter).
+        loss = sum(self.losses) / len(self.losses) if self.losses else None
+        self.saved.append(dict(norm=self.norm, loss=loss, path=None))
+        self.losses = []
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         losses = {k: float(v.detach()) if torch.is_tensor(v) else float(v)
                   for k, v in (outputs or {}).items() if k.startswith('loss')}
+        self._name_saved(runner)
+        if losses:
+            self.losses.append(losses.get('loss', sum(losses.values())))
         bad_losses = {k: v for k, v in losses.items() if not math.isfinite(v)}
         bad_tensors, norm = weight_health(unwrap_model(runner.model))
         growth = norm / self.norm if self.norm else 1.0
@@ -126,12 +147,63 @@ class StopOnNonFiniteHook(Hook):
                   f'{self.largest_growth:.6g} (StopOnNonFiniteHook stops above '
                   f'{self.max_norm_growth:g})', logger='current')
 
-    @staticmethod
-    def _last_good_checkpoint(runner) -> str:
-        # This hook runs before the checkpoint hook at every step, so every checkpoint the run
-        # wrote was saved after a step that passed these checks, before the damaging one.
+    def _name_saved(self, runner):
+        """The path of the checkpoint saved last, once the checkpoint hook has recorded it."""
         last = runner.message_hub.get_info('last_ckpt')
-        if last and osp.isfile(last):
-            return (f'the last checkpoint, {last}, predates it (every step up to it passed '
-                    f'these checks): resume from it (resume=True in the config).')
-        return 'no checkpoint of this run predates it, so the run must start again.'
+        if self.saved and self.saved[-1]['path'] is None and last and \
+                last not in (s['path'] for s in self.saved):
+            self.saved[-1]['path'] = last
+
+    def _last_good_checkpoint(self, runner) -> str:
+        # This hook runs before the checkpoint hook at every step, so every checkpoint the run
+        # wrote was saved after a step that passed these checks, before the damaging one; the
+        # one to continue from is the last whose training was still healthy.
+        self._name_saved(runner)
+        saved = [s for s in self.saved if s['path']]
+        if not saved:  # none written by this process: a resumed run's is the one it resumed
+            last = runner.message_hub.get_info('last_ckpt')
+            if last and osp.isfile(last):
+                return (f'the last checkpoint, {last}, predates it (every step up to it passed '
+                        f'these checks): resume from it (resume=True in the config).')
+            return 'no checkpoint of this run predates it, so the run must start again.'
+        healthy, rows = healthy_checkpoint(saved, self.start_norm)
+        # The healthy one, the one before it and the first two after it.
+        at = saved.index(healthy) if healthy is not None else -1
+        report = (f'the weights\' L2 norm and mean loss at this run\'s checkpoints: '
+                  f'{"; ".join(rows[max(at - 1, 0):at + 3])}')
+        if healthy is None:
+            return (f'{report}; none of them is healthy (HEALTHY_GROWTH, HEALTHY_LOSS), so the '
+                    f'run must start again.')
+        if not osp.isfile(healthy['path']):
+            return (f'{report}; the last healthy one, {healthy["path"]}, was removed '
+                    f'(max_keep_ckpts), so the run must start again.')
+        later = ('' if healthy is saved[-1] else
+                 ', the later ones had grown or lost beyond that')
+        return (f'{report}; the last healthy one (its norm grown at most {HEALTHY_GROWTH:g}x '
+                f'since the healthy one before it and its mean loss at most {HEALTHY_LOSS:g}x '
+                f'their lowest{later}) is {healthy["path"]}: resume from it (load_from='
+                f'{healthy["path"]!r} and resume=True in the config: not the newest, which '
+                f'resume=True alone takes).')
+
+
+def healthy_checkpoint(saved: list, start_norm: float):
+    """The last healthy one of ``saved`` (dicts of norm, loss, path, in order), or None,
+    and a description of each: its norm, its growth since the healthy checkpoint before it (or
+    the run's start), its mean loss and that loss's ratio to the healthy ones' lowest. The
+    first unhealthy checkpoint ends the search: a divergence does not heal."""
+    healthy, reference, lowest, rows, ended = None, start_norm, None, [], False
+    for s in saved:
+        growth = s['norm'] / reference if reference else 1.0
+        ratio = s['loss'] / lowest if (lowest and s['loss'] is not None) else 1.0
+        ok = not ended and growth <= HEALTHY_GROWTH and ratio <= HEALTHY_LOSS
+        loss = 'n/a' if s['loss'] is None else f'{s["loss"]:.4g}'
+        rows.append(f'{osp.basename(s["path"])} {s["norm"]:.4g}, x{growth:.3g} since '
+                    f'{"the start" if healthy is None else osp.basename(healthy["path"])}, '
+                    f'loss {loss} (x{ratio:.3g}){"" if ok else " not healthy"}')
+        if not ok:
+            ended = True
+            continue
+        healthy, reference = s, s['norm']
+        if s['loss'] is not None:
+            lowest = s['loss'] if lowest is None else min(lowest, s['loss'])
+    return healthy, rows

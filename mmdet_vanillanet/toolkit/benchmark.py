@@ -9,7 +9,9 @@ read FPS, or the backbone (with the neck) on the preprocessed tensor; data loadi
 import copy
 import importlib.metadata
 import importlib.util
+import json
 import os
+import os.path as osp
 import re
 from typing import Dict, Optional, Tuple
 
@@ -23,7 +25,7 @@ from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
-from ..output_paths import check_output_file
+from ..output_paths import check_output_file, new_file_for
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
@@ -58,7 +60,10 @@ def check_machine_request(options):
     """--out, --threads, --device and --precision against this machine and build, before any
     work (a bad --out was found only after the whole run, and lost its figures)."""
     if options.out:
-        check_output_file(options.out, '--out')
+        check_output_file(options.out, '--out', inputs=(options.config, options.checkpoint))
+        if osp.lexists(options.out):  # as tools/test.py --out: a report is not overwritten
+            raise FileExistsError(f'--out {options.out} exists; remove it or choose another '
+                                  f'name')
     if options.threads is not None and options.threads < 1:
         raise InputError(f'--threads {options.threads}: give a number of threads >= 1 (this '
                          f'machine has {os.cpu_count()} cores)')
@@ -114,9 +119,6 @@ def benchmark_inputs(cfg, options) -> list:
     """Batches of one image for test_step, prepared before timing (data loading excluded): one
     generated image of ``options.shape``, or the config's test set (``options.dataset``)."""
     if not options.dataset:
-        if min(options.shape) < 1:
-            raise InputError(f'--shape {options.shape[0]} {options.shape[1]}: height and width '
-                             f'must be positive (the detector pads them to multiples of 32)')
         return [pseudo_batch(tuple(options.shape))]
     check_dataset_paths(cfg, ('test_dataloader', ))
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -217,6 +219,18 @@ def add_rates(report: dict, device: str):
                                   / results['onnxruntime_int8']['median_ms'])
 
 
+def write_report(report: dict, out: str):
+    """The report as JSON into ``out``, a new file (never over one that appeared meanwhile)."""
+    with new_file_for(out) as partial:
+        with open(partial, 'w') as f:
+            json.dump(report, f, indent=2)
+
+
+def compared_speed(speedup: float) -> str:
+    """'2.38x faster than' or, below 1, '1.45x slower than' ('0.69x faster' misread)."""
+    return f'{speedup:.2f}x faster than' if speedup >= 1 else f'{1 / speedup:.2f}x slower than'
+
+
 def triton_version():
     spec = importlib.util.find_spec('triton')
     return importlib.metadata.version('triton') if spec else None
@@ -250,12 +264,11 @@ def print_table(report):
         print(line)
     if 'matmul_gflop_s' in report:
         print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')
-    if 'speedup' in report:
-        print(f'fused is {report["speedup"]:.2f}x faster than unfused')
-    if 'onnxruntime_speedup' in report:
-        print(f'onnxruntime is {report["onnxruntime_speedup"]:.2f}x faster than PyTorch fused')
-    if 'int8_speedup' in report:
-        print(f'onnxruntime INT8 is {report["int8_speedup"]:.2f}x faster than onnxruntime fp32')
+    for key, faster, than in (('speedup', 'fused', 'unfused'),
+                              ('onnxruntime_speedup', 'onnxruntime', 'PyTorch fused'),
+                              ('int8_speedup', 'onnxruntime INT8', 'onnxruntime fp32')):
+        if key in report:
+            print(f'{faster} is {compared_speed(report[key])} {than}')
     for variant, check in report.get('kernel_checks', {}).items():
         print(f'activation kernel {variant}: ' + (
             f'FAILED its check ({check["failure"]}), PyTorch ran instead' if check['failure']

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import os.path as osp
+import signal
 import sys
 from typing import Mapping, Optional
 
@@ -101,11 +102,49 @@ def flag_of(argument: Argument, flags: Mapping[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def one_line_errors(*more, flags: Optional[Mapping[str, str]] = None):
+def interruptible():
+    """For a tool that writes files: SIGTERM (a kill, a job scheduler) and SIGINT (Ctrl-C) end
+    it through the exception path, so that what it was writing is removed (``new_file_for``)
+    as on an error, then one line and the exit status of the signal, without a traceback.
+    Python's default for SIGTERM ends the process without any clean-up."""
+    def stop(signum, frame):
+        # A second signal while the clean-up runs must not cut it short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        sys.stdout.flush()  # a progress bar may be mid-line: the error starts its own line
+        print(f'\nerror: interrupted by {signal.Signals(signum).name}; no file was left '
+              f'half-written', file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT, raised where the tool was (a BaseException: no ``except Exception``
+    takes it for an error of the work)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def one_line_errors(*more, flags: Optional[Mapping[str, str]] = None,
+                    remedy: str = 'free some space or fix its permissions, or choose another '
+                                  'place to write'):
     """Exit with 'error: <message>' for the user's errors (and ``more`` exception types), and
-    for writes that fail for lack of room or rights (naming the file). The arguments a library
-    error names are worded as the tool's flags (``flags``: argument name -> flag, where the
-    flag is not the argument's name)."""
+    for writes that fail for lack of room or rights (naming the file, then ``remedy``: a
+    training tool's is TRAINING_REMEDY). The arguments a library error names are worded as the
+    tool's flags (``flags``: argument name -> flag, where the flag is not the argument's
+    name)."""
     try:
         yield
     except (*USER_ERRORS, *more) as err:
@@ -116,6 +155,8 @@ def one_line_errors(*more, flags: Optional[Mapping[str, str]] = None):
         if err.errno not in WRITE_ERRORS:
             raise
         what = 'access' if err.errno in (errno.EACCES, errno.EPERM) else 'write'
-        sys.exit(f'error: cannot {what} {err.filename or "a file"} ({err.strerror}); free some '
-                 f'space, fix its permissions or choose a writable --work-dir (complete '
-                 f'checkpoints are kept: --resume continues from the last one)')
+        sys.exit(f'error: cannot {what} {err.filename or "a file"} ({err.strerror}); {remedy}')
+
+
+TRAINING_REMEDY = ('free some space, fix its permissions or choose a writable --work-dir '
+                   '(complete checkpoints are kept: --resume continues from the last one)')

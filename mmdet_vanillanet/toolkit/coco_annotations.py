@@ -15,7 +15,7 @@ import math
 
 from mmengine.logging import print_log
 
-from ..class_order import check_class_order
+from ..class_order import check_class_order, missing_classes_error
 from ..errors import InputError
 
 INVALID_BOX_CHOICES = ('refuse', 'drop')
@@ -166,10 +166,7 @@ def _check_classes(source: str, classes, names: dict):
     declared = set(names.values())
     missing = [name for name in classes or () if name not in declared]
     if missing:
-        raise InputError(
-            f'{source} declares no category named {", ".join(map(repr, missing))} (it declares '
-            f'{_short(sorted(declared))}), but the config\'s classes include it; make the '
-            f'config\'s metainfo classes the file\'s category names')
+        raise missing_classes_error(source, missing, declared)
 
 
 def _check_annotation(index, ann, seen, sizes, names, kept, with_mask, problems, invalid):

@@ -7,11 +7,22 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.analysis import get_model_complexity_info
 
+from ..deploy.memory import check_memory
+from ..errors import Argument, InputError
 from ..models.series_activation import SeriesActivation
 
 
+def check_shape(shape: Tuple[int, int]):
+    """InputError for a shape (--shape) with a side below 1 pixel."""
+    if min(shape) < 1:
+        raise InputError(Argument('shape', tuple(shape)), ': height and width must be positive '
+                         '(the detector pads them to multiples of 32)')
+
+
 def pseudo_batch(shape: Tuple[int, int]) -> dict:
-    """One image of ``shape`` (H, W), padded to 32 as the test pipeline would."""
+    """One image of ``shape`` (H, W), padded to 32 as the test pipeline would; a side below 1
+    pixel is an InputError (--shape)."""
+    check_shape(shape)
     h, w = shape
     sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                                          scale_factor=(1.0, 1.0), batch_input_shape=(h, w)))
@@ -36,10 +47,25 @@ def traceable_activations(model: torch.nn.Module):
             m.act_impl = act_impl
 
 
+def check_input_memory(model: torch.nn.Module, shape: Tuple[int, int]):
+    """InputError when the activations of ``model``'s backbone and neck (its heads add more)
+    on an image of ``shape`` (H, W, padded to 32) would exceed the available memory."""
+    check_shape(shape)
+    h, w = shape
+    side = getattr(model.backbone, 'min_input_size', 32)
+    module = torch.nn.Sequential(model.backbone, model.neck) if getattr(model, 'with_neck', False) \
+        else model.backbone
+    padded = (1, 3, -(-h // 32) * 32, -(-w // 32) * 32)
+    check_memory(module, [padded], Argument('shape', (h, w)), probe_side=max(64, 2 * side))
+
+
 @torch.no_grad()
 def detector_complexity(model: torch.nn.Module, shape: Tuple[int, int]) -> dict:
-    """{'flops': ..., 'params': ..., 'input_shape': ...} of the whole detector's forward."""
+    """{'flops': ..., 'params': ..., 'input_shape': ...} of the whole detector's forward; a
+    ``shape`` whose backbone and neck activations alone would not fit in the available memory
+    is refused before any image of that size is made."""
     model.eval()
+    check_input_memory(model, shape)
     data = model.data_preprocessor(pseudo_batch(shape), False)
     samples = data['data_samples']
 

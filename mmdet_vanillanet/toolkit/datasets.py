@@ -13,11 +13,12 @@ import mmcv
 import torch
 from mmcv.image import rescale_size
 from mmdet.datasets import CocoDataset
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import MODELS
 from PIL import Image
 
-from ..class_order import check_evaluator_class_order
+from ..class_order import check_evaluator_class_order, dataset_class, dataset_classes
 from ..errors import InputError
+from ..input_paths import check_input_file, not_a_regular_file
 from .coco_annotations import Problems, check_coco_annotations, check_invalid_boxes_choice
 
 COCO_HINT = ('Get COCO 2017 from https://cocodataset.org into data/coco/ (annotations/, '
@@ -61,9 +62,11 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
                     raise FileNotFoundError(
                         f'{kind} not found: {path} ({key}.dataset: data_root={root!r}). '
                         + COCO_HINT.format(key=key))
+            if ann and '://' not in ann:
+                check_input_file(ann, 'annotation file')
             if ann and ann.endswith('.json') and '://' not in ann and _read_by_coco_dataset(ds):
                 images = check_coco_annotations(
-                    ann, _load_json(ann), classes=_classes(ds), with_mask=_loads_masks(ds),
+                    ann, _load_json(ann), classes=dataset_classes(ds), with_mask=_loads_masks(ds),
                     training=not ds.get('test_mode', False), invalid_boxes=invalid_boxes)
                 if '://' not in img_dir:
                     check_image_files(ann, images, img_dir, _smallest_side(cfg, ds))
@@ -76,9 +79,9 @@ def _check_evaluator_class_order(cfg, key: str):
     evaluator_key = key.replace('_dataloader', '_evaluator')
     evaluators = cfg.get(evaluator_key) if evaluator_key != key else None
     datasets = list(_datasets(cfg, key))
-    if not evaluators or not datasets or _dataset_class(datasets[0]) is None:
+    if not evaluators or not datasets or dataset_class(datasets[0]) is None:
         return
-    check_evaluator_class_order(evaluators, _classes(datasets[0]), evaluator_key)
+    check_evaluator_class_order(evaluators, dataset_classes(datasets[0]), evaluator_key)
 
 
 def _path(root: str, rel):
@@ -97,25 +100,13 @@ def _load_json(path: str):
                          f'download it again') from None
 
 
-def _dataset_class(ds):
-    kind = ds.get('type')
-    if isinstance(kind, str):
-        return DATASETS.get(kind)
-    return kind if isinstance(kind, type) else None
-
-
 def _read_by_coco_dataset(ds) -> bool:
     """The file is read by CocoDataset's own loader and parser, which our checks mirror
     (not, for instance, by the panoptic or LVIS loaders, whose files differ)."""
-    cls = _dataset_class(ds)
+    cls = dataset_class(ds)
     return (isinstance(cls, type) and issubclass(cls, CocoDataset)
             and cls.load_data_list is CocoDataset.load_data_list
             and cls.parse_data_info is CocoDataset.parse_data_info)
-
-
-def _classes(ds):
-    classes = (ds.get('metainfo') or {}).get('classes')
-    return tuple(classes or _dataset_class(ds).METAINFO.get('classes') or ())
 
 
 def _transforms(node):
@@ -163,6 +154,9 @@ def check_image_files(ann_path: str, images: list, img_dir: str, smallest_side):
 
 def _image_size(path: str):
     """(width, height) from the image's header, or why the file cannot be read."""
+    kind = not_a_regular_file(path)
+    if kind:  # a FIFO would block the read
+        return f'is {kind}, not an image file'
     try:
         with Image.open(path) as image:
             return image.size

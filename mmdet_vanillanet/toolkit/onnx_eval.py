@@ -1,35 +1,37 @@
-"""COCO AP of an exported raw file (fp32 or INT8) decoded by OnnxDetector, what onnxruntime
-really runs of a file, and the toy model's raw file they start from: the INT8 measurements of
-benchmarks/ and the INT8 tests'."""
+"""COCO AP of an exported raw file (fp32 or INT8), what onnxruntime really runs of a file, and
+the toy model's raw file they start from: the INT8 measurements of benchmarks/ and the INT8
+tests'."""
 import collections
+import copy
 import os
 import os.path as osp
+import secrets
 import tempfile
 from typing import Dict, Optional, Tuple
 
-import torch
 from mmengine.config import Config
-from mmengine.evaluator import Evaluator
-from mmengine.runner import Runner
 
 from ..deploy.build import load_config
 from ..deploy.onnx_export import export_onnx, onnx_packages
-from ..deploy.onnx_inference import OnnxDetector
 from .demo import toy_data_options
+from .runs import build_test_runner
 
 
 def onnx_coco_ap(cfg: Config, onnx_file: str, checkpoint: Optional[str],
-                 threads: Optional[int] = None) -> Dict[str, float]:
+                 threads: Optional[int] = None,
+                 work_dir: Optional[str] = None) -> Dict[str, float]:
     """Box and mask AP ('box', 'mask'; 0 where CocoMetric finds no detection) of the file on
-    the config's test split, through OnnxDetector and the config's test evaluator."""
-    detector = OnnxDetector(cfg, onnx_file, checkpoint, threads=threads)
-    loader = Runner.build_dataloader(cfg.test_dataloader)
-    evaluator = Evaluator(cfg.test_evaluator)
-    evaluator.dataset_meta = loader.dataset.metainfo
-    for batch in loader:
-        with torch.no_grad():
-            evaluator.process(detector.predict(batch), batch)
-    metrics = evaluator.evaluate(len(loader.dataset))
+    the config's test split: what ``tools/test.py CONFIG FILE.onnx --checkpoint CKPT``
+    prints, from the same Runner (in ``work_dir``, else a temporary folder)."""
+    cfg = copy.deepcopy(cfg)
+    # A logger and a visualizer are one per name in a process (the configs name the visualizer
+    # 'visualizer'): a second Runner would write into the first one's (deleted) folder.
+    cfg.experiment_name = f'onnx_test_{secrets.token_hex(4)}'
+    if cfg.get('visualizer'):
+        cfg.visualizer.name = cfg.experiment_name
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = build_test_runner(cfg, onnx_file, work_dir=work_dir or tmp,
+                                    onnx_checkpoint=checkpoint, threads=threads).test()
     return dict(box=metrics.get('coco/bbox_mAP', 0.0), mask=metrics.get('coco/segm_mAP', 0.0))
 
 

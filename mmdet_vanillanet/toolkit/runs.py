@@ -6,18 +6,21 @@ behaviour only (see the tools' docstrings)."""
 import argparse
 import os
 import os.path as osp
-from typing import Optional
+from typing import Optional, Union
 
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from ..deploy.build import load_config
+from ..deploy.onnx_inference import OnnxDetector
 from ..errors import InputError, deploy_layout_error
+from ..input_paths import check_input_file
 from ..models.checkpoint.backbone_weights import checkpoint_layout, require_training_layout
 from ..output_paths import check_output_file
 from ..run_lock import lock_work_dir
-from ..serialization import safe_load
+from ..serialization import ONNX, file_kind, safe_load
 from .cli import require_runtime_hooks, set_work_dir
 from .datasets import check_dataset_paths
 from .launch import setup_launcher
@@ -80,26 +83,36 @@ def configure_resume(cfg: Config, resume: Optional[str]):
         cfg.load_from = resume
 
 
-def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = None,
-                      cfg_options: Optional[dict] = None, out: Optional[str] = None,
-                      deploy: bool = False, show: bool = False, show_dir: Optional[str] = None,
-                      wait_time: float = 2, launcher: str = 'none') -> Runner:
-    """tools/test.py's Runner, its arguments as the tool's flags of the same names."""
+def build_test_runner(config: Union[str, Config], checkpoint: str,
+                      work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
+                      out: Optional[str] = None, deploy: bool = False, show: bool = False,
+                      show_dir: Optional[str] = None, wait_time: float = 2,
+                      launcher: str = 'none', onnx_checkpoint: Optional[str] = None,
+                      threads: Optional[int] = None) -> Runner:
+    """tools/test.py's Runner, its arguments as the tool's flags of the same names. An ONNX
+    ``checkpoint`` (an exported raw file, fp32 or INT8) is tested through ``OnnxDetector``,
+    with ``onnx_checkpoint`` (``--checkpoint``: the checkpoint it was exported from, which a
+    two-stage detector's RoI heads need) and onnxruntime's ``threads``; everything else (the
+    dataloader, the evaluator, ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
     cfg = load_config(config, cfg_options)
     require_runtime_hooks(cfg)
-    set_work_dir(cfg, work_dir, config)
+    set_work_dir(cfg, work_dir, config if isinstance(config, str) else 'onnx_test')
     if out is not None:
         if not out.endswith(('.pkl', '.pickle')):
             raise InputError(f'--out {out}: the dump file must be a .pkl file')
-        if osp.exists(out):
+        check_output_file(out, '--out', inputs=(config if isinstance(config, str) else None,
+                                                checkpoint, onnx_checkpoint))
+        if osp.lexists(out):
             raise FileExistsError(f'--out {out} exists; remove it or choose another name')
-        check_output_file(out, '--out')
-    if not osp.isfile(checkpoint) and '://' not in checkpoint:
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+    if '://' not in checkpoint:
+        check_input_file(checkpoint, 'checkpoint')
+    onnx_file = checkpoint if is_onnx_file(checkpoint) else None
+    check_onnx_request(onnx_file, onnx_checkpoint, deploy, launcher)
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
     require_writable(cfg.work_dir)
-    configure_deploy(cfg, checkpoint, deploy)
-    cfg.load_from = checkpoint
+    if onnx_file is None:
+        configure_deploy(cfg, checkpoint, deploy)
+        cfg.load_from = checkpoint
     # MMDetection's engine and evaluation packages take a second to import: only --show and --out
     # need them here (the Runner imports them itself, once the checks above have passed).
     if show or show_dir:
@@ -108,10 +121,52 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
         cfg = trigger_visualization_hook(cfg, shown)
     setup_launcher(cfg, launcher)
     runner = runner_from_cfg(cfg)
+    if onnx_file is not None:
+        runner.model = OnnxTestModel(OnnxDetector(cfg, onnx_file, onnx_checkpoint,
+                                                  threads=threads))
     if out is not None:
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
     return runner
+
+
+def is_onnx_file(path: str) -> bool:
+    """A local file that begins as an ONNX model does (see ``serialization.file_kind``)."""
+    return '://' not in path and file_kind(path) == ONNX
+
+
+def check_onnx_request(onnx_file: Optional[str], onnx_checkpoint: Optional[str], deploy: bool,
+                       launcher: str):
+    """The test's checkpoint is read first (a missing or non-regular one named); --checkpoint
+    goes with an ONNX file only, which is the deployed network already and runs in one
+    process."""
+    if onnx_file is None:
+        if onnx_checkpoint is not None:
+            raise InputError(f'--checkpoint {onnx_checkpoint}: it names the checkpoint an ONNX '
+                             f'file was exported from, for tools/test.py CONFIG FILE.onnx '
+                             f'--checkpoint CKPT; to test a checkpoint, give it in place of '
+                             f'FILE.onnx')
+        return
+    if deploy:
+        raise InputError(f'--deploy: {onnx_file} is an exported (fused) network already; drop '
+                         f'--deploy')
+    if launcher != 'none':
+        raise InputError(f'--launcher {launcher}: an ONNX file is tested in one process')
+    if onnx_checkpoint is not None and '://' not in onnx_checkpoint:
+        check_input_file(onnx_checkpoint, '--checkpoint')
+
+
+class OnnxTestModel(nn.Module):
+    """What the test Runner runs for an exported file: ``OnnxDetector``'s detections in
+    MMEngine's test loop, so that the evaluator, --out and --show-dir take them as a
+    detector's."""
+
+    def __init__(self, detector: OnnxDetector):
+        super().__init__()
+        self.detector = detector
+
+    def test_step(self, data: dict) -> list:
+        return self.detector.predict(data)
 
 
 def configure_deploy(cfg: Config, checkpoint: str, deploy: bool):

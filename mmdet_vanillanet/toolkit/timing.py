@@ -93,20 +93,41 @@ def measure(model, batches: list, part: str, settings: Settings) -> dict:
     if part == 'detector':
         cursor = itertools.cycle(batches)
         fn = lambda: model.test_step(next(cursor))  # noqa: E731
-        complexity = detector_complexity(model, tuple(tensor.shape[-2:]))
+        with uncompiled(model):
+            complexity = detector_complexity(model, tuple(tensor.shape[-2:]))
     else:
-        module = model.backbone if part == 'backbone' else torch.nn.Sequential(model.backbone,
-                                                                               model.neck)
-        fn = lambda: module(tensor)  # noqa: E731
-        with traceable_activations(module):
-            complexity = get_model_complexity_info(module, inputs=(tensor, ), show_table=False,
-                                                   show_arch=False)
+        timed = timed_module(model, part)
+        fn = lambda: timed(tensor)  # noqa: E731
+        with uncompiled(model):
+            counted = timed_module(model, part)
+            with traceable_activations(counted):
+                complexity = get_model_complexity_info(counted, inputs=(tensor, ),
+                                                       show_table=False, show_arch=False)
     result = summarize(time_call(fn, settings.iters, settings.warmup, settings.device,
                                  settings.precision, settings.progress))
     result.update(gflops=complexity['flops'] / 1e9, params_m=complexity['params'] / 1e6,
                   input_shape=list(tensor.shape[-2:]))
     result['achieved_gflop_s'] = achieved_gflop_s(result)
     return result
+
+
+def timed_module(model, part: str) -> torch.nn.Module:
+    """The backbone ('backbone'), or backbone and neck ('neck'), of ``model``."""
+    return model.backbone if part == 'backbone' else torch.nn.Sequential(model.backbone,
+                                                                         model.neck)
+
+
+@contextlib.contextmanager
+def uncompiled(model):
+    """``model`` with the backbone that --compile wrapped (``prepare``) unwrapped: the FLOPs
+    count and the ONNX export trace the module, and a trace cannot enter torch.compile's
+    wrapper."""
+    backbone = model.backbone
+    model.backbone = getattr(backbone, '_orig_mod', backbone)
+    try:
+        yield model
+    finally:
+        model.backbone = backbone
 
 
 def achieved_gflop_s(result: dict) -> float:
@@ -126,12 +147,12 @@ def measure_onnxruntime(fused, batches, part, settings, fused_result, int8=False
         fused_result = measure(fused, batches, part, once)
     module = onnx_export.ExportedPart(fused.cpu(), part).eval()
     tensor = fused.data_preprocessor(batches[0], False)['inputs'].cpu()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, uncompiled(fused):
         path = osp.join(tmp, f'{part}.onnx')
         onnx_export.export(module, path, tuple(tensor.shape[-2:]))
         result = time_onnx_file(path, tensor, settings, fused_result)
         if int8:
-            onnx_export.write_metadata(path, module)  # what quantization reads
+            onnx_export.write_metadata(path, module, checkpoint=None)  # what quantization reads
             int8_path = osp.join(tmp, f'{part}_int8.onnx')
             quantize.quantize_on_inputs(path, int8_path, [tensor.numpy()],
                                         calibration='the timed input')

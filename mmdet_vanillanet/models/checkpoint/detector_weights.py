@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 
 import torch.nn as nn
 
+from ...class_order import check_checkpoint_classes
 from ...errors import CheckpointError
 from ...serialization import safe_load
 from ..detector import unwrap_model
@@ -56,9 +57,14 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
             and state[file_keys[k]].shape != expected[k].shape]
 
 
-def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu'):
-    """A detector checkpoint into ``model``, refused in one line unless it fits exactly."""
+def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu',
+                          classes: Sequence[str] = ()):
+    """A detector checkpoint into ``model``, refused in one line unless it fits exactly and its
+    classes (``meta.dataset_meta.classes``, where it has them) are ``classes`` (the config's),
+    as a test's checkpoint is (CheckpointFitHook): otherwise every label would name another
+    class."""
     loaded = safe_load(checkpoint, map_location=device)
+    check_checkpoint_classes(checkpoint, loaded, classes)
     adopt_meta_act_learn(loaded)
     state = loaded.get('state_dict', loaded)
     check_detector_fits(model, state, checkpoint)
