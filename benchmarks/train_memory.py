@@ -61,6 +61,9 @@ def parse_args():
                         metavar=('H', 'W'))
     parser.add_argument('--time-shape', type=int, nargs=2, default=[256, 384],
                         metavar=('H', 'W'))
+    parser.add_argument('--recipe-shape', type=int, nargs=2, default=[1024, 1344],
+                        metavar=('H', 'W'), help="the paper's largest training size (padded)")
+    parser.add_argument('--recipe-batch', type=int, default=4, help="the paper's images per GPU")
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out-dir', default=osp.join(REPO_ROOT, 'benchmarks', 'results'))
     return parser.parse_args()
@@ -80,12 +83,19 @@ def backbone(config: str, changes: dict = None, device: str = 'cpu'):
     return model
 
 
-def memory(model_fn, shape) -> dict:
+def memory(model_fn, shape, recipe_shape, recipe_batch) -> dict:
+    """What a step keeps at ``shape`` (batch 1), and the backbone's share of a step at the
+    paper's recipe: its activations for ``recipe_batch`` images of ``recipe_shape``, and its
+    weights, gradients and AdamW's two moments (4 x its parameters)."""
     model = model_fn('meta')
     x = torch.empty(1, 3, *shape, device='meta')
     counted = saved_for_backward(lambda: model(x), model_tensors(model))
+    x = torch.empty(recipe_batch, 3, *recipe_shape, device='meta')
+    recipe = saved_for_backward(lambda: model(x), model_tensors(model))['activations']
+    state = 4 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return dict(activations_gib=counted['activations'] / GIB,
-                saved_gib=(counted['activations'] + counted['held']) / GIB)
+                saved_gib=(counted['activations'] + counted['held']) / GIB,
+                recipe_activations_gib=recipe / GIB, recipe_share_gib=(recipe + state) / GIB)
 
 
 def step(model, x):
@@ -121,6 +131,23 @@ def table(report) -> str:
     return '\n'.join(lines)
 
 
+def recipe_table(report) -> str:
+    """The backbone's share of a step at the paper's recipe, and what each card has left."""
+    shape, batch = report['recipe_shape'], report['recipe_batch']
+    cards = (16, 24, 40, 80)
+    lines = [f'| backbone | variant | activations, {batch} x {shape[0]}x{shape[1]}, GiB | '
+             f'+ weights, gradients, AdamW, GiB | '
+             + ' | '.join(f'left on {c} GiB' for c in cards) + ' |',
+             '|---|---|---|---|' + '---|' * len(cards)]
+    for row in report['rows']:
+        share = row['recipe_share_gib']
+        lines.append(f'| {row["backbone"]} | {row["variant"]} | '
+                     f'{row["recipe_activations_gib"]:.1f} | {share:.1f} | '
+                     + ' | '.join(f'{c - share:.1f}' if share < c else 'does not fit'
+                                  for c in cards) + ' |')
+    return '\n'.join(lines)
+
+
 def plot(report, path):
     import matplotlib
     matplotlib.use('Agg')
@@ -146,6 +173,7 @@ def main():
     register_all_modules()
     torch.manual_seed(0)
     rows, seconds = [], {}
+    sizes = args.memory_shape, args.recipe_shape, args.recipe_batch
     # Timed one arch at a time (its variants in turn), ResNet-50 and Swin-T with VanillaNet-13
     # (or the last arch): one group's models and gradients in memory at a time.
     with_others = '13' if '13' in args.archs else args.archs[-1]
@@ -154,12 +182,12 @@ def main():
         group = {}
         for variant, changes in VARIANTS.items():
             rows.append(dict(backbone=f'VanillaNet-{arch}', variant=variant, **memory(
-                lambda device: backbone(config, changes, device), args.memory_shape)))
+                lambda device: backbone(config, changes, device), *sizes)))
             group[(rows[-1]['backbone'], variant)] = backbone(config, changes)
         if arch == with_others:
             for name, other in OTHERS.items():
                 rows.append(dict(backbone=name, variant='-', **memory(
-                    lambda device: backbone(other, device=device), args.memory_shape)))
+                    lambda device: backbone(other, device=device), *sizes)))
                 group[(name, '-')] = backbone(other)
         seconds.update(time_all(group, args.time_shape, args.repeats))
         del group
@@ -169,14 +197,23 @@ def main():
         if plain is not None:
             row['time_vs_plain'] = row['seconds'] / plain
     report = dict(machine=machine_info(), memory_shape=args.memory_shape,
-                  time_shape=args.time_shape, repeats=args.repeats, rows=rows)
+                  time_shape=args.time_shape, recipe_shape=args.recipe_shape,
+                  recipe_batch=args.recipe_batch, repeats=args.repeats, rows=rows)
     print(table(report))
+    print(recipe_table(report))
     stem = osp.join(args.out_dir, 'train_memory')
     with open(f'{stem}.json', 'w') as f:
         json.dump(report, f, indent=2)
     with open(f'{stem}.md', 'w') as f:
-        f.write(f'Written by `python benchmarks/train_memory.py`; {report["machine"]}\n\n'
-                + table(report) + '\n')
+        machine = report['machine']
+        f.write(f'Written by `python benchmarks/train_memory.py` on {machine["cpu"]} '
+                f'({machine["threads"]} threads), torch {machine["torch"]}. Time: best of '
+                f'{report["repeats"]} rounds, the variants of an arch in turn.\n\n'
+                + table(report) + '\n\nThe backbone\'s share of a training step at the paper\'s '
+                f'recipe ({report["recipe_batch"]} images of up to 1024x1333 per GPU, padded to '
+                f'{report["recipe_shape"][0]}x{report["recipe_shape"][1]}), fp32, and what a card '
+                'has left for the rest (FPN, heads, workspaces: not counted here):\n\n'
+                + recipe_table(report) + '\n')
     plot(report, f'{stem}.png')
 
 
