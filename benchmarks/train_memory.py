@@ -55,7 +55,8 @@ GIB = 2 ** 30
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--archs', nargs='+', default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument('--memory-shape', type=int, nargs=2, default=[800, 1344],
                         metavar=('H', 'W'))
