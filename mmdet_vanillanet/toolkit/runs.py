@@ -1,8 +1,8 @@
 """The Runners tools/train.py and tools/test.py build, and the demo runs: MMDetection's tools'
-flags applied to the config, and the config checked before anything runs (its runtime hooks,
-the dataset, the work dir and its run lock, the checkpoint's layout), so that bad input is one
-line before a Runner is built. The config decides how the run trains; these add command-line
-behaviour only (see the tools' docstrings)."""
+flags applied to the config, and the config checked before anything runs (the dataset, the work
+dir and its run lock, the checkpoint's layout), so that bad input is one line before a Runner is
+built. The config decides how the run trains (a config without our runtime hooks runs, with a
+warning); these add command-line behaviour only (see the tools' docstrings)."""
 import argparse
 import os
 import os.path as osp
@@ -18,7 +18,7 @@ from ..models.pretrained import checkpoint_layout, require_training_layout
 from ..output_paths import check_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import safe_load
-from .cli import require_runtime_hooks, set_work_dir
+from .cli import set_work_dir, warn_missing_runtime_hooks
 from .datasets import check_dataset_paths
 from .launch import setup_launcher
 from .work_dir import guard_work_dir, require_writable, resume_checkpoint
@@ -32,7 +32,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     """tools/train.py's Runner: ``resume`` is a checkpoint path or 'auto' (the run's newest
     readable checkpoint), the rest as the tool's flags of the same names."""
     cfg = load_config(config, cfg_options)
-    require_runtime_hooks(cfg)
+    warn_missing_runtime_hooks(cfg, training=True)
     set_work_dir(cfg, work_dir, config)
     if amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -86,7 +86,7 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
                       wait_time: float = 2, launcher: str = 'none') -> Runner:
     """tools/test.py's Runner, its arguments as the tool's flags of the same names."""
     cfg = load_config(config, cfg_options)
-    require_runtime_hooks(cfg)
+    warn_missing_runtime_hooks(cfg, training=False)
     set_work_dir(cfg, work_dir, config)
     if out is not None:
         if not out.endswith(('.pkl', '.pickle')):
