@@ -1,7 +1,11 @@
 """The engine parts (deep-training schedule, layer decay, weights_only checkpoints, the
 non-finite guard) and the MMDetection 2.x key layout of the released detectors."""
+import json
 import math
+import os
 import os.path as osp
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +18,7 @@ from mmengine.model import BaseModel
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 
-from helpers import CONFIGS
+from helpers import CONFIGS, save_toy_checkpoint, swapped, toy_config
 from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.serialization import safe_load
@@ -243,3 +247,58 @@ def test_resume_with_another_lr_continues_the_schedule_scaled(tmp_path):
     _lr_run(tmp_path / 'halved', 0.2, 4)
     resumed = _lr_run(tmp_path / 'halved', 0.1, 6, resume=True)
     assert resumed == pytest.approx([lr / 2 for lr in whole[4:]], rel=1e-12)
+
+
+@HOOKS.register_module(force=True)
+class TrainStartRecorderHook(Hook):
+    """What the runtime hooks left when training starts (run after them: LOWEST priority)."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def before_train(self, runner):
+        self.seen.update(lock=(Path(runner.work_dir) / 'run.lock').read_text(),
+                         rng=torch.get_rng_state())
+
+
+# Two iterations an epoch, no validation (the loop is built all the same), two test images.
+SMALL = ['train_dataloader.dataset.indices=4', 'train_dataloader.batch_size=2',
+         'train_cfg.val_interval=9', 'test_dataloader.dataset.indices=2']
+
+
+def _toy_runner(cfg, seen):
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(dict(type='TrainStartRecorderHook', seen=seen), priority='LOWEST')
+    return runner
+
+
+def test_the_runtime_hooks_in_the_toy_configs_runner(data_root, tmp_path):
+    """Every hook of configs/_base_/vanillanet_runtime.py in the Runner MMDetection's own tools
+    build from the config, in this process (fast enough to run against the lowest declared
+    mmengine too: tests/test_mmengine_range.py): training holds the work_dir lock; --resume
+    restores the generators; a checkpoint of other classes is refused naming its file; a COCO
+    file of another class order is refused before training and before testing."""
+    seen = {}
+    _toy_runner(toy_config(data_root, tmp_path, epochs=1, options=SMALL), seen).train()
+    assert json.loads(seen['lock'])['pid'] == os.getpid()
+    assert (tmp_path / 'run.lock').read_text().strip() == ''  # released at the end
+    saved = safe_load(str(tmp_path / 'epoch_1.pth'))
+
+    resumed = _toy_runner(toy_config(data_root, tmp_path, epochs=2,
+                                     options=[*SMALL, 'resume=True']), seen)
+    resumed.train()
+    assert torch.equal(seen['rng'], saved['random_state']['torch']) and resumed.iter == 4
+
+    other = save_toy_checkpoint(str(tmp_path / 'other.pth'), classes=('a', 'b', 'c'))
+    train_file, test_file = (swapped(data_root, tmp_path, split) for split in ('train', 'val'))
+    for run, named, option in (('test', other, f'load_from={other}'),
+                               ('train', train_file, f'train_dataloader.dataset.ann_file='
+                                                     f'{train_file}'),
+                               ('test', test_file, f'test_dataloader.dataset.ann_file='
+                                                   f'{test_file}')):
+        cfg = toy_config(data_root, tmp_path / run, options=[*SMALL, option])
+        with pytest.raises(InputError, match=re.escape(named)):
+            getattr(Runner.from_cfg(cfg), run)()
+    cfg = toy_config(data_root, tmp_path / 'tested',
+                     options=[*SMALL, f'load_from={tmp_path}/epoch_2.pth'])
+    assert 'coco/bbox_mAP' in Runner.from_cfg(cfg).test()

@@ -82,8 +82,12 @@ class AtomicCheckpointHook(CheckpointHook):
     @contextlib.contextmanager
     def _removals_after_saving(self):
         """Outdated checkpoints (and the previous best one) that MMEngine deletes before
-        saving are deleted once the save has succeeded, and not at all if it failed."""
-        backend = self.file_backend
+        saving are deleted once the saves of this call have succeeded, and not at all if one
+        failed."""
+        backend = getattr(self, 'file_backend', None)  # set in before_train
+        if backend is None:  # a run that only validates saves nothing
+            yield
+            return
         self.file_backend = deferred = _DeferredRemoval(backend)
         try:
             yield
@@ -100,10 +104,15 @@ class AtomicCheckpointHook(CheckpointHook):
             elif backend.isdir(path):
                 backend.rmtree(path)
 
-    def _save_checkpoint_with_step(self, runner, step, meta):
+    # MMEngine's hook saves (and deletes) in these three public methods.
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         with self._removals_after_saving():
-            super()._save_checkpoint_with_step(runner, step, meta)
+            super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
-    def _save_best_checkpoint(self, runner, metrics):
+    def after_train_epoch(self, runner) -> None:
         with self._removals_after_saving():
-            super()._save_best_checkpoint(runner, metrics)
+            super().after_train_epoch(runner)
+
+    def after_val_epoch(self, runner, metrics) -> None:
+        with self._removals_after_saving():
+            super().after_val_epoch(runner, metrics)
