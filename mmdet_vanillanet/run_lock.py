@@ -29,6 +29,7 @@ import warnings
 from mmengine.logging import print_log
 
 from .errors import InputError
+from .run_files import not_a_regular_file, refuse_link
 
 with warnings.catch_warnings():
     # Where fcntl is missing outside Windows, filelock warns on import that its FileLock falls
@@ -48,47 +49,31 @@ _HELD = {}
 NO_LOCKS = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP}
 OPEN_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0)
               | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0))
-KINDS = ((stat.S_ISLNK, 'a symbolic link'), (stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'),
-         (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a device'), (stat.S_ISBLK, 'a device'))
+WHAT = 'the run lock file a training run writes'
 
 
 def _path(work_dir: str) -> str:
     return osp.join(osp.abspath(work_dir), LOCK_NAME)
 
 
-def not_a_regular_file(path: str, mode: int, what: str) -> InputError:
-    """The error for a path where a run writes a file of its own but finds something else (a
-    link, a folder, a FIFO): it was not made by a run, and the run writes neither into it nor
-    through it."""
-    kind = next((name for test, name in KINDS if test(mode)), 'not a regular file')
-    return InputError(f'{path} is {kind}, not {what}; a run never writes into or through one it '
-                      f'did not create (in a shared work dir it could lead to someone else\'s '
-                      f'file): remove it, or choose another --work-dir')
-
-
 def _open(path: str, work_dir: str) -> int:
     try:
         os.makedirs(osp.dirname(path), exist_ok=True)
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = None
+        refuse_link(path, WHAT)
     except OSError as err:
         raise InputError(f'cannot write into the work dir {work_dir} ({err.strerror}); choose '
                          f'another with --work-dir') from None
-    what = 'the run lock file a training run writes'
-    if mode is not None and not stat.S_ISREG(mode):
-        raise not_a_regular_file(path, mode, what)
     try:  # O_NOFOLLOW and O_NONBLOCK: a link or a FIFO put there since the check neither
         fd = os.open(path, OPEN_FLAGS, 0o666)  # leads elsewhere nor blocks
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise not_a_regular_file(path, stat.S_IFLNK, what) from None
+            raise not_a_regular_file(path, stat.S_IFLNK, WHAT) from None
         raise InputError(f'cannot write the run lock {path} ({err.strerror}); fix the work '
                          f'dir\'s permissions or choose another --work-dir') from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise not_a_regular_file(path, mode, what)
+        raise not_a_regular_file(path, mode, WHAT)
     return fd
 
 

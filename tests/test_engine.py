@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from helpers import CONFIGS, save_toy_checkpoint, swapped, toy_config
 from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.run_files import written_by_runs
 from mmdet_vanillanet.serialization import safe_load
 
 register_all_modules()
@@ -197,6 +198,23 @@ def test_the_bound_is_a_hook_argument(tmp_path):
     assert runner.iter == 3
     with pytest.raises(InputError, match='max_norm_growth=1 must be a number above 1'):
         _blow_up_at(tmp_path / 'b', 3, max_norm_growth=1)
+
+
+def test_the_checkpoint_hook_never_writes_last_checkpoint_through_a_link(tmp_path):
+    """Issue 24: in a work dir shared with others, MMEngine's plain open of last_checkpoint
+    wrote through a link someone put there; the run stops before its first save instead, and
+    records the files it writes (what --overwrite may remove)."""
+    theirs = tmp_path / 'theirs.txt'
+    theirs.write_text('theirs')
+    (tmp_path / 'w').mkdir()
+    (tmp_path / 'w' / 'last_checkpoint').symlink_to(theirs)
+    with pytest.raises(InputError, match=f'^{tmp_path}/w/last_checkpoint is a symbolic link'):
+        _blow_up_at(tmp_path / 'w', 9)
+    assert theirs.read_text() == 'theirs' and not list((tmp_path / 'w').glob('*.pth'))
+    _blow_up_at(tmp_path / 'fine', 9)
+    assert written_by_runs(str(tmp_path / 'fine')) == {
+        str(tmp_path / 'fine' / name) for name in ('iter_1.pth', 'iter_2.pth', 'iter_3.pth',
+                                                    'last_checkpoint')}
 
 
 class _Quadratic(BaseModel):

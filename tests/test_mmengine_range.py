@@ -17,7 +17,8 @@ LOWEST = osp.join(REPO_ROOT, '.venv', 'lowest')
 # The tests of the hooks and of what they read and write (their end-to-end runs of the tools,
 # marked slow, run on the pinned mmengine only).
 HOOK_TESTS = ['tests/test_engine.py', 'tests/test_safe_loading.py', 'tests/test_run_lock.py',
-              'tests/test_strict_loading.py', 'tests/test_class_order.py', 'tests/test_resume.py']
+              'tests/test_strict_loading.py', 'tests/test_class_order.py', 'tests/test_resume.py',
+              'tests/test_work_dir_files.py']
 
 
 def declared_lowest() -> str:

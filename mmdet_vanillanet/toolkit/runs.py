@@ -21,7 +21,7 @@ from ..serialization import safe_load
 from .cli import set_work_dir, warn_missing_runtime_hooks
 from .datasets import check_dataset_paths
 from .launch import setup_launcher
-from .work_dir import guard_work_dir, require_writable, resume_checkpoint
+from .work_dir import guard_work_dir, refuse_links, require_writable, resume_checkpoint
 
 
 def build_train_runner(config: str, work_dir: Optional[str] = None,
@@ -46,6 +46,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     require_writable(cfg.work_dir)
     if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
         lock_work_dir(cfg.work_dir)
+    refuse_links(cfg.work_dir, training=True)
     configure_resume(cfg, resume)
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
                         invalid_boxes=invalid_boxes)
@@ -98,6 +99,7 @@ def build_test_runner(config: str, checkpoint: str, work_dir: Optional[str] = No
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
     require_writable(cfg.work_dir)
+    refuse_links(cfg.work_dir, training=False)
     configure_deploy(cfg, checkpoint, deploy)
     cfg.load_from = checkpoint
     # MMDetection's engine and evaluation packages take a second to import: only --show and --out
