@@ -21,7 +21,7 @@ from mmdet.registry import MODELS
 from mmengine.analysis import get_model_complexity_info
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.comparison import randomize
+from mmdet_vanillanet.deploy.equivalence import randomize
 from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
 from mmdet_vanillanet.toolkit.paths import REPO_ROOT
 from mmdet_vanillanet.toolkit.timing import summarize, time_call

@@ -36,13 +36,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.series_activation import SeriesActivation, kernel_checks
 from mmdet_vanillanet.models.series_activation_triton import series_activation
-from mmdet_vanillanet.toolkit.compare import max_rel_diff
 from mmdet_vanillanet.toolkit.paths import REPO_ROOT
-from mmdet_vanillanet.toolkit.weights import randomize
 
 SIZES = [(224, 224), (800, 1344)]
 BATCHES = [1, 8]

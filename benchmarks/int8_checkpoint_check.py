@@ -19,8 +19,8 @@ import torch
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.comparison import max_rel_diff
-from mmdet_vanillanet.deploy.detector import build_detector
+from mmdet_vanillanet.deploy.build import build_detector
+from mmdet_vanillanet.deploy.equivalence import max_rel_diff
 from mmdet_vanillanet.deploy.onnx_export import group_outputs, onnxruntime_session
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
 from mmdet_vanillanet.deploy.quantized_file import weight_differences

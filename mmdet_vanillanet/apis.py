@@ -6,8 +6,9 @@ gathers its own in ``mmdet.apis``.
 
 - ``fuse_detector(model, inplace=True)``: fuse every VanillaNet in a (wrapped) detector for
   deployment; the fused model, or a fused copy with ``inplace=False``.
-- ``convert_checkpoint(src, dst, force=False, unsafe_load=False)``: write the fused
-  (deploy-layout) version of a training-mode checkpoint (tools/convert_checkpoint.py).
+- ``convert_checkpoint(src, dst, force=False, unsafe_load=False, config=None)``: write the
+  fused (deploy-layout) version of a training-mode checkpoint, fused by the network it
+  describes with the norm of the config it was trained with (tools/convert_checkpoint.py).
 - ``export_onnx(config, checkpoint, out, part='backbone', ...)``: a fused part in ONNX, checked
   in onnxruntime against PyTorch (tools/export_onnx.py).
 - ``quantize_onnx(config, onnx_file, out, split='val', num_images=64, ...)``: the INT8 (QDQ)

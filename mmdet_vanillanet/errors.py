@@ -2,11 +2,39 @@
 
 Every one is an :class:`InputError`; a checkpoint that cannot be read or does not fit is a
 :class:`CheckpointError`, one whose write was cut short a :class:`TruncatedCheckpointError`
-(``--resume`` passes over it for an earlier one).
+(resuming passes over it for an earlier one).
+
+A library function's message names its arguments as its caller wrote them (``part='neck'``,
+``force=True``), never a command-line flag: it is built from text and :class:`Argument` parts,
+which ``str()`` words as ``name=value`` and our tools as the flag that sets the argument
+(``toolkit.cli.one_line_errors``: ``--part neck``, ``--force``).
 """
+from typing import Any, Callable, NamedTuple
 
 
-class InputError(ValueError):
+class Argument(NamedTuple):
+    """An argument of a library function, named in an error message: ``name=value``, or
+    ``name=...`` where the message asks for one without a value in mind."""
+    name: str
+    value: Any = ...
+
+    def __str__(self):
+        return f'{self.name}={"..." if self.value is ... else repr(self.value)}'
+
+
+class NamesArguments:
+    """An error whose message is made of text and :class:`Argument` parts."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        super().__init__(''.join(map(str, parts)))
+
+    def worded(self, name: Callable[[Argument], str]) -> str:
+        """The message with each argument named by ``name`` (a tool: its flag)."""
+        return ''.join(name(p) if isinstance(p, Argument) else str(p) for p in self.parts)
+
+
+class InputError(NamesArguments, ValueError):
     """A bad argument, config value or file; the message names it and what is allowed."""
 
 
@@ -16,6 +44,16 @@ class CheckpointError(InputError, RuntimeError):
 
 class TruncatedCheckpointError(CheckpointError):
     """A checkpoint whose write was cut short (a kill, a full disk): an earlier one may do."""
+
+
+class OutputExistsError(NamesArguments, FileExistsError):
+    """A file a function would write exists, and it was not asked to overwrite it."""
+
+
+def output_exists(path: str) -> OutputExistsError:
+    """The one message for a destination that exists without ``force=True``."""
+    return OutputExistsError(f'{path} exists; pass ', Argument('force', True),
+                             ' to overwrite it')
 
 
 def deploy_layout_error(filename: str, purpose: str, remedy: str) -> CheckpointError:

@@ -35,7 +35,7 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
 from .checkpoint_sources import open_checkpoint
-from .errors import CheckpointError, TruncatedCheckpointError
+from .errors import Argument, CheckpointError, TruncatedCheckpointError
 
 
 def _refused(what: str) -> pickle.UnpicklingError:
@@ -228,8 +228,8 @@ def _load(filename: str, map_location, weights_only: bool, mmap: bool):
             f'{filename} holds Python objects beyond tensors, plain numpy data and the message '
             f'hub buffers our runs write, so loading it could run code from the file or change '
             f'the loading process; it was not loaded. If you trust the file, rewrite it as '
-            f'plain tensors with `python tools/convert_checkpoint.py {filename} OUT '
-            f'--unsafe-load`. (torch said: {_unpickler_reason(err)})') from None
+            f'plain tensors: convert it (convert_checkpoint, tools/convert_checkpoint.py) with ',
+            Argument('unsafe_load', True), f'. (torch said: {_unpickler_reason(err)})') from None
     except PermissionError as err:  # not a damaged file: --resume must not pass over it
         raise CheckpointError(f'cannot read {filename} ({err.strerror}); fix its '
                               f'permissions') from None

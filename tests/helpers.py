@@ -14,7 +14,7 @@ from mmdet.registry import MODELS
 from mmengine.config import Config, DictAction
 
 import mmdet_vanillanet  # noqa: F401  (registers VanillaNet, as a config's custom_imports)
-from mmdet_vanillanet.comparison import max_rel_diff, randomize  # noqa: F401  (for the tests)
+from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize  # noqa: F401  (for the tests)
 from mmdet_vanillanet.models import ARCH_SETTINGS
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 
@@ -189,8 +189,10 @@ def run_config(work_dir, **checkpoint_hook):
 
 
 def save_toy_checkpoint(path, classes=('circle', 'square', 'triangle')):
-    """An (untrained) toy detector saved as a run saves it, with its classes; returns ``path``."""
-    model = MODELS.build(Config.fromfile(CONFIG).model)
-    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': {'classes': classes}}},
-               path)
+    """An (untrained) toy detector saved as a run saves it, with its classes and its config;
+    returns ``path``."""
+    cfg = Config.fromfile(CONFIG)
+    model = MODELS.build(cfg.model)
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'dataset_meta': {'classes': classes}, 'cfg': cfg.pretty_text}}, path)
     return path

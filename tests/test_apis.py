@@ -13,7 +13,7 @@ from mmdet_vanillanet import apis
 
 SIGNATURES = {
     'fuse_detector': '(model, inplace=True)',
-    'convert_checkpoint': '(src, dst, force=False, unsafe_load=False)',
+    'convert_checkpoint': '(src, dst, force=False, unsafe_load=False, config=None)',
     'export_onnx': "(config, checkpoint, out, part='backbone', shape=(320, 480), static=False, "
                    'opset=17, dynamo=False, force=False, cfg_options=None)',
     'OnnxDetector': "(config, onnx_file, checkpoint=None, device='cpu', threads=None)",
@@ -65,6 +65,6 @@ def test_convert_checkpoint_writes_the_deploy_layout_and_returns_the_counts(tmp_
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(model(x), fused(x)) <= 1e-4
-    with pytest.raises(FileExistsError, match='pass --force'):
+    with pytest.raises(FileExistsError, match='pass force=True'):
         apis.convert_checkpoint(str(src), str(dst))
     assert apis.convert_checkpoint(str(src), str(dst), force=True) == (before, after)

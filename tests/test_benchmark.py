@@ -12,8 +12,7 @@ from mmengine.config import Config
 
 from helpers import CONFIG, REPO_ROOT, build_backbone, narrow, randomize, run
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.benchmark import build_timed_detector, check_request
-from mmdet_vanillanet.toolkit.compare import check_fusion
+from mmdet_vanillanet.toolkit.benchmark import build_timed_detector, check_fusion, check_request
 
 register_all_modules()
 

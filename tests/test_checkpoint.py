@@ -1,5 +1,6 @@
 """Loading every released checkpoint form, written here in the released key layout from a
 generated network with non-trivial BN statistics, and every way a file can fail to fit."""
+import copy
 import functools
 import http.server
 import os.path as osp
@@ -9,10 +10,21 @@ import threading
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from helpers import REPO_ROOT, RunsCode, build_backbone, fused_copy, max_rel_diff, narrow
+from helpers import (
+    REPO_ROOT,
+    RunsCode,
+    build_backbone,
+    fused_copy,
+    max_rel_diff,
+    narrow,
+    randomize,
+)
+from mmdet_vanillanet.deploy.convert import deploy_checkpoint
 from mmdet_vanillanet.errors import CheckpointError
+from mmdet_vanillanet.models.checkpoint.recorded_config import recorded_model_cfg
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
 
@@ -131,7 +143,7 @@ def test_the_load_is_logged(random_narrow13, tmp_path):
 def test_a_checkpoint_that_would_run_code_is_refused(random_narrow13, tmp_path):
     path, marker = tmp_path / 'evil.pth', tmp_path / 'pwned'
     torch.save({'model_ema': random_narrow13.state_dict(), 'args': RunsCode(marker)}, path)
-    with pytest.raises(CheckpointError, match='could run code from the file.*--unsafe-load'):
+    with pytest.raises(CheckpointError, match='could run code from the file.*unsafe_load=True'):
         _load(path)
     assert not marker.exists()
 
@@ -166,6 +178,72 @@ def test_checkpoint_from_a_url(random_narrow13, tmp_path, monkeypatch):
         assert max_rel_diff(random_narrow13(X), model(X)) == 0
 
 
+NARROW13 = dict(type='VanillaNet', arch=narrow('13'), act_num=4)
+EPS_1E_3 = dict(type='BN', eps=1e-3)
+
+
+def _recording(backbone_cfg, state):
+    """A detector checkpoint as MMEngine's Runner writes it: the run's config in its meta."""
+    cfg = Config(dict(model=dict(type='RetinaNet', backbone=backbone_cfg), seed=0))
+    return {'meta': {'cfg': cfg.pretty_text, 'epoch': 12},
+            'state_dict': {f'backbone.{k}': v for k, v in state.items()}}
+
+
+def _fused_backbone(converted):
+    return {k[len('backbone.'):]: v for k, v in converted['state_dict'].items()}
+
+
+def test_a_converted_file_folds_the_norm_its_recorded_config_gives():
+    model = randomize(build_backbone(arch=narrow('13'), act_num=4, norm_cfg=EPS_1E_3)).eval()
+    expected = fused_copy(model).state_dict()
+    checkpoint = _recording({**NARROW13, 'norm_cfg': EPS_1E_3}, model.state_dict())
+    converted, _, _ = deploy_checkpoint(copy.deepcopy(checkpoint), 'x.pth')
+    fused = _fused_backbone(converted)
+    assert fused.keys() == expected.keys()
+    assert all(torch.equal(fused[k], expected[k]) for k in expected)
+    # A config that says otherwise is refused; one that agrees is taken.
+    other = Config(dict(model=dict(backbone=NARROW13)))  # the default norm: eps 1e-6
+    with pytest.raises(CheckpointError, match=r'x.pth was trained with BatchNorm2d\(eps=0.001\) '
+                       r'.*but the config gives BatchNorm2d\(eps=1e-06\)'):
+        deploy_checkpoint(copy.deepcopy(checkpoint), 'x.pth', other)
+    same = Config(dict(model=dict(backbone={**NARROW13, 'norm_cfg': dict(type='SyncBN',
+                                                                          eps=1e-3)})))
+    converted, _, _ = deploy_checkpoint(copy.deepcopy(checkpoint), 'x.pth', same)
+    assert all(torch.equal(_fused_backbone(converted)[k], expected[k]) for k in expected)
+
+
+def test_a_detector_file_that_records_no_config_needs_one():
+    model = randomize(build_backbone(arch=narrow('13'), act_num=4, norm_cfg=EPS_1E_3)).eval()
+    checkpoint = _recording({**NARROW13, 'norm_cfg': EPS_1E_3}, model.state_dict())
+    del checkpoint['meta']
+    with pytest.raises(CheckpointError, match='x.pth records no config of the VanillaNet '
+                                              'it trained.*eps.*give the config'):
+        deploy_checkpoint(copy.deepcopy(checkpoint), 'x.pth')
+    given = Config(dict(model=dict(backbone={**NARROW13, 'norm_cfg': EPS_1E_3})))
+    converted, _, _ = deploy_checkpoint(checkpoint, 'x.pth', given)
+    expected = fused_copy(model).state_dict()
+    assert all(torch.equal(_fused_backbone(converted)[k], expected[k]) for k in expected)
+
+
+def test_a_deploy_backbone_fuses_on_load_with_the_recorded_norm_only(tmp_path):
+    model = randomize(build_backbone(arch=narrow('13'), act_num=4, norm_cfg=EPS_1E_3)).eval()
+    path = tmp_path / 'run.pth'
+    torch.save(_recording({**NARROW13, 'norm_cfg': EPS_1E_3}, model.state_dict()), path)
+    with pytest.raises(CheckpointError, match=r"trained with BatchNorm2d\(eps=0.001\).*this "
+                                              r"backbone's norm_cfg gives BatchNorm2d\(eps=1e-06"):
+        _load(path, deploy=True)
+    with torch.no_grad():
+        assert max_rel_diff(model(X), _load(path, deploy=True, norm_cfg=EPS_1E_3)(X)) <= 1e-4
+
+
+def test_a_recorded_config_is_read_as_literals_never_run(tmp_path):
+    marker = tmp_path / 'ran'
+    code = f"model = dict(backbone=open({str(marker)!r}, 'w'))\n"
+    assert recorded_model_cfg({'meta': {'cfg': code}}) is None and not marker.exists()
+    text = Config(dict(model=dict(backbone=dict(NARROW13, norm_cfg=EPS_1E_3)))).pretty_text
+    assert recorded_model_cfg({'meta': {'cfg': text}})['backbone']['norm_cfg'] == EPS_1E_3
+
+
 def _convert(*args):
     tool = osp.join(REPO_ROOT, 'tools', 'convert_checkpoint.py')
     return subprocess.run([sys.executable, tool, *args], capture_output=True, text=True)
@@ -186,9 +264,17 @@ def test_convert_tool_writes_the_deploy_layout(random_narrow13, tmp_path):
 
 @pytest.mark.slow
 def test_convert_tool_keeps_a_detectors_heads(random_narrow13, tmp_path):
+    """This detector file records no config: the norm to fold comes from --config."""
     src, dst = tmp_path / 'det.pth', tmp_path / 'det_deploy.pth'
     torch.save(_forms(random_narrow13)['detector'], src)
-    assert _convert(str(src), str(dst)).returncode == 0
+    refused = _convert(str(src), str(dst))
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].endswith('give the config it was trained '
+                                                            'with (--config)')
+    config = tmp_path / 'trained_with.py'
+    config.write_text(f'model = dict(backbone={NARROW13!r})\n')
+    done = _convert(str(src), str(dst), '--config', str(config))
+    assert done.returncode == 0, done.stderr
     written = torch.load(dst, weights_only=True)
     assert 'neck.lateral_convs.0.conv.weight' in written['state_dict']
     assert 'backbone.stem.0.weight' in written['state_dict']

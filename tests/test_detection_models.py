@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
 from helpers import CONFIGS, max_rel_diff, narrow, randomize
-from mmdet_vanillanet.models.checkpoint_forms import count_params
+from mmdet_vanillanet.models.checkpoint.forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
 
 CONFIG_FILES = sorted(glob.glob(osp.join(CONFIGS, '*.py')))

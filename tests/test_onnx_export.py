@@ -8,7 +8,7 @@ from mmengine.config import Config
 
 from helpers import CONFIG, CONFIGS, narrow, randomize, run
 from mmdet_vanillanet.deploy import onnx_export
-from mmdet_vanillanet.deploy.detector import build_detector
+from mmdet_vanillanet.deploy.build import build_detector
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
 
@@ -41,7 +41,7 @@ def test_the_tool_exports_with_dynamic_shapes_and_checks_the_file(tmp_path, part
 def test_bad_output_paths_are_named_before_any_work(tmp_path):
     existing = tmp_path / 'there.onnx'
     existing.write_bytes(b'mine')
-    for path, message in ((existing, 'exists; pass --force'),
+    for path, message in ((existing, 'exists; pass force=True'),
                           (tmp_path / 'no' / 'x.onnx', 'does not exist'),
                           (tmp_path / 'x.txt', 'must end in .onnx')):
         with pytest.raises((InputError, FileExistsError), match=message):
@@ -58,7 +58,7 @@ def test_the_tool_gives_one_line_errors_and_keeps_the_users_file(tmp_path):
     assert existing.read_bytes() == b'mine'
     output = run('tools/export_onnx.py', CONFIG, str(tmp_path / 'x.onnx'), '--shape', '16', '64',
                  expect_ok=False)
-    assert 'error: --shape/--static 16 64: each side must be at least 32' in output
+    assert 'error: --shape 16 64: each side must be at least 32' in output
 
 
 def _narrow_retinanet():

@@ -117,6 +117,14 @@ def test_no_import_cycle_and_no_late_import_without_a_reason():
     assert found == LATE_IMPORTS
 
 
+def test_no_module_name_twice():
+    """A module's name says what it holds, once in the package (there were two detector.py)."""
+    names = [osp.basename(p) for p in glob.glob(osp.join(PACKAGE, '**', '*.py'), recursive=True)
+             if osp.basename(p) != '__init__.py']
+    assert len(names) > 30
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
 def test_the_plugin_never_imports_the_tools_code_nor_the_deploy_api():
     """The deploy API is a user's: it needs nothing of our tools' code (which may use it)."""
     graph, late = package_graph()

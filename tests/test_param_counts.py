@@ -9,7 +9,7 @@ import torch
 
 from helpers import build_backbone
 from mmdet_vanillanet.models import ARCH_SETTINGS
-from mmdet_vanillanet.models.checkpoint_forms import count_params
+from mmdet_vanillanet.models.checkpoint.forms import count_params
 
 CLASSES = 1000
 DEPLOY_M = {'5': 15.5, '6': 32.5, '7': 32.8, '8': 37.1, '9': 41.4, '10': 45.7, '11': 50.0,

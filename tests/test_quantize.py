@@ -173,10 +173,10 @@ def test_bad_input_is_refused_before_any_work(exported, tmp_path, data_root):
         (dict(onnx_file=str(not_onnx)), InputError, 'is not an ONNX file'),
         (dict(num_images=0), InputError, 'at least one image'),
         (dict(out=str(tmp_path)), InputError, 'is a folder'),
-        (dict(split='test2'), InputError, "--split 'test2'"),
-        (dict(method='mse'), InputError, "--method 'mse'"),
-        (dict(target='openvino'), InputError, "--target 'openvino'"),
-        (dict(keep_float=['neck']), InputError, '--keep-float neck'),
+        (dict(split='test2'), InputError, "split='test2'"),
+        (dict(method='mse'), InputError, "method='mse'"),
+        (dict(target='openvino'), InputError, "target='openvino'"),
+        (dict(keep_float=['neck']), InputError, r"keep_float=\['neck'\]"),
     ]
     for change, error, message in cases:
         kwargs = {**dict(config=cfg, onnx_file=raw, out=str(out), split='train'), **change}

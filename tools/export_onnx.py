@@ -46,7 +46,9 @@ def main():
     args = build_parser().parse_args()
     force_weights_only_loading()
     register_all_modules()
-    with one_line_errors(ExportMismatchError):
+    # export_onnx's shape is the size of --static, where given, else of --shape.
+    with one_line_errors(ExportMismatchError, flags={'shape': '--static' if args.static
+                                                     else '--shape'}):
         if len(args.files) > 2:
             raise InputError(f'expected [CKPT] OUT.onnx after the config, got {args.files}')
         checkpoint, out = (None, *args.files) if len(args.files) == 1 else args.files

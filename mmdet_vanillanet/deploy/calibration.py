@@ -15,7 +15,7 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
-from ..errors import InputError
+from ..errors import Argument, InputError
 
 SPLITS = ('train', 'val', 'test')
 
@@ -25,10 +25,11 @@ def split_dataset_cfg(cfg: Config, split: str) -> Config:
     empty-image filtering: a calibration image needs no annotation); a dataset wrapper
     (RepeatDataset, ClassBalancedDataset) is unwrapped."""
     if split not in SPLITS:
-        raise InputError(f'--split {split!r}: choose one of {list(SPLITS)}')
+        raise InputError(Argument('split', split), f': choose one of {list(SPLITS)}')
     loader = cfg.get(f'{split}_dataloader')
     if not loader or not loader.get('dataset'):
-        raise InputError(f'--split {split}: the config has no {split}_dataloader.dataset')
+        raise InputError(Argument('split', split),
+                         f': the config has no {split}_dataloader.dataset')
     dataset = copy.deepcopy(loader.dataset)
     while 'pipeline' not in dataset and 'dataset' in dataset:
         dataset = dataset.dataset
@@ -44,7 +45,7 @@ def calibration_inputs(cfg: Config, split: str = 'val', num: int = 64, seed: int
     exported file takes them. ``static_shape`` (H, W): a file with a fixed input size gets each
     tensor padded to it with zeros, as the preprocessor pads a batch."""
     if num < 1:
-        raise InputError(f'--num-images {num}: calibrate on at least one image')
+        raise InputError(Argument('num_images', num), ': calibrate on at least one image')
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     dataset = DATASETS.build(split_dataset_cfg(cfg, split))
     preprocessor = MODELS.build(copy.deepcopy(cfg.model.data_preprocessor))
@@ -64,7 +65,7 @@ def pad_to(array: np.ndarray, shape: Optional[Sequence[int]]) -> np.ndarray:
     if h > shape[0] or w > shape[1]:
         raise InputError(f'a calibration image is {h}x{w} after the test pipeline, larger than '
                          f'the file\'s fixed input {shape[0]}x{shape[1]}: export the file with '
-                         f'dynamic shapes or a larger --static size')
+                         f'dynamic shapes, or with a larger fixed input size')
     return np.pad(array, [(0, 0), (0, 0), (0, shape[0] - h), (0, shape[1] - w)])
 
 

@@ -32,8 +32,8 @@ from mmdeploy.utils import load_config as load_deploy_config
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.config import Config
 
-from ..errors import InputError
-from .detector import build_detector, load_config
+from ..errors import Argument, InputError, output_exists
+from .build import build_detector, load_config
 from .mmdeploy_compat import restore_torch_for_mmdeploy
 
 
@@ -62,12 +62,12 @@ def export_with_mmdeploy(deploy_cfg: str, model_cfg: str, checkpoint: str, image
     try:  # TensorRT exports on a GPU, OpenVINO on the CPU
         check_backend_device(deploy, device)
     except ValueError as err:
-        raise InputError(f'--device {device}: {err}; choose the device the backend runs '
-                         f'on') from None
+        raise InputError(Argument('device', device), f': {err}; choose the device the '
+                         f'backend runs on') from None
     save_file = get_ir_config(deploy)['save_file']
     out = osp.join(work_dir, save_file)
     if osp.exists(out) and not force:
-        raise FileExistsError(f'{out} exists; pass --force to overwrite it')
+        raise output_exists(out)
     reference = build_detector(model, checkpoint).to(device)  # fits exactly
     restore_torch_for_mmdeploy()
     torch2onnx(image, work_dir, save_file, deploy, model, checkpoint, device=device)

@@ -23,11 +23,11 @@ import torch.nn as nn
 from mmengine.config import Config
 from torch.onnx import _constants as onnx_constants
 
-from ..errors import InputError
-from ..models.checkpoint_forms import count_params
+from ..errors import Argument, InputError, output_exists
+from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
 from ..output_paths import check_output_file
-from .detector import build_detector, load_config
+from .build import build_detector, load_config
 
 PARTS = ('backbone', 'neck', 'raw')
 OPSET = 17  # TensorRT 8.6+ and every current onnxruntime
@@ -97,8 +97,8 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
     module = ExportedPart(detector, part).eval()
     side = detector.backbone.min_input_size
     if min(shape) < side:
-        raise InputError(f'--shape/--static {shape[0]} {shape[1]}: each side must be at '
-                         f'least {side} pixels for this backbone')
+        raise InputError(Argument('shape', tuple(shape)), f': each side must be at least '
+                         f'{side} pixels for this backbone')
     h, w = shape
     shapes = [(1, 3, h, w)] if static else [(1, 3, h, w), (2, 3, h + 37, w + 65)]
     partial = f'{out}.partial'
@@ -122,17 +122,17 @@ class ExportedPart(nn.Module):
     def __init__(self, detector: nn.Module, part: str):
         super().__init__()
         if part not in PARTS:
-            raise InputError(f'--part {part!r}: choose one of {list(PARTS)}')
+            raise InputError(Argument('part', part), f': choose one of {list(PARTS)}')
         if part != 'backbone' and not getattr(detector, 'with_neck', False):
-            raise InputError(f'--part {part}: {type(detector).__name__} has no neck')
+            raise InputError(Argument('part', part), f': {type(detector).__name__} has no neck')
         self.detector, self.part = detector, part
         self.head = None
         if part == 'raw':
             self.head = getattr(detector, 'bbox_head', None) or getattr(detector, 'rpn_head',
                                                                         None)
             if self.head is None:
-                raise InputError(f'--part raw: {type(detector).__name__} has neither a '
-                                 f'bbox_head nor an rpn_head')
+                raise InputError(Argument('part', part), f': {type(detector).__name__} has '
+                                 f'neither a bbox_head nor an rpn_head')
 
     def parameter_count(self) -> int:
         """Learned numbers of the modules the export runs."""
@@ -258,8 +258,8 @@ def onnxruntime_session(path: str, device: str = 'cpu', threads: Optional[int] =
     except Exception as err:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no base
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f'onnxruntime cannot load {path} ({reason}): give an ONNX file '
-                         f'written by tools/export_onnx.py (the default --opset '
-                         f'{OPSET})') from None
+                         f'written by export_onnx (tools/export_onnx.py) at its default opset '
+                         f'{OPSET}') from None
 
 
 def supported_opsets(dynamo: bool = False) -> range:
@@ -274,15 +274,16 @@ def check_opset(opset: int, dynamo: bool = False):
     met when the file is checked: a file it cannot run is not written)."""
     opsets = supported_opsets(dynamo)
     if opset not in opsets:
-        raise InputError(f'--opset {opset}: the {"dynamo" if dynamo else "legacy"} exporter '
-                         f'writes opsets {opsets.start} to {opsets.stop - 1} (default {OPSET})')
+        raise InputError(Argument('opset', opset), f': the {"dynamo" if dynamo else "legacy"} '
+                         f'exporter writes opsets {opsets.start} to {opsets.stop - 1} (default '
+                         f'{OPSET})')
 
 
 def check_output_path(path: str, force: bool):
-    """Before any work: the file must be new (or --force), not a folder, and its folder
+    """Before any work: the file must be new (or ``force``), not a folder, and its folder
     writable."""
     check_output_file(path, 'the output file')  # first: a folder is named as a folder
     if not path.endswith('.onnx'):
         raise InputError(f'{path}: the output file must end in .onnx')
     if osp.exists(path) and not force:
-        raise FileExistsError(f'{path} exists; pass --force to overwrite it')
+        raise output_exists(path)

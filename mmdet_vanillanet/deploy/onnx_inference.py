@@ -25,10 +25,10 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 
-from ..comparison import max_rel_diff
-from ..errors import InputError
-from ..models.detector import load_detector_weights
-from .detector import load_config
+from ..errors import Argument, InputError
+from ..models.checkpoint.detector_weights import load_detector_weights
+from .build import load_config
+from .equivalence import max_rel_diff
 from .onnx_export import ExportedPart, backbone_metadata, group_outputs, onnxruntime_session
 from .quantized_file import quantization_record, weight_mismatches
 
@@ -158,10 +158,11 @@ class OnnxDetector:
         meta = self.session.get_modelmeta().custom_metadata_map
         if 'part' not in meta:
             raise InputError(f'{self.onnx_file} has no VanillaNet metadata: write it with '
-                             f'tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part raw')
+                             f'export_onnx (tools/export_onnx.py) and ', Argument('part', 'raw'))
         if meta['part'] != 'raw':
             raise InputError(f'{self.onnx_file} holds the {meta["part"]} part; decoding '
-                             f'detections needs the head outputs: export it with --part raw')
+                             f'detections needs the head outputs: export it with ',
+                             Argument('part', 'raw'))
         wrong = [f'{key} {meta.get(key)} where the config has {value}' for key, value
                  in backbone_metadata(self.part.detector.backbone).items()
                  if meta.get(key) != value]

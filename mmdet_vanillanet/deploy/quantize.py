@@ -31,9 +31,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from mmengine.config import Config
 
-from ..errors import InputError
+from ..errors import Argument, InputError
+from .build import load_config
 from .calibration import CalibrationReader, calibration_inputs, split_dataset_cfg
-from .detector import load_config
 from .onnx_export import PARTS, check_output_path, onnx_packages
 from .quantized_file import (
     QUANTIZATION_KEY,
@@ -62,17 +62,17 @@ class Recipe:
     keep_float: Optional[Tuple[str, ...]] = None  # None: the file's default (resolved)
 
     def __post_init__(self):
-        for value, allowed, flag in ((self.target, TARGETS, '--target'),
-                                     (self.method, METHODS, '--method')):
-            if value not in allowed:
-                raise InputError(f'{flag} {value!r}: choose one of {list(allowed)}')
+        for name, allowed in (('target', TARGETS), ('method', METHODS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(Argument(name, getattr(self, name)),
+                                 f': choose one of {list(allowed)}')
         if self.keep_float is None:
             return
         self.keep_float = tuple(self.keep_float)
         unknown = [g for g in self.keep_float if g not in FLOAT_GROUPS]
         if unknown:
-            raise InputError(f'--keep-float {" ".join(unknown)}: choose among '
-                             f'{list(FLOAT_GROUPS)}')
+            raise InputError(Argument('keep_float', unknown),
+                             f': choose among {list(FLOAT_GROUPS)}')
 
     def quantize_static_kwargs(self) -> dict:
         """quantize_static's arguments for this recipe (node exclusions apart)."""
@@ -111,9 +111,9 @@ def float_nodes(model, groups: Sequence[str]) -> List[str]:
         prefixes = FLOAT_GROUPS[group] or (last_stage_prefix(nodes), )
         found = {n.name for n in nodes if any(p in n.name for p in prefixes if p)}
         if not found:
-            raise InputError(f'--keep-float {group}: the file has no such nodes (node names '
-                             f'{prefixes}); the file must hold them and come from the legacy '
-                             f'exporter (tools/export_onnx.py without --dynamo)')
+            raise InputError(Argument('keep_float', [group]), f': the file has no such nodes '
+                             f'(node names {prefixes}); the file must hold them and come from '
+                             f'the legacy exporter (export_onnx\'s default, not dynamo)')
         names |= found
     producers = {out: n for n in nodes for out in n.output}
     for node in nodes:
@@ -172,8 +172,8 @@ def quantize_file(cfg: Config, onnx_file: str, out: str, recipe: Recipe, split: 
     check_file_fits_config(onnx_file, meta, cfg)
     recipe = resolved(recipe, model)
     if 'head' in recipe.keep_float and meta['part'] != 'raw':
-        raise InputError(f'--keep-float head: {onnx_file} holds the {meta["part"]} part, '
-                         f'without a head')
+        raise InputError(Argument('keep_float', ['head']), f': {onnx_file} holds the '
+                         f'{meta["part"]} part, without a head')
     dataset = split_dataset_cfg(cfg, split)
     inputs = calibration_inputs(cfg, split, num_images, seed, static_input_shape(model))
     excluded = float_nodes(model, recipe.keep_float)
@@ -248,6 +248,6 @@ def load_exported(path: str):
         raise InputError(f'{path} is already quantized: quantize the float file that '
                          f'tools/export_onnx.py wrote')
     if read_metadata(model).get('part') not in PARTS:
-        raise InputError(f'{path} has no VanillaNet metadata: write it with '
-                         f'tools/export_onnx.py CONFIG [CKPT] OUT.onnx --part backbone|neck|raw')
+        raise InputError(f'{path} has no VanillaNet metadata: write it with export_onnx '
+                         f'(tools/export_onnx.py)')
     return model

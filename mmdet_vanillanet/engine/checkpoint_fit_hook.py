@@ -13,8 +13,8 @@ from mmengine.logging import print_log
 
 from ..class_order import check_checkpoint_classes
 from ..errors import InputError
-from ..models.checkpoint_forms import adopt_meta_act_learn
-from ..models.detector import check_detector_fits
+from ..models.checkpoint.detector_weights import check_detector_fits
+from ..models.checkpoint.forms import adopt_meta_act_learn
 from .class_order_hook import run_classes
 from .runner_state import load_source, resuming
 

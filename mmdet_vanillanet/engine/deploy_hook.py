@@ -26,7 +26,8 @@ class VanillaNetDeployHook(Hook):
         if any(type(hook).__name__ == 'EMAHook' for hook in runner.hooks):
             # EMAHook swaps its averaged weights in parameter by parameter, which no longer
             # line up once the backbone is fused.
-            raise InputError('--deploy cannot fuse a model whose weights EMAHook swaps in for '
-                             'testing; convert the checkpoint first (tools/convert_checkpoint.py) '
-                             'and test the converted file with --deploy')
+            raise InputError('VanillaNetDeployHook cannot fuse a model whose weights EMAHook '
+                             'swaps in for testing; convert the checkpoint first '
+                             '(convert_checkpoint, tools/convert_checkpoint.py) and test the '
+                             'converted file with model.backbone.deploy=True')
         fuse_detector(runner.model)

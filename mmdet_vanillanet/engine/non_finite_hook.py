@@ -117,9 +117,9 @@ class StopOnNonFiniteHook(Hook):
         raise NonFiniteError(
             f'{what} at iteration {runner.iter + 1} (epoch {runner.epoch + 1}, batch '
             f'{batch_idx + 1}): {"; ".join(found)}. Training stopped; '
-            f'{self._last_good_checkpoint(runner)} Lower the learning rate (with --resume, '
-            f'--cfg-options optim_wrapper.optimizer.lr=... takes effect: see '
-            f'ResumeLrFromConfigHook) or enable gradient clipping (optim_wrapper.clip_grad).')
+            f'{self._last_good_checkpoint(runner)} Lower the learning rate (a resumed run '
+            f'takes the config\'s optim_wrapper.optimizer.lr: see ResumeLrFromConfigHook) or '
+            f'enable gradient clipping (optim_wrapper.clip_grad).')
 
     def after_train(self, runner) -> None:
         print_log(f'the largest one-step growth of the weights\' L2 norm in this run: '
@@ -133,5 +133,5 @@ class StopOnNonFiniteHook(Hook):
         last = runner.message_hub.get_info('last_ckpt')
         if last and osp.isfile(last):
             return (f'the last checkpoint, {last}, predates it (every step up to it passed '
-                    f'these checks): continue from it with --resume.')
+                    f'these checks): resume from it (resume=True in the config).')
         return 'no checkpoint of this run predates it, so the run must start again.'

@@ -67,7 +67,7 @@ class ResumeLrFromConfigHook(Hook):
                     for key in ('base_values', '_last_value'):
                         scheduler[key] = [v * r for v, r in zip(scheduler[key], ratios)]
             changed = [f'{s:g} -> {c:g}' for s, c in zip(saved, configured) if s != c]
-            print_log(f'--resume: the config\'s lr differs from the checkpoint\'s'
+            print_log(f'resuming: the config\'s lr differs from the checkpoint\'s'
                       f'{f" for optimizer {name}" if name else ""} ({len(changed)} of '
                       f'{len(saved)} parameter groups, e.g. {changed[0]}); the resumed lr and '
                       f'schedule are scaled accordingly', logger='current', level=30)

@@ -6,20 +6,17 @@ the identity) merge into one conv. The arithmetic runs in float64 so that mergin
 layers adds no visible rounding, and the results are contiguous (a non-contiguous merged weight
 made the authors' deploy model slower than the training one, their issue #17).
 
-The same functions fuse a live network (``switch_to_deploy``, through the ``*_module``
-helpers and ``bn_of``) and a checkpoint's tensors (``fuse_state_dict``, which converts a
-training-layout checkpoint to the deploy layout without building a network, through the
-``*_state`` helpers), so both give the same numbers.
+The modules' ``switch_to_deploy`` call them (through ``bn_of`` and the ``*_module`` helpers),
+and nothing else fuses: a checkpoint file is fused by building the network it describes and
+switching that (models/checkpoint/backbone_weights.py).
 """
-from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import CheckpointError, InputError
-from .checkpoint_forms import ACT_LEARN, StateDict, dims_of
+from ..errors import InputError
 
 Tensor = torch.Tensor
 
@@ -86,41 +83,3 @@ def merge_conv_bn_modules(first: nn.Sequential, second: nn.Sequential) -> nn.Con
     merged.weight.data.copy_(weight)
     merged.bias.data.copy_(bias)
     return merged
-
-
-def bn_of_state(state: StateDict, prefix: str, eps: float) -> BN:
-    """The folding view of the BN layer whose tensors are ``prefix.*`` in a state dict."""
-    return BN(state[f'{prefix}.weight'], state[f'{prefix}.bias'],
-              state[f'{prefix}.running_mean'], state[f'{prefix}.running_var'], eps)
-
-
-def fold_conv_bn_state(state: StateDict, prefix: str, eps: float) -> Tuple[Tensor, Tensor]:
-    """(weight, bias) of the (conv, BN) pair whose keys are ``prefix.0.*`` and ``prefix.1.*``
-    in a state dict, folded into one conv."""
-    return fold_bn(state[f'{prefix}.0.weight'], state[f'{prefix}.0.bias'],
-                   bn_of_state(state, f'{prefix}.1', eps))
-
-
-def fuse_state_dict(state: StateDict, norm_eps: float = 1e-6) -> StateDict:
-    """Deploy-layout weights from training-layout ones: the fusion of ``switch_to_deploy``,
-    applied to the tensors (every BN folded, each block's two 1x1 convs merged)."""
-    act_learn = float(state.get(ACT_LEARN, 1.0))
-    if act_learn != 1.0:
-        raise CheckpointError(
-            f'these weights were saved at act_learn={act_learn}, before deep training finished: '
-            'their 1x1 conv pairs merge into one conv only at act_learn=1, so fusing them would '
-            'change what they compute; use a checkpoint from the end of the schedule')
-    fused = OrderedDict()
-    fused['stem.0.weight'], fused['stem.0.bias'] = merge_1x1(
-        *fold_conv_bn_state(state, 'stem1', norm_eps),
-        *fold_conv_bn_state(state, 'stem2', norm_eps))
-    fused['stem.1.weight'], fused['stem.1.bias'] = fold_bn(
-        state['stem2.2.weight'], None, bn_of_state(state, 'stem2.2.bn', norm_eps))
-    for i in range(len(dims_of(state)) - 1):
-        stage = f'stages.{i}'
-        fused[f'{stage}.conv.weight'], fused[f'{stage}.conv.bias'] = merge_1x1(
-            *fold_conv_bn_state(state, f'{stage}.conv1', norm_eps),
-            *fold_conv_bn_state(state, f'{stage}.conv2', norm_eps))
-        fused[f'{stage}.act.weight'], fused[f'{stage}.act.bias'] = fold_bn(
-            state[f'{stage}.act.weight'], None, bn_of_state(state, f'{stage}.act.bn', norm_eps))
-    return fused

@@ -30,9 +30,9 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import InputError
 from .arch_settings import STEM, ArchSpec, resolve_arch
-from .checkpoint_forms import ACT_LEARN
+from .checkpoint.backbone_weights import load_pretrained
+from .checkpoint.forms import ACT_LEARN
 from .fusion import merge_conv_bn_modules
-from .pretrained import load_pretrained
 from .series_activation import SeriesActivation, check_act_impl
 
 

@@ -7,8 +7,8 @@ import time
 import torch
 from mmdet.registry import MODELS
 
-from ..comparison import max_rel_diff, randomize
-from ..models.checkpoint_forms import count_params
+from ..deploy.equivalence import max_rel_diff, randomize
+from ..models.checkpoint.forms import count_params
 
 
 def timed(model, x):

@@ -16,13 +16,13 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmengine.runner import Runner
 
-from ..deploy.detector import build_detector, load_config
+from ..deploy.build import build_detector, load_config
+from ..deploy.equivalence import max_rel_diff
 from ..errors import InputError, deploy_layout_error
+from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
-from ..models.pretrained import checkpoint_layout
 from ..models.series_activation import SeriesActivation, kernel_checks
 from ..output_paths import check_output_file
-from .compare import check_fusion
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
@@ -142,6 +142,18 @@ def variants(model, options) -> Tuple[Dict[str, torch.nn.Module], Optional[torch
         if options.compare or options.deploy:
             timed['fused'] = fused
     return timed, fused
+
+
+def check_fusion(unfused, fused, tensor, tolerance: float = 1e-4) -> float:
+    """--check: the fused backbone's outputs against the unfused one's, before any timing; an
+    error when they differ by more than ``tolerance`` of their magnitude."""
+    with torch.no_grad():
+        diff = max_rel_diff(unfused.backbone(tensor), fused.backbone(tensor))
+    if not diff <= tolerance:
+        raise InputError(f'--check: the fused backbone differs from the unfused one by {diff:.3g} '
+                         f'of the output magnitude (tolerance {tolerance}); the fusion is '
+                         f'broken, so its timings would mean nothing')
+    return diff
 
 
 def run_benchmark(options) -> dict:

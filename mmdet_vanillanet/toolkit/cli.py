@@ -1,20 +1,21 @@
 """What the command-line tools share: MMDetection's common flags, the warning for a config
 without our runtime hooks, weights_only loading for the whole tool process, and printing the
-user's errors on one line instead of a traceback."""
+user's errors on one line instead of a traceback, with the library's arguments named by the
+flags that set them."""
 import argparse
 import contextlib
 import errno
 import os
 import os.path as osp
 import sys
-from typing import Optional
+from typing import Mapping, Optional
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
 from ..checkpoint_sources import HTTP, ZOO_PREFIXES
-from ..errors import InputError
+from ..errors import Argument, InputError, NamesArguments
 from ..serialization import safe_load
 from .launch import die_with_launcher
 
@@ -107,13 +108,28 @@ def force_weights_only_loading():
                                      force=True)
 
 
+def flag_of(argument: Argument, flags: Mapping[str, str]) -> str:
+    """The command-line words for an argument of a library function: the flag that sets it (a
+    tool's flag is the argument's name, dashed, unless ``flags`` says otherwise) and its value
+    as typed (``--part raw``, ``--force``, ``--shape 16 64``)."""
+    flag = flags.get(argument.name, '--' + argument.name.replace('_', '-'))
+    value = argument.value
+    if value is ... or value is True:
+        return flag
+    return ' '.join([flag, *map(str, value if isinstance(value, (list, tuple)) else [value])])
+
+
 @contextlib.contextmanager
-def one_line_errors(*more):
+def one_line_errors(*more, flags: Optional[Mapping[str, str]] = None):
     """Exit with 'error: <message>' for the user's errors (and ``more`` exception types), and
-    for writes that fail for lack of room or rights (naming the file)."""
+    for writes that fail for lack of room or rights (naming the file). The arguments a library
+    error names are worded as the tool's flags (``flags``: argument name -> flag, where the
+    flag is not the argument's name)."""
     try:
         yield
     except (*USER_ERRORS, *more) as err:
+        if isinstance(err, NamesArguments):
+            sys.exit(f'error: {err.worded(lambda a: flag_of(a, flags or {}))}')
         sys.exit(f'error: {err}')
     except OSError as err:
         if err.errno not in WRITE_ERRORS:

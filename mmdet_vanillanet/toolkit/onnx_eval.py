@@ -12,7 +12,7 @@ from mmengine.config import Config
 from mmengine.evaluator import Evaluator
 from mmengine.runner import Runner
 
-from ..deploy.detector import load_config
+from ..deploy.build import load_config
 from ..deploy.onnx_export import export_onnx, onnx_packages
 from ..deploy.onnx_inference import OnnxDetector
 from .demo import toy_data_options

@@ -12,9 +12,9 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ..deploy.detector import load_config
+from ..deploy.build import load_config
 from ..errors import InputError, deploy_layout_error
-from ..models.pretrained import checkpoint_layout, require_training_layout
+from ..models.checkpoint.backbone_weights import checkpoint_layout, require_training_layout
 from ..output_paths import check_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import safe_load

@@ -8,8 +8,8 @@ from typing import Optional, Union
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from ..comparison import randomize
-from ..models.detector import load_detector_weights
+from ..models.checkpoint.detector_weights import load_detector_weights
+from .equivalence import randomize
 
 
 def load_config(config: Union[str, Config], cfg_options: Optional[dict] = None) -> Config:

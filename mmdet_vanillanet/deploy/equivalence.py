@@ -4,8 +4,8 @@ the largest difference of the outputs relative to their magnitude.
 A fresh network hides fusion errors (a BN at mean 0, variance 1, gamma 1 and beta 0 folds into
 nothing), and a file exported from it checks little; ``randomize`` gives every weight and BN
 statistic values far from their initial ones. Used by the deploy functions (an export without a
-checkpoint; OnnxDetector's check of an exported RPN head), our tools' fusion checks and the
-tests.
+checkpoint; OnnxDetector's check of an exported RPN head), our tools' fusion checks (the
+benchmark's --check, tools/backbone_check.py), the benchmarks and the tests.
 """
 from typing import Sequence
 

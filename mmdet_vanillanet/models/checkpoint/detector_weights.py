@@ -1,0 +1,68 @@
+"""A detector checkpoint checked against the detector, VanillaNet by VanillaNet and then the
+rest, and loaded only when it fits (``load_from``, ``--resume`` and tests through
+CheckpointFitHook; the deploy functions through ``load_detector_weights``).
+
+It finds the VanillaNets among the detector's modules, so it imports the backbone, which the
+backbone-level modules here (imported by the backbone itself) cannot."""
+import re
+from typing import Dict, List, Sequence
+
+import torch.nn as nn
+
+from ...errors import CheckpointError
+from ...serialization import safe_load
+from ..detector import unwrap_model
+from ..vanillanet import VanillaNet
+from .fit import check_fits, key_differences
+from .forms import adopt_meta_act_learn
+
+
+def without_module_prefix(state: Dict) -> Dict:
+    """A state dict saved from a DDP-wrapped model, keyed as the bare model's."""
+    return {re.sub(r'^module\.', '', k): v for k, v in state.items()}
+
+
+def check_detector_fits(model: nn.Module, state: Dict, filename: str,
+                        replaced: Sequence[str] = ()) -> List[str]:
+    """Raise a CheckpointError unless ``state`` (a detector's state dict, keys possibly
+    prefixed by ``module.``) holds every tensor of ``model`` in its shape and nothing else: the
+    VanillaNet's part first, whose message names act_num, arch and layout, then the rest.
+
+    Keys under the module names in ``replaced`` (heads replaced on purpose, e.g.
+    ``roi_head.bbox_head.fc_cls`` when fine-tuning to another number of classes) may be
+    missing or of another shape; they are left at their initialisation. Returns the file's
+    keys to drop for that (those of another shape)."""
+    model = unwrap_model(model)
+    expected = model.state_dict()
+    file_keys = dict(zip(without_module_prefix(state), state))
+    free = tuple(f'{name}.' for name in replaced)
+    backbones = tuple(f'{name}.' for name, m in model.named_modules()
+                      if isinstance(m, VanillaNet) and not f'{name}.'.startswith(free))
+    for prefix in backbones:
+        check_fits({k[len(prefix):]: v for k, v in expected.items() if k.startswith(prefix)},
+                   {k[len(prefix):]: state[file_keys[k]] for k in file_keys
+                    if k.startswith(prefix)}, filename)
+    others = backbones + free  # the backbones are checked above, the free parts not at all
+    problems = key_differences(
+        {k: v for k, v in expected.items() if not k.startswith(others)},
+        {k: state[file_keys[k]] for k in file_keys if not k.startswith(others)})
+    if problems:
+        raise CheckpointError(
+            f'{filename} does not fit this {type(model).__name__}: {"; ".join(problems)}. '
+            f'If you replaced these parts on purpose (fine-tuning to other classes), name '
+            f'them in the config: default_hooks.checkpoint_fit.replaced=[...] (docs/'
+            f'reliability.md)')
+    return [file_keys[k] for k in expected if k.startswith(free) and k in file_keys
+            and state[file_keys[k]].shape != expected[k].shape]
+
+
+def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu'):
+    """A detector checkpoint into ``model``, refused in one line unless it fits exactly."""
+    loaded = safe_load(checkpoint, map_location=device)
+    adopt_meta_act_learn(loaded)
+    state = loaded.get('state_dict', loaded)
+    check_detector_fits(model, state, checkpoint)
+    # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
+    # middle of deep training sets the backbone's act_learn as it loads (a key of its state
+    # dict), so that fusing it is refused.
+    model.load_state_dict(without_module_prefix(state), strict=False)
