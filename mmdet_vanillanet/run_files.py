@@ -15,9 +15,11 @@ import stat
 
 from mmengine.logging import print_log
 
-from .errors import InputError
+from .errors import Argument, InputError
 
 RECORD_NAME = 'run_files.jsonl'
+# The work dir, named in messages (our tools word it as --work-dir).
+WORK_DIR = Argument('work_dir')
 KINDS = ((stat.S_ISLNK, 'a symbolic link'), (stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'),
          (stat.S_ISSOCK, 'a socket'), (stat.S_ISCHR, 'a device'), (stat.S_ISBLK, 'a device'))
 NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
@@ -30,7 +32,7 @@ def not_a_regular_file(path: str, mode: int, what: str) -> InputError:
     kind = next((name for test, name in KINDS if test(mode)), 'not a regular file')
     return InputError(f'{path} is {kind}, not {what}; a run never writes into or through one it '
                       f'did not create (in a shared work dir it could lead to someone else\'s '
-                      f'file): remove it, or choose another --work-dir')
+                      f'file): remove it, or choose another ', WORK_DIR)
 
 
 def refuse_link(path: str, what: str) -> None:
@@ -75,7 +77,8 @@ def record_written(path: str) -> None:
             os.close(fd)
     except OSError as err:
         print_log(f'cannot record {path} in {record} ({err.strerror or err}): tools/train.py '
-                  f'--overwrite will not remove it', logger='current', level=30)
+                  f'will not remove it when asked to overwrite the run', logger='current',
+                  level=30)
 
 
 def _trusted(fd: int) -> bool:

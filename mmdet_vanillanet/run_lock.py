@@ -28,8 +28,8 @@ import warnings
 
 from mmengine.logging import print_log
 
-from .errors import InputError
-from .run_files import not_a_regular_file, refuse_link
+from .errors import Argument, InputError
+from .run_files import WORK_DIR, not_a_regular_file, refuse_link
 
 with warnings.catch_warnings():
     # Where fcntl is missing outside Windows, filelock warns on import that its FileLock falls
@@ -62,14 +62,14 @@ def _open(path: str, work_dir: str) -> int:
         refuse_link(path, WHAT)
     except OSError as err:
         raise InputError(f'cannot write into the work dir {work_dir} ({err.strerror}); choose '
-                         f'another with --work-dir') from None
+                         f'another ', WORK_DIR) from None
     try:  # O_NOFOLLOW and O_NONBLOCK: a link or a FIFO put there since the check neither
         fd = os.open(path, OPEN_FLAGS, 0o666)  # leads elsewhere nor blocks
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise not_a_regular_file(path, stat.S_IFLNK, WHAT) from None
         raise InputError(f'cannot write the run lock {path} ({err.strerror}); fix the work '
-                         f'dir\'s permissions or choose another --work-dir') from None
+                         f'dir\'s permissions or choose another ', WORK_DIR) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
@@ -123,8 +123,8 @@ def lock_work_dir(work_dir: str) -> None:
         os.close(fd)
         raise InputError(f'another run is training in {osp.dirname(path)} ({holder}); two runs '
                          f'in one work_dir would overwrite each other\'s checkpoints: wait for '
-                         f'it to end (then --resume continues it), stop it, or choose another '
-                         f'--work-dir')
+                         f'it to end (then ', Argument('resume', True), ' continues it), stop '
+                         'it, or choose another ', WORK_DIR)
     left = _details(fd)
     if left.strip():
         print_log(f'{path}: the run that held it ({_describe(left)}) is no longer alive; '

@@ -1,8 +1,13 @@
 """Bad input to the tools is one line, before any work (issue 17 items 6-10): output paths that
 are folders, missing or unwritable; opsets the exporter does not write; thread counts, devices
 and precisions this build cannot run; flags that cannot act; a conversion onto its own source.
-The checks are tested here as functions, and each tool once as the user runs it."""
+The checks are tested here as functions, and each tool once as the user runs it. A library
+function's error names its arguments as the caller wrote them, never a command-line flag; the
+tools word them as their flags (issue 23)."""
+import ast
+import glob
 import os.path as osp
+import re
 import runpy
 
 import pytest
@@ -13,8 +18,9 @@ from mmengine.config import Config
 from helpers import CONFIG, REPO_ROOT, run
 from mmdet_vanillanet.apis import convert_checkpoint
 from mmdet_vanillanet.deploy import onnx_export
-from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.errors import Argument, InputError, output_exists
 from mmdet_vanillanet.toolkit.benchmark import check_request
+from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 BENCHMARK = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'benchmark.py'))
@@ -77,7 +83,7 @@ def test_convert_never_writes_over_its_source(training_checkpoint, tmp_path):
 
 @pytest.mark.parametrize('opset, dynamo', [(5, False), (99, False), (21, False), (99, True)])
 def test_opsets_the_exporter_does_not_write_are_refused(opset, dynamo):
-    with pytest.raises(InputError, match=f'--opset {opset}: the .* exporter writes opsets 7 to'):
+    with pytest.raises(InputError, match=f'opset={opset}: the .* exporter writes opsets 7 to'):
         onnx_export.check_opset(opset, dynamo)
     onnx_export.check_opset(onnx_export.OPSET, dynamo)
 
@@ -102,3 +108,50 @@ def test_the_tools_print_one_line(tmp_path, training_checkpoint, argv, message):
     output = run(*argv, expect_ok=False)
     assert message in output and 'Traceback' not in output
     assert not (tmp_path / 'x.onnx').exists()
+
+
+FLAG = re.compile(r'(?<![\w-])--[a-z]')
+# Our tools' own code, which speaks in their flags.
+TOOLS_CODE = osp.join(REPO_ROOT, 'mmdet_vanillanet', 'toolkit')
+
+
+def _messages(path):
+    """(line, text) of every string literal of a module but its docstrings."""
+    tree = ast.parse(open(path).read())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_no_library_message_names_a_command_line_flag():
+    """deploy/, models/, engine/, apis and the modules they use speak to Python callers (and
+    to MMDetection's tools, whose flags are not ours): arguments and config keys, not flags."""
+    library = [p for p in glob.glob(osp.join(REPO_ROOT, 'mmdet_vanillanet', '**', '*.py'),
+                                    recursive=True)
+               if not p.startswith(TOOLS_CODE)]
+    assert len(library) > 30
+    found = [f'{osp.relpath(path, REPO_ROOT)}:{line}: {text!r}' for path in library
+             for line, text in _messages(path) if FLAG.search(text)]
+    assert not found, found
+
+
+def test_the_library_names_arguments_and_the_tools_name_their_flags():
+    errors = [InputError(Argument('keep_float', ['neck', 'head']), ': choose among ...'),
+              output_exists('x.onnx'), InputError(Argument('shape', (16, 64)), ': too small'),
+              InputError('no config: give one (', Argument('config'), ')')]
+    assert [str(e) for e in errors] == [
+        "keep_float=['neck', 'head']: choose among ...",
+        'x.onnx exists; pass force=True to overwrite it', 'shape=(16, 64): too small',
+        'no config: give one (config=...)']
+    printed = []
+    for err in errors:
+        with pytest.raises(SystemExit) as exit_:
+            with one_line_errors(flags={'shape': '--static'}):
+                raise err
+        printed.append(exit_.value.code)
+    assert printed == ['error: --keep-float neck head: choose among ...',
+                       'error: x.onnx exists; pass --force to overwrite it',
+                       'error: --static 16 64: too small', 'error: no config: give one (--config)']

@@ -44,7 +44,9 @@ def test_a_live_holder_is_named(tmp_path, holder):
         lock_work_dir(str(tmp_path / 'w'))
     message = str(err.value)
     assert '\n' not in message and f'another run is training in {tmp_path}/w' in message
-    assert f'pid {holder.pid} on ' in message and 'choose another --work-dir' in message
+    assert f'pid {holder.pid} on ' in message
+    assert message.endswith('(then resume=True continues it), stop it, or choose another '
+                            'work_dir=...')  # our tools: --resume, --work-dir
 
 
 def test_the_lock_of_a_dead_run_is_taken_over_with_a_warning(tmp_path, holder, monkeypatch):
@@ -87,7 +89,7 @@ def test_a_lock_file_that_is_no_regular_file_is_named_and_never_written_through(
     assert str(err.value) == (
         f'{lock} is {KINDS[kind]}, not the run lock file a training run writes; a run never '
         f'writes into or through one it did not create (in a shared work dir it could lead to '
-        f'someone else\'s file): remove it, or choose another --work-dir')
+        f'someone else\'s file): remove it, or choose another work_dir=...')
     assert (theirs.read_text() == 'theirs') if kind == 'link' else not theirs.exists()
 
 
@@ -109,6 +111,7 @@ def test_a_second_train_run_started_while_one_trains(data_root, tmp_path):
     trained = first.communicate(timeout=600)[0]
     assert second.returncode == 1 and first.returncode == 0, trained[-2000:]
     assert f'error: another run is training in {tmp_path} (pid {first.pid} on ' in refused
+    assert '(then --resume continues it), stop it, or choose another --work-dir' in refused
     assert 'Traceback' not in refused and (tmp_path / 'epoch_2.pth').exists()
 
 
