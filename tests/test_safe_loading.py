@@ -183,7 +183,7 @@ def test_a_refused_file_is_one_line_naming_what_was_refused(tmp_path):
         safe_load(str(tmp_path / 'c.pth'))
     message = str(refused.value)
     assert "(torch said: numpy dtype [('a', 'O')] is refused" in message
-    assert '--unsafe-load' in message and '\n' not in message and '\033' not in message
+    assert 'unsafe_load=True' in message and '\n' not in message and '\033' not in message
 
 
 @pytest.mark.parametrize('array', [
