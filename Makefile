@@ -10,9 +10,14 @@ STAMP := $(VENV)/.installed
 PINS := requirements/constraints.txt
 REQS := requirements/runtime.txt requirements/tests.txt $(PINS) setup.cfg pyproject.toml
 
+# The lowest mmengine requirements/runtime.txt declares (pure Python), beside the pinned one:
+# tests/test_mmengine_range.py runs the hooks' tests against it, first on PYTHONPATH.
+LOWEST := $(VENV)/lowest
+LOWEST_STAMP := $(LOWEST)/.installed
+
 .PHONY: install test demo lint clean-venv check-python
 
-install: $(STAMP)
+install: $(STAMP) $(LOWEST_STAMP)
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null || { \
@@ -31,7 +36,13 @@ $(STAMP): $(REQS)
 	$(BIN)/pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+$(LOWEST_STAMP): requirements/runtime.txt $(STAMP)
+	rm -rf $(LOWEST)
+	$(BIN)/pip install --no-deps --target $(LOWEST) \
+		"$$(sed -n 's/^mmengine>=\([0-9.]*\).*/mmengine==\1/p' requirements/runtime.txt)"
+	touch $(LOWEST_STAMP)
+
+test: $(STAMP) $(LOWEST_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

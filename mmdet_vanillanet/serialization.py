@@ -134,6 +134,8 @@ def _scalar(spec, data):
     return np.frombuffer(data, dtype)[0]
 
 
+# The names of a buffer's data in the files (MMEngine's attribute names, which its own pickling
+# writes); read and set here through HistoryBuffer's public ``data`` and constructor.
 _HISTORY_STATE = ('max_length', '_log_history', '_count_history')
 _DEFAULT_STATISTICS = {name: getattr(HistoryBuffer, name) for name in
                        ('min', 'max', 'current', 'mean')}
@@ -154,7 +156,7 @@ class WeightsOnlyHistoryBuffer(HistoryBuffer):
         return {**_DEFAULT_STATISTICS, **HistoryBuffer._statistics_methods}
 
     def __getstate__(self) -> dict:
-        return {name: self.__dict__[name] for name in _HISTORY_STATE}
+        return dict(zip(_HISTORY_STATE, (self.max_length, *self.data)))
 
     def __setstate__(self, state) -> None:
         if not (type(state) is dict and len(state) == len(_HISTORY_STATE)
@@ -166,9 +168,8 @@ class WeightsOnlyHistoryBuffer(HistoryBuffer):
                 and all(isinstance(h, np.ndarray) and h.ndim == 1 and h.dtype.kind in 'biuf'
                         for h in (log, count)) and len(log) == len(count)):
             raise _refused('a message hub buffer with other than 1-D numeric histories')
-        self.max_length = max_length
         # Plain ndarrays, whichever loader built them (a weights_only load gives _NumpyArrays).
-        self._log_history, self._count_history = np.array(log), np.array(count)
+        HistoryBuffer.__init__(self, np.array(log), np.array(count), max_length)
 
 
 RUNNER_CHECKPOINT_TYPES = [

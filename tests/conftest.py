@@ -16,7 +16,7 @@ from helpers import (  # noqa: E402
     narrow,
     randomize,
     scale_options,
-    toy_config,
+    toy_data_config,
     train,
 )
 from mmdet_vanillanet.deploy.onnx_export import export_onnx  # noqa: E402
@@ -36,7 +36,7 @@ def exported(tmp_path_factory, data_root):
     """(config on the toy set, checkpoint, raw fp32 file) of the toy Mask R-CNN with generated
     weights."""
     folder = tmp_path_factory.mktemp('exported')
-    cfg = toy_config(data_root)
+    cfg = toy_data_config(data_root)
     init_default_scope('mmdet')
     model = randomize(MODELS.build(cfg.model)).eval()
     checkpoint = str(folder / 'model.pth')

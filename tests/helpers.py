@@ -1,5 +1,6 @@
 """What the tests share: narrow networks built as a config would, generated weights, and the
 user's commands (tools/*.py) run on a tiny toy set in subprocesses, as a user would."""
+import argparse
 import copy
 import json
 import os
@@ -10,7 +11,7 @@ import sys
 
 import torch
 from mmdet.registry import MODELS
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 
 import mmdet_vanillanet  # noqa: F401  (registers VanillaNet, as a config's custom_imports)
 from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize  # noqa: F401  (for the tests)
@@ -64,6 +65,18 @@ def toy_options(data_root, epochs=2, seed=0):
         'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
         'custom_hooks.0.duration=1', 'model.test_cfg.rcnn.score_thr=0.0'] + (
         [] if seed is None else [f'randomness.seed={seed}'])
+
+
+def toy_config(data_root, work_dir, epochs=2, seed=0, options=()):
+    """The toy config with ``toy_options`` (and ``options``, more --cfg-options) applied, as
+    MMDetection's tools/train.py builds it, training into ``work_dir``."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    cfg = Config.fromfile(CONFIG)
+    cfg.merge_from_dict(parser.parse_args(
+        ['--cfg-options', *toy_options(data_root, epochs, seed), *options]).cfg_options)
+    cfg.work_dir = str(work_dir)
+    return cfg
 
 
 def scale_options(scale: int) -> dict:
@@ -120,6 +133,18 @@ def scalars(work_dir):
     return rows
 
 
+def swapped(data_root, folder, split='val'):
+    """The toy set's ``split`` file with the first two categories swapped (ids, names,
+    annotations unchanged), as issue 17's probe wrote it, in ``folder``; returns its path."""
+    with open(f'{data_root}annotations/instances_{split}.json') as f:
+        coco = json.load(f)
+    coco['categories'][:2] = coco['categories'][1::-1]
+    path = osp.join(folder, f'{split}_swapped.json')
+    with open(path, 'w') as f:
+        json.dump(coco, f)
+    return path
+
+
 def toy_test_config(data_root):
     """The toy config, its test dataloader on the tests' toy set, in this process."""
     cfg = Config.fromfile(CONFIG)
@@ -129,7 +154,7 @@ def toy_test_config(data_root):
     return cfg
 
 
-def toy_config(data_root):
+def toy_data_config(data_root):
     """The toy config with every split on the tests' toy set, in this process."""
     cfg = toy_test_config(data_root)
     for split in ('train', 'val'):

@@ -9,24 +9,13 @@ import os.path as osp
 import pytest
 from mmengine.config import Config
 
-from helpers import CONFIG, run, save_toy_checkpoint, toy_options
+from helpers import CONFIG, run, save_toy_checkpoint, swapped, toy_options
 from mmdet_vanillanet.class_order import check_checkpoint_classes
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
 
 MMDET_TEST = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'test.py')
 ORDER = "in another order than the config's classes ['circle', 'square', 'triangle']"
-
-
-def swapped(data_root, tmp_path, split='val'):
-    """The toy set's file with the first two categories swapped (ids, names, annotations
-    unchanged), as the probe wrote it."""
-    with open(f'{data_root}annotations/instances_{split}.json') as f:
-        coco = json.load(f)
-    coco['categories'][:2] = coco['categories'][1::-1]
-    path = tmp_path / f'{split}_swapped.json'
-    path.write_text(json.dumps(coco))
-    return str(path)
 
 
 def toy_cfg(data_root):

@@ -1,7 +1,11 @@
 """The engine parts (deep-training schedule, layer decay, weights_only checkpoints, the
 non-finite guard) and the MMDetection 2.x key layout of the released detectors."""
+import json
 import math
+import os
 import os.path as osp
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +18,10 @@ from mmengine.model import BaseModel
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 
-from helpers import CONFIGS
+from helpers import CONFIGS, save_toy_checkpoint, swapped, toy_config
 from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.run_files import written_by_runs
 from mmdet_vanillanet.serialization import safe_load
 
 register_all_modules()
@@ -197,6 +202,23 @@ def test_the_bound_is_a_hook_argument(tmp_path):
         _blow_up_at(tmp_path / 'b', 3, max_norm_growth=1)
 
 
+def test_the_checkpoint_hook_never_writes_last_checkpoint_through_a_link(tmp_path):
+    """Issue 24: in a work dir shared with others, MMEngine's plain open of last_checkpoint
+    wrote through a link someone put there; the run stops before its first save instead, and
+    records the files it writes (what --overwrite may remove)."""
+    theirs = tmp_path / 'theirs.txt'
+    theirs.write_text('theirs')
+    (tmp_path / 'w').mkdir()
+    (tmp_path / 'w' / 'last_checkpoint').symlink_to(theirs)
+    with pytest.raises(InputError, match=f'^{tmp_path}/w/last_checkpoint is a symbolic link'):
+        _blow_up_at(tmp_path / 'w', 9)
+    assert theirs.read_text() == 'theirs' and not list((tmp_path / 'w').glob('*.pth'))
+    _blow_up_at(tmp_path / 'fine', 9)
+    assert written_by_runs(str(tmp_path / 'fine')) == {
+        str(tmp_path / 'fine' / name) for name in ('iter_1.pth', 'iter_2.pth', 'iter_3.pth',
+                                                    'last_checkpoint')}
+
+
 class _Quadratic(BaseModel):
     def __init__(self):
         super().__init__()
@@ -279,3 +301,58 @@ def test_a_slow_divergence_names_the_last_healthy_checkpoint(tmp_path):
     assert 'iter_20.pth 1.00' in message and 'iter_30.pth 9.8' in message
     assert 'since iter_20.pth, loss' in message and 'not healthy' in message
     assert (tmp_path / 'iter_40.pth').exists()  # the last checkpoint, passed over
+
+
+@HOOKS.register_module(force=True)
+class TrainStartRecorderHook(Hook):
+    """What the runtime hooks left when training starts (run after them: LOWEST priority)."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def before_train(self, runner):
+        self.seen.update(lock=(Path(runner.work_dir) / 'run.lock').read_text(),
+                         rng=torch.get_rng_state())
+
+
+# Two iterations an epoch, no validation (the loop is built all the same), two test images.
+SMALL = ['train_dataloader.dataset.indices=4', 'train_dataloader.batch_size=2',
+         'train_cfg.val_interval=9', 'test_dataloader.dataset.indices=2']
+
+
+def _toy_runner(cfg, seen):
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(dict(type='TrainStartRecorderHook', seen=seen), priority='LOWEST')
+    return runner
+
+
+def test_the_runtime_hooks_in_the_toy_configs_runner(data_root, tmp_path):
+    """Every hook of configs/_base_/vanillanet_runtime.py in the Runner MMDetection's own tools
+    build from the config, in this process (fast enough to run against the lowest declared
+    mmengine too: tests/test_mmengine_range.py): training holds the work_dir lock; --resume
+    restores the generators; a checkpoint of other classes is refused naming its file; a COCO
+    file of another class order is refused before training and before testing."""
+    seen = {}
+    _toy_runner(toy_config(data_root, tmp_path, epochs=1, options=SMALL), seen).train()
+    assert json.loads(seen['lock'])['pid'] == os.getpid()
+    assert (tmp_path / 'run.lock').read_text().strip() == ''  # released at the end
+    saved = safe_load(str(tmp_path / 'epoch_1.pth'))
+
+    resumed = _toy_runner(toy_config(data_root, tmp_path, epochs=2,
+                                     options=[*SMALL, 'resume=True']), seen)
+    resumed.train()
+    assert torch.equal(seen['rng'], saved['random_state']['torch']) and resumed.iter == 4
+
+    other = save_toy_checkpoint(str(tmp_path / 'other.pth'), classes=('a', 'b', 'c'))
+    train_file, test_file = (swapped(data_root, tmp_path, split) for split in ('train', 'val'))
+    for run, named, option in (('test', other, f'load_from={other}'),
+                               ('train', train_file, f'train_dataloader.dataset.ann_file='
+                                                     f'{train_file}'),
+                               ('test', test_file, f'test_dataloader.dataset.ann_file='
+                                                   f'{test_file}')):
+        cfg = toy_config(data_root, tmp_path / run, options=[*SMALL, option])
+        with pytest.raises(InputError, match=re.escape(named)):
+            getattr(Runner.from_cfg(cfg), run)()
+    cfg = toy_config(data_root, tmp_path / 'tested',
+                     options=[*SMALL, f'load_from={tmp_path}/epoch_2.pth'])
+    assert 'coco/bbox_mAP' in Runner.from_cfg(cfg).test()

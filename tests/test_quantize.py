@@ -19,7 +19,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 from onnx import numpy_helper
 
-from helpers import CONFIG, narrow_retinanet_config, randomize, run, toy_config
+from helpers import CONFIG, narrow_retinanet_config, randomize, run, toy_data_config
 from mmdet_vanillanet.deploy.calibration import calibration_inputs
 from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
@@ -39,7 +39,7 @@ def quantized(exported, tmp_path, name='int8.onnx', **kwargs):
 def test_calibration_reads_what_the_detector_reads(data_root):
     """The calibration tensors are the data preprocessor's output of the test pipeline's
     images, the draw seeded: raw pixels, another normalisation or another resize would fail."""
-    cfg = toy_config(data_root)
+    cfg = toy_data_config(data_root)
     init_default_scope('mmdet')
     model = MODELS.build(cfg.model).eval()
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -167,7 +167,7 @@ def test_bad_input_is_refused_before_any_work(exported, tmp_path, data_root):
     lacking.pop('train_dataloader')
     with pytest.raises(InputError, match='no train_dataloader'):
         quantize_onnx(lacking, raw, str(out), split='train')
-    other = toy_config(data_root)
+    other = toy_data_config(data_root)
     other.model.backbone.act_num = 4
     with pytest.raises(InputError, match='does not fit the config: act_num 3'):
         quantize_onnx(other, raw, str(out))

@@ -27,7 +27,7 @@ from helpers import (
     train,
 )
 from mmdet_vanillanet.serialization import safe_load
-from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, resume_checkpoint
+from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
 
 
 @pytest.mark.slow
@@ -210,17 +210,6 @@ def test_resume_prefers_last_checkpoint_and_never_a_best_file(tmp_path):
     assert resume_checkpoint(run_config(tmp_path)) == str(tmp_path / 'epoch_3.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_2.pth'))
     assert resume_checkpoint(run_config(tmp_path)) == str(tmp_path / 'epoch_2.pth')
-
-
-def test_overwrite_removes_the_earlier_runs_checkpoints(tmp_path):
-    torch.save({'state_dict': {}}, tmp_path / 'epoch_12.pth')
-    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_12.pth'))
-    with pytest.raises(FileExistsError, match='--overwrite'):
-        guard_work_dir(run_config(tmp_path), resume=None, overwrite=False)
-    assert (tmp_path / 'epoch_12.pth').exists()
-    guard_work_dir(run_config(tmp_path), resume=None, overwrite=True)
-    assert resume_checkpoint(run_config(tmp_path)) is None
-    assert not (tmp_path / 'last_checkpoint').exists()
 
 
 def test_a_legacy_format_checkpoint_loads_where_memory_mapping_is_asked(tmp_path):

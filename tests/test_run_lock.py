@@ -44,7 +44,9 @@ def test_a_live_holder_is_named(tmp_path, holder):
         lock_work_dir(str(tmp_path / 'w'))
     message = str(err.value)
     assert '\n' not in message and f'another run is training in {tmp_path}/w' in message
-    assert f'pid {holder.pid} on ' in message and 'choose another --work-dir' in message
+    assert f'pid {holder.pid} on ' in message
+    assert message.endswith('(then resume=True continues it), stop it, or choose another '
+                            'work_dir=...')  # our tools: --resume, --work-dir
 
 
 def test_the_lock_of_a_dead_run_is_taken_over_with_a_warning(tmp_path, holder, monkeypatch):
@@ -58,9 +60,37 @@ def test_the_lock_of_a_dead_run_is_taken_over_with_a_warning(tmp_path, holder, m
         assert f'(pid {holder.pid} on ' in logged[0] and 'is no longer alive' in logged[0]
     finally:
         unlock_work_dir(str(tmp_path / 'w'))
-    assert (tmp_path / 'w' / 'run.lock').read_text() == ''  # a run that ends empties it
+    assert (tmp_path / 'w' / 'run.lock').read_text().strip() == ''  # a run that ends empties it
     lock_work_dir(str(tmp_path / 'w'))  # and leaves nothing to warn about
     unlock_work_dir(str(tmp_path / 'w'))
+
+
+KINDS = dict(folder='a folder', fifo='a FIFO', link='a symbolic link', dangling='a symbolic link')
+
+
+@pytest.mark.parametrize('kind', list(KINDS))
+def test_a_lock_file_that_is_no_regular_file_is_named_and_never_written_through(tmp_path, kind):
+    """Issue 24: a folder gave "cannot write into the work dir (Is a directory)", a FIFO
+    "(None)"; a link (in a work dir shared with others) was written through, a dangling one
+    created its target."""
+    work, theirs = tmp_path / 'w', tmp_path / 'theirs.txt'
+    work.mkdir()
+    lock = work / 'run.lock'
+    if kind == 'folder':
+        lock.mkdir()
+    elif kind == 'fifo':
+        os.mkfifo(lock)
+    else:
+        if kind == 'link':
+            theirs.write_text('theirs')
+        lock.symlink_to(theirs)
+    with pytest.raises(InputError) as err:
+        lock_work_dir(str(work))
+    assert str(err.value) == (
+        f'{lock} is {KINDS[kind]}, not the run lock file a training run writes; a run never '
+        f'writes into or through one it did not create (in a shared work dir it could lead to '
+        f'someone else\'s file): remove it, or choose another work_dir=...')
+    assert (theirs.read_text() == 'theirs') if kind == 'link' else not theirs.exists()
 
 
 @pytest.mark.slow
@@ -81,6 +111,7 @@ def test_a_second_train_run_started_while_one_trains(data_root, tmp_path):
     trained = first.communicate(timeout=600)[0]
     assert second.returncode == 1 and first.returncode == 0, trained[-2000:]
     assert f'error: another run is training in {tmp_path} (pid {first.pid} on ' in refused
+    assert '(then --resume continues it), stop it, or choose another --work-dir' in refused
     assert 'Traceback' not in refused and (tmp_path / 'epoch_2.pth').exists()
 
 

@@ -5,39 +5,62 @@ the oldest one *before* writing the new one: a kill during the save (or a disk t
 can leave a run with a half-written file and nothing else to resume from (and it deletes the
 previous best checkpoint before writing the new one). This hook writes each file under a
 temporary name and renames it into place once it is complete (a rename is atomic on POSIX file
-systems), and deletes outdated files only after the new one is in place.
+systems), and deletes outdated files only after the new one is in place. It writes nothing
+through a symbolic link it did not create, and records each file it writes as the run's
+(``mmdet_vanillanet.run_files``: what ``tools/train.py --overwrite`` may remove).
 """
 import contextlib
 import os
 import os.path as osp
+import stat
 
 from mmdet.registry import HOOKS
+from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 
+from ..run_files import last_checkpoint, not_a_regular_file, record_written
+
 ATOMIC_BACKEND = 'local_atomic'
+CREATE_NEW = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0)
+              | getattr(os, 'O_BINARY', 0))
 
 
 @register_backend(ATOMIC_BACKEND)
 class AtomicLocalBackend(LocalBackend):
-    """The local file backend, but a file it writes appears complete or not at all."""
+    """The local file backend, but a file it writes appears complete or not at all, is never
+    written through a symbolic link, and is recorded as the run's (``run_files``)."""
 
     def put(self, obj: bytes, filepath) -> None:
         filepath = str(filepath)
         os.makedirs(osp.dirname(filepath) or '.', exist_ok=True)
         partial = f'{filepath}.partial'  # not *.pth: never taken for a checkpoint
+        # A killed save's leftover goes (a link goes as a link: its target is untouched); the
+        # new file is created here, exclusively, so that nothing put in its place since leads
+        # the write elsewhere. The rename replaces whatever is at filepath, a link included.
         try:
-            with open(partial, 'wb') as f:
+            if stat.S_ISDIR(os.lstat(partial).st_mode):
+                raise not_a_regular_file(partial, stat.S_IFDIR,
+                                         'the temporary file of a checkpoint being saved')
+            os.remove(partial)
+        except FileNotFoundError:
+            pass
+        created = False
+        try:
+            fd = os.open(partial, CREATE_NEW, 0o666)
+            created = True
+            with os.fdopen(fd, 'wb') as f:
                 f.write(obj)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, filepath)
         except BaseException as err:
-            if osp.exists(partial):
+            if created and osp.lexists(partial):
                 os.remove(partial)
             if isinstance(err, OSError) and err.filename is None:  # name what could not be written
                 raise OSError(err.errno, err.strerror, filepath) from None
             raise
+        record_written(filepath)
 
 
 class _DeferredRemoval:
@@ -80,10 +103,19 @@ class AtomicCheckpointHook(CheckpointHook):
                          file_client_args=file_client_args, **kwargs)
 
     @contextlib.contextmanager
-    def _removals_after_saving(self):
-        """Outdated checkpoints (and the previous best one) that MMEngine deletes before
-        saving are deleted once the save has succeeded, and not at all if it failed."""
-        backend = self.file_backend
+    def _saving(self, runner):
+        """Around MMEngine's saves: the outdated checkpoints (and the previous best one) that it
+        deletes before saving are deleted once the saves of this call have succeeded, and not
+        at all if one failed. Its ``last_checkpoint`` file, which it writes with a plain open,
+        is refused when anything but a regular file (a link above all) is in its place, and is
+        recorded as the run's once rewritten."""
+        backend = getattr(self, 'file_backend', None)  # set in before_train
+        if backend is None:  # a run that only validates saves nothing
+            yield
+            return
+        main = is_main_process()
+        last = last_checkpoint(runner.work_dir) if main else None
+        before = _stat(last) if main else None
         self.file_backend = deferred = _DeferredRemoval(backend)
         try:
             yield
@@ -99,11 +131,27 @@ class AtomicCheckpointHook(CheckpointHook):
                 backend.remove(path)
             elif backend.isdir(path):
                 backend.rmtree(path)
+        if main and _stat(last) not in (None, before):
+            record_written(last)
 
-    def _save_checkpoint_with_step(self, runner, step, meta):
-        with self._removals_after_saving():
-            super()._save_checkpoint_with_step(runner, step, meta)
+    # MMEngine's hook saves (and deletes) in these three public methods.
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        with self._saving(runner):
+            super().after_train_iter(runner, batch_idx, data_batch, outputs)
 
-    def _save_best_checkpoint(self, runner, metrics):
-        with self._removals_after_saving():
-            super()._save_best_checkpoint(runner, metrics)
+    def after_train_epoch(self, runner) -> None:
+        with self._saving(runner):
+            super().after_train_epoch(runner)
+
+    def after_val_epoch(self, runner, metrics) -> None:
+        with self._saving(runner):
+            super().after_val_epoch(runner, metrics)
+
+
+def _stat(path: str):
+    """(inode, size, modification time) of a file, None when there is none."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns

@@ -16,6 +16,7 @@ from ..errors import InputError
 from ..models.checkpoint.detector_weights import check_detector_fits
 from ..models.checkpoint.forms import adopt_meta_act_learn
 from .class_order_hook import run_classes
+from .runner_state import load_source, resuming
 
 
 @HOOKS.register_module()
@@ -52,8 +53,8 @@ class CheckpointFitHook(Hook):
         adopt_meta_act_learn(checkpoint)
         # MMEngine loads checkpoint['state_dict'] when there is one, else the dict itself.
         state = checkpoint.get('state_dict', checkpoint)
-        replaced = () if runner._resume else self.replaced
-        source = runner._load_from or 'the checkpoint'
+        replaced = () if resuming(runner) else self.replaced
+        source = load_source(runner) or 'the checkpoint'
         if not replaced:  # fine-tuning to other classes replaces the layers that name them
             check_checkpoint_classes(source, checkpoint, run_classes(runner))
         for key in check_detector_fits(runner.model, state, source, replaced):

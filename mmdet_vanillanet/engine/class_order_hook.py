@@ -4,13 +4,9 @@ included, since the configs declare this hook."""
 from mmdet.datasets import CocoDataset
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
-from mmengine.runner import BaseLoop
 
 from ..class_order import check_class_order, check_evaluator_class_order, is_local_json
-
-# The loops a Runner builds before 'before_run' (train: train and val; test: test), and the
-# config key of each one's evaluator.
-LOOPS = (('_train_loop', None), ('_val_loop', 'val_evaluator'), ('_test_loop', 'test_evaluator'))
+from .runner_state import built_loops
 
 
 def _leaf_datasets(dataset):
@@ -26,20 +22,23 @@ def _leaf_datasets(dataset):
             yield ds
 
 
+def _classes(loop):
+    return (getattr(loop.dataloader.dataset, 'metainfo', None) or {}).get('classes')
+
+
 def run_classes(runner):
     """The classes of the run's datasets (the first loop built), or None."""
-    for attr, _ in LOOPS:
-        loop = getattr(runner, attr, None)
-        if isinstance(loop, BaseLoop):
-            return (getattr(loop.dataloader.dataset, 'metainfo', None) or {}).get('classes')
-    return None
+    loops = built_loops(runner)
+    return _classes(loops[0]) if loops else None
 
 
 @HOOKS.register_module()
 class ClassOrderHook(Hook):
-    """Before a run: every COCO dataset it built, and every evaluator's ``ann_file``, lists the
-    config's classes in the config's order (one line naming the file and both orders
-    otherwise). Declared in ``configs/_base_/vanillanet_runtime.py``.
+    """Before a run trains, validates or tests: every COCO dataset of the loop, and its
+    evaluator's ``ann_file``, lists the config's classes in the config's order (one line naming
+    the file and both orders otherwise). Each loop is checked once, when MMEngine has built it
+    (training builds its validation loop too). Declared in
+    ``configs/_base_/vanillanet_runtime.py``.
 
     Example (in a config)::
 
@@ -48,16 +47,26 @@ class ClassOrderHook(Hook):
 
     priority = 'VERY_HIGH'
 
-    def before_run(self, runner) -> None:
-        for attr, evaluator_key in LOOPS:
-            loop = getattr(runner, attr, None)
-            if not isinstance(loop, BaseLoop):  # not built: this run does not use it
-                continue
-            dataset = loop.dataloader.dataset
-            for ds in _leaf_datasets(dataset):
-                if isinstance(ds, CocoDataset) and is_local_json(ds.ann_file):
-                    check_class_order(ds.ann_file, ds.metainfo.get('classes'))
-            if evaluator_key:
-                check_evaluator_class_order(
-                    runner.cfg.get(evaluator_key),
-                    (getattr(dataset, 'metainfo', None) or {}).get('classes'), evaluator_key)
+    def __init__(self):
+        self._checked = set()
+
+    def before_train(self, runner) -> None:
+        self._check(runner, runner.train_loop, None)
+        self._check(runner, runner.val_loop, 'val_evaluator')
+
+    def before_val(self, runner) -> None:  # a run that only validates
+        self._check(runner, runner.val_loop, 'val_evaluator')
+
+    def before_test(self, runner) -> None:
+        self._check(runner, runner.test_loop, 'test_evaluator')
+
+    def _check(self, runner, loop, evaluator_key) -> None:
+        if loop is None or id(loop) in self._checked:
+            return
+        self._checked.add(id(loop))
+        for ds in _leaf_datasets(loop.dataloader.dataset):
+            if isinstance(ds, CocoDataset) and is_local_json(ds.ann_file):
+                check_class_order(ds.ann_file, ds.metainfo.get('classes'))
+        if evaluator_key:
+            check_evaluator_class_order(runner.cfg.get(evaluator_key), _classes(loop),
+                                        evaluator_key)

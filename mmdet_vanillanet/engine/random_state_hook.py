@@ -27,6 +27,8 @@ import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
+from .runner_state import resuming
+
 
 def _generator_states() -> dict:
     _, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
@@ -93,12 +95,12 @@ class RandomStateHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         # Kept until before_train: MMEngine's resume re-seeds every generator after this call.
-        if runner._resume:
+        if resuming(runner):
             self._resumed_state = checkpoint.get('random_state')
 
     def before_train(self, runner) -> None:
         state = self._resumed_state
-        if not runner._resume or state is None:
+        if not resuming(runner) or state is None:
             return
         # The sampler was built before the checkpoint was read, with the seed this run drew;
         # checkpoints of 0.2.0 hold no sampler seed, but the runner has adopted theirs.

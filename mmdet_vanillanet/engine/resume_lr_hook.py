@@ -13,6 +13,8 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
+from .runner_state import resuming
+
 
 def _initial_lrs(groups):
     return [g.get('initial_lr', g['lr']) for g in groups]
@@ -44,7 +46,7 @@ class ResumeLrFromConfigHook(Hook):
     priority = 'VERY_LOW'
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        if not runner._resume or 'optimizer' not in checkpoint:
+        if not resuming(runner) or 'optimizer' not in checkpoint:
             return
         # The optimizers and schedulers are built from the config before a checkpoint is
         # loaded into them.

@@ -2,7 +2,6 @@
 declare this hook, so MMDetection's own tools/train.py takes the lock too."""
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
-from mmengine.runner import BaseLoop
 
 from ..run_lock import lock_work_dir, unlock_work_dir
 
@@ -13,9 +12,9 @@ class WorkDirLockHook(Hook):
     ranks); a second training run or a ``--resume`` in the same work_dir while it lives stops
     with one line naming it. Test runs do not take it: they read checkpoints and write only
     their own timestamped folder. Our tools take the lock before building the Runner; this hook
-    takes it under MMDetection's own tools, at the start of the run (after the datasets are
-    built, before any checkpoint is loaded or step trained). Declared in
-    ``configs/_base_/vanillanet_runtime.py``.
+    takes it under MMDetection's own tools, when training starts (``before_train``, which only
+    training calls: after the checkpoint is loaded, before the checkpoint hook deletes or writes
+    anything or a step is trained). Declared in ``configs/_base_/vanillanet_runtime.py``.
 
     Example (in a config)::
 
@@ -24,10 +23,10 @@ class WorkDirLockHook(Hook):
 
     priority = 'HIGHEST'
 
-    def before_run(self, runner) -> None:
-        if isinstance(runner._train_loop, BaseLoop) and runner.rank == 0:
+    def before_train(self, runner) -> None:
+        if runner.rank == 0:
             lock_work_dir(runner.work_dir)
 
-    def after_run(self, runner) -> None:
+    def after_train(self, runner) -> None:
         if runner.rank == 0:
             unlock_work_dir(runner.work_dir)

@@ -1,8 +1,8 @@
 """The Runners tools/train.py and tools/test.py build, and the demo runs: MMDetection's tools'
-flags applied to the config, and the config checked before anything runs (its runtime hooks,
-the dataset, the work dir and its run lock, the checkpoint's layout), so that bad input is one
-line before a Runner is built. The config decides how the run trains; these add command-line
-behaviour only (see the tools' docstrings)."""
+flags applied to the config, and the config checked before anything runs (the dataset, the work
+dir and its run lock, the checkpoint's layout), so that bad input is one line before a Runner is
+built. The config decides how the run trains (a config without our runtime hooks runs, with a
+warning); these add command-line behaviour only (see the tools' docstrings)."""
 import argparse
 import os
 import os.path as osp
@@ -21,10 +21,10 @@ from ..models.checkpoint.backbone_weights import checkpoint_layout, require_trai
 from ..output_paths import check_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import ONNX, file_kind, safe_load
-from .cli import require_runtime_hooks, set_work_dir
+from .cli import set_work_dir, warn_missing_runtime_hooks
 from .datasets import check_dataset_paths
 from .launch import setup_launcher
-from .work_dir import guard_work_dir, require_writable, resume_checkpoint
+from .work_dir import guard_work_dir, refuse_links, require_writable, resume_checkpoint
 
 
 def build_train_runner(config: str, work_dir: Optional[str] = None,
@@ -35,7 +35,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     """tools/train.py's Runner: ``resume`` is a checkpoint path or 'auto' (the run's newest
     readable checkpoint), the rest as the tool's flags of the same names."""
     cfg = load_config(config, cfg_options)
-    require_runtime_hooks(cfg)
+    warn_missing_runtime_hooks(cfg, training=True)
     set_work_dir(cfg, work_dir, config)
     if amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -49,6 +49,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     require_writable(cfg.work_dir)
     if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
         lock_work_dir(cfg.work_dir)
+    refuse_links(cfg.work_dir, training=True)
     configure_resume(cfg, resume)
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
                         invalid_boxes=invalid_boxes)
@@ -95,7 +96,7 @@ def build_test_runner(config: Union[str, Config], checkpoint: str,
     two-stage detector's RoI heads need) and onnxruntime's ``threads``; everything else (the
     dataloader, the evaluator, ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
     cfg = load_config(config, cfg_options)
-    require_runtime_hooks(cfg)
+    warn_missing_runtime_hooks(cfg, training=False)
     set_work_dir(cfg, work_dir, config if isinstance(config, str) else 'onnx_test')
     if out is not None:
         if not out.endswith(('.pkl', '.pickle')):
@@ -110,6 +111,7 @@ def build_test_runner(config: Union[str, Config], checkpoint: str,
     check_onnx_request(onnx_file, onnx_checkpoint, deploy, launcher)
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
     require_writable(cfg.work_dir)
+    refuse_links(cfg.work_dir, training=False)
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint

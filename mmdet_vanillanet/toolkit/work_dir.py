@@ -5,11 +5,13 @@ import glob
 import os
 import os.path as osp
 import re
+import stat
 import tempfile
 
 from mmengine.logging import print_log
 
 from ..errors import InputError, TruncatedCheckpointError
+from ..run_files import RECORD_NAME, last_checkpoint, not_a_regular_file, written_by_runs
 from ..serialization import safe_load
 
 RESUMABLE = re.compile(r'(epoch|iter)_(\d+)\.pth')
@@ -39,31 +41,88 @@ def checkpoint_dirs(cfg) -> list:
     return dirs
 
 
-def existing_checkpoints(cfg):
-    """Checkpoints an earlier run left, which a new run would overwrite."""
-    found = []
+# What a run writes under names of its own: MMEngine's checkpoint hook (epoch_N, iter_N,
+# best_*) and its last_checkpoint file.
+RUN_NAMES = re.compile(r'(epoch|iter)_\d+\.pth|best_.*\.pth|last_checkpoint')
+# MMEngine writes each run's logs into a new WORK_DIR/TIMESTAMP folder, following a link there.
+LOG_FOLDER = re.compile(r'\d{8}_\d{6}')
+
+
+def existing_checkpoints(cfg) -> list:
+    """What an earlier run left that a new one would replace or a later --resume could pick
+    up: the files runs recorded writing (``run_files``), and any file at a name runs write."""
+    found = set()
     for folder in checkpoint_dirs(cfg):
-        found += sorted(glob.glob(osp.join(folder, '*.pth')))
-    if osp.exists(osp.join(cfg.work_dir, 'last_checkpoint')):
-        found.append(osp.join(cfg.work_dir, 'last_checkpoint'))
+        ours = written_by_runs(folder)
+        for name in (os.listdir(folder) if osp.isdir(folder) else []):
+            path = osp.abspath(osp.join(folder, name))
+            if path in ours or (RUN_NAMES.fullmatch(name) and not osp.isdir(path)):
+                found.add(path)
+    return sorted(found)
+
+
+def files_read(cfg) -> set:
+    """The real paths of the files the config names (load_from, a backbone's init_cfg
+    checkpoint, ...): a command reads them, so --overwrite never removes one."""
+    found, stack = set(), [cfg.to_dict()]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, str) and osp.isfile(node):
+            found.add(osp.realpath(node))
     return found
+
+
+def _names(paths) -> str:
+    return ', '.join(paths[:4]) + (', ...' if len(paths) > 4 else '')
 
 
 def guard_work_dir(cfg, resume, overwrite: bool):
     """A fresh run must not replace an earlier run's checkpoints unless asked to; asked to
-    (--overwrite), it removes them, so that a later --resume cannot pick one of them up."""
+    (--overwrite), it removes the files runs of this project wrote (their record, see
+    ``run_files``), so that a later --resume cannot pick one of them up, and nothing else: no
+    file the command reads, none another tool or user put there. Where such a file has a name
+    the new run writes (it would replace it), it stops before removing anything."""
     found = existing_checkpoints(cfg)
     if not found or resume:
         return
-    names = ', '.join(found[:4]) + (', ...' if len(found) > 4 else '')
     if not overwrite:
         raise FileExistsError(
-            f'an earlier run left checkpoints ({names}). Pass --resume to continue that run, '
-            f'--work-dir to train elsewhere, or --overwrite to replace them.')
-    for path in found:
+            f'an earlier run left checkpoints ({_names(found)}). Pass --resume to continue that '
+            f'run, --work-dir to train elsewhere, or --overwrite to replace them.')
+    ours = set().union(*map(written_by_runs, checkpoint_dirs(cfg)))
+    read = files_read(cfg)
+    removed = [p for p in found if p in ours and osp.realpath(p) not in read]
+    kept = [p for p in found if p not in removed]
+    replaced = [p for p in kept if RUN_NAMES.fullmatch(osp.basename(p))]
+    if replaced:
+        why = [f'{p} (' + ('this command reads it' if osp.realpath(p) in read else
+                           'no run recorded writing it') + ')' for p in replaced]
+        raise FileExistsError(
+            f'--overwrite removes only the files runs recorded writing in {RECORD_NAME}, and '
+            f'none the command reads; the new run would replace {_names(why)}: move them out '
+            f'of the work dir, or choose another --work-dir')
+    for path in removed:
         os.remove(path)
-    print_log(f'--overwrite: removed the earlier run\'s checkpoints ({names})',
-              logger='current', level=30)
+    done = [f'removed the earlier run\'s files ({_names(removed)})'] if removed else []
+    if kept:  # files of the earlier run, at names the new run does not write
+        done.append(f'kept {_names(kept)}, which this command reads')
+    print_log(f'--overwrite: {"; ".join(done)}', logger='current', level=30)
+
+
+def refuse_links(work_dir: str, training: bool):
+    """Before a Runner is built: in a work dir shared with others, a symbolic link (or other
+    non-file) where the run writes (a training run's ``last_checkpoint``; each run's log folder,
+    named by the second it starts) would lead its writes elsewhere."""
+    if training:
+        last_checkpoint(work_dir)
+    for name in os.listdir(work_dir):
+        path = osp.join(work_dir, name)
+        if LOG_FOLDER.fullmatch(name) and osp.islink(path):
+            raise not_a_regular_file(path, stat.S_IFLNK, 'a log folder MMEngine writes')
 
 
 def resume_checkpoint(cfg):
