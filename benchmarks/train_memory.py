@@ -150,21 +150,29 @@ def recipe_table(report) -> str:
 
 
 def plot(report, path):
+    """Per backbone, 0.4.0's and the lean path's activations side by side; the others alone."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    rows = [r for r in report['rows'] if r['variant'] in ('lean', '0.4.0', '-')]
-    names = [f'{r["backbone"]}\n{r["variant"]}' if r['variant'] != '-' else r['backbone']
-             for r in rows]
-    colors = ['tab:green' if r['variant'] == 'lean' else 'tab:gray' if r['variant'] == '0.4.0'
-              else 'tab:blue' for r in rows]
+    kept = {(r['backbone'], r['variant']): r['activations_gib'] for r in report['rows']}
+    vanillanets = [b for b, v in kept if v == 'lean']
+    others = [b for b, v in kept if v == '-']
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.bar(range(len(rows)), [r['activations_gib'] for r in rows], color=colors)
-    ax.set_xticks(range(len(rows)), names, fontsize=8)
+    for i, name in enumerate(vanillanets):
+        ax.bar(i - 0.2, kept[(name, '0.4.0')], 0.4, color='tab:gray',
+               label='0.4.0 (plain autograd)' if i == 0 else None)
+        ax.bar(i + 0.2, kept[(name, 'lean')], 0.4, color='tab:green',
+               label='lean (default)' if i == 0 else None)
+    for j, name in enumerate(others):
+        ax.bar(len(vanillanets) + j, kept[(name, '-')], 0.4, color='tab:blue',
+               label='MMDetection Mask R-CNN setting' if j == 0 else None)
+    labels = [n.replace('VanillaNet-', 'VN-').replace('_x1_5', ' 1.5x') for n in vanillanets]
+    ax.set_xticks(range(len(labels) + len(others)), labels + others)
     ax.set_ylabel('GiB kept for backward')
     shape = report['memory_shape']
     ax.set_title(f'Activations a training step of the backbone keeps, batch 1 at '
-                 f'{shape[0]}x{shape[1]} (0.4.0 grey, lean green)')
+                 f'{shape[0]}x{shape[1]}')
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
