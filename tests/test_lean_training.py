@@ -87,7 +87,7 @@ def test_training_switches_compose(cfg):
 @pytest.mark.parametrize('lean', [True, False])
 def test_with_cp_updates_bn_statistics_once_per_step(lean):
     """torch.utils.checkpoint ran each BN forward twice per step (statistics updated twice,
-    num_batches_tracked counting 2); ops/checkpoint.py restores them after recomputing."""
+    num_batches_tracked counting 2); ops/gradient_checkpoint.py restores them after recomputing."""
     plain = randomize(build_backbone(arch=narrow('7'), lean_training=lean))
     checkpointed = build_backbone(arch=narrow('7'), lean_training=lean, with_cp=True)
     checkpointed.load_state_dict(plain.state_dict())
@@ -210,3 +210,67 @@ def test_torch_compile_trains_as_before():
     scale = max(grad.abs().max() for grad in expected.values())
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_a_second_order_gradient_is_an_error_not_a_wrong_number():
+    """The ops' backward passes are not differentiable (a gradient penalty through them would
+    drop the second-order terms): PyTorch's once_differentiable error, with and without
+    with_cp."""
+    for cfg in (dict(), dict(with_cp=True)):
+        _, lean = pair(arch=narrow('5'), **cfg)
+        lean.train()
+        x = torch.randn(2, 3, 64, 64, requires_grad=True)
+        loss = sum((o ** 2).sum() for o in lean(x))
+        grad, = torch.autograd.grad(loss, x, create_graph=True)
+        with pytest.raises(RuntimeError, match='once_differentiable'):
+            (grad ** 2).sum().backward()
+
+
+def test_one_value_per_channel_is_refused_as_by_bn():
+    """A 1x1 map of one image has no variance: PyTorch's error, not NaN statistics."""
+    _, lean = pair(arch=narrow('5'))
+    with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
+        train_step(lean, torch.randn(1, 3, 32, 32))
+
+
+def test_a_map_changed_in_place_is_kept_as_changed():
+    """A hook that scales a stage's output in place: the next conv's gradient is taken from the
+    changed map, as plain autograd takes it (a recipe would recompute the map before)."""
+    plain, lean = pair(arch=narrow('7'))
+    for model in (plain, lean):
+        model.stages[1].register_forward_hook(lambda module, args, out: out.mul_(2))
+    assert_same_step(plain, lean, torch.randn(2, 3, 64, 64))
+
+
+def test_hooked_and_subclassed_layers_run_their_own_forward():
+    """weight_norm (a forward pre-hook), a forward hook recording features, a conv subclass
+    with its own forward: the lean ops step aside for them, so they act as in plain autograd."""
+    plain, lean = pair(arch=narrow('5'))
+    seen = {id(plain): 0, id(lean): 0}
+    for model in (plain, lean):
+        torch.nn.utils.weight_norm(model.stages[0].conv1[0])
+        model.stages[1].conv2[1].register_forward_hook(
+            lambda m, args, out, key=id(model): seen.__setitem__(key, seen[key] + 1))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected_outs, expected = train_step(plain, x, steps=2)
+    outs, got = train_step(lean, x, steps=2)
+    assert seen[id(lean)] == seen[id(plain)] == 2
+    assert all(torch.equal(a, b) for a, b in zip(expected_outs, outs))
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max())
+    assert not lean_training.applies(x.requires_grad_(), (lean.stages[0].conv1[0], ))
+
+
+def test_backward_called_under_autocast_recomputes_in_the_forward_pass_dtypes():
+    """A forward pass in fp32 and its backward inside an autocast region."""
+    plain, lean = pair(arch=narrow('5'))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (plain, lean):
+        model.train()
+        loss = sum(((o - 0.5) ** 2).sum() for o in model(x))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max())

@@ -32,7 +32,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import InputError
 from ..ops.activation_kernel import check_act_impl
-from ..ops.checkpoint import checkpoint
+from ..ops.gradient_checkpoint import checkpoint
 from ..ops.lean_training import conv_norm_act, pool
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .checkpoint.backbone_weights import load_pretrained

@@ -1,6 +1,6 @@
 """The autocast state of a forward pass, and the same state again for a recomputation in the
-backward pass (which autograd runs outside any autocast region), so that the recomputation runs
-in the dtypes of the forward pass."""
+backward pass, whatever autocast state the backward pass is called in, so that the
+recomputation runs in the dtypes of the forward pass."""
 import contextlib
 
 import torch
@@ -19,6 +19,6 @@ def autocast_state(x: torch.Tensor) -> tuple:
 def autocast(state: tuple):
     """A context that runs under ``state`` (from ``autocast_state``)."""
     device, enabled, dtype = state
-    if not enabled:
+    if dtype is None:  # a device without autocast
         return contextlib.nullcontext()
-    return torch.autocast(device, dtype=dtype)
+    return torch.autocast(device, dtype=dtype, enabled=enabled)

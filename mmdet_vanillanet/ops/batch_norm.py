@@ -95,7 +95,12 @@ def forward(norm: _BatchNorm, z: Tensor):
     tracked = not norm.training or norm.track_running_stats
     running_mean = norm.running_mean if tracked else None
     running_var = norm.running_var if tracked else None
-    group = _sync_group(norm) if batch else None
+    # As SyncBatchNorm decides it: synchronised in training mode only.
+    group = _sync_group(norm) if batch and norm.training else None
+    if batch and group is None and z.numel() // z.shape[1] <= 1:
+        # F.batch_norm's check: one value per channel has no variance.
+        raise ValueError(f'Expected more than 1 value per channel when training, got input '
+                         f'size {tuple(z.shape)}')
     if group is None:
         out, mean, invstd = torch.native_batch_norm(z, norm.weight, norm.bias, running_mean,
                                                     running_var, batch, factor, norm.eps)

@@ -32,4 +32,7 @@ def depthwise_weight_grad(grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     padded = F.pad(x, (pad, pad, pad, pad)).transpose(0, 1).reshape(1, c * n, h + 2 * pad,
                                                                    w + 2 * pad)
     kernel = grad.to(x.dtype).transpose(0, 1).reshape(c, n, h, w)
-    return F.conv2d(padded, kernel, groups=c).reshape(c, 1, k, k)
+    # In x's type whatever autocast region the backward pass is called in, as PyTorch's own
+    # backward kernels compute.
+    with torch.autocast('cpu', enabled=False):
+        return F.conv2d(padded, kernel, groups=c).reshape(c, 1, k, k)

@@ -19,13 +19,16 @@ against the 1x1 convs' 512 to 4096). What a step keeps: z1 and z2 per block, per
 statistics and the weights, which the parameters hold anyway.
 
 Exactness. The BN statistics are computed, and the running statistics updated, once, in the
-forward pass (``batch_norm.statistics``); a recomputation applies the kept statistics with the
-same function as the forward pass (``batch_norm.affine``), so every recomputed map is the forward
-pass's, bit for bit, and a max pool picks the same argmax. The backward formulas are PyTorch's
-own kernels (convolution, BN, leaky_relu, relu and max-pool backward), so the gradients are the
-plain path's up to the rounding of the BN output, which is computed as one multiply-add per value
+forward pass (``batch_norm.forward``); a recomputation runs the same BN kernel on the same conv
+output (``batch_norm.recompute``), so every recomputed map is the forward pass's, bit for bit,
+and a max pool picks the same argmax. The forward pass is the plain path's, and the backward
+formulas are PyTorch's own kernels (convolution, BN, leaky_relu, relu and max-pool backward), so
+on the CPU the outputs, gradients and BN statistics are the plain path's bit for bit, but for
+the depthwise weights' gradient, which ``depthwise.depthwise_weight_grad`` sums in another order
 (tests/test_lean_training.py compares both paths). Under autocast the recomputation runs under
-the forward pass's autocast state, so its dtypes are the forward pass's.
+the forward pass's autocast state, so its dtypes are the forward pass's. The ops' backward
+passes are not themselves differentiable: a second-order gradient through them (a gradient
+penalty) is an error, not a wrong number; train such a model with ``lean_training=False``.
 
 When a consumer recomputes an input in its backward, the steps leave what their own op's
 backward needs (the pool's argmax, the activation's relu output and depthwise output) in the
@@ -33,9 +36,11 @@ step's cache, and that op, whose backward autograd runs next, takes it from ther
 depthwise conv is recomputed once per step.
 
 The recipes hold their tensors weakly: a recipe is used only while the op that made it keeps its
-tensors, which it does for as long as autograd keeps its node. Where the ops do not apply (a norm
-other than BN, no gradient needed, tracing or torch.compile), the modules run PyTorch's ops
-(``conv_norm_act``, ``pool``, ``series_activation`` do both).
+tensors, which it does for as long as autograd keeps its node, and only while the map it
+recomputes has not been changed in place. Where the ops do not apply (``applies``: no gradient
+needed, a norm other than BN, a conv or norm with a forward hook or a forward of its own,
+tracing or torch.compile), the modules run PyTorch's ops (``conv_norm_act``, ``pool`` and
+``series_activation`` do both).
 """
 import functools
 import weakref
@@ -46,26 +51,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import batch_norm as bn
 from .autocast import autocast, autocast_state
 from .depthwise import depthwise_conv, depthwise_weight_grad
 
-# An op's output -> its recipe, a tuple of Steps from kept tensors to the output.
+# An op's output -> (its recipe, a tuple of Steps from kept tensors to the output; the output's
+# version when it was made).
 _RECIPES = WeakIdKeyDictionary()
 
 
 class Step:
     """One step of a recipe: ``fn(value, *tensors, cache=self.cache)``, where ``value`` is the
     previous step's result. ``cache`` receives what the op that made this step's output needs in
-    its own backward, when a consumer recomputes the output first."""
-    __slots__ = ('fn', 'refs', 'cache', '__weakref__')
+    its own backward, when a consumer recomputes the output first. ``before``: the steps
+    before this one in its output's recipe (the op's input's recipe, or none where the op keeps
+    the tensor this step starts from).
+
+    For example, a max pool's output p = pool(BN(z)) has the recipe (BN step of the op that
+    kept z, pool step); the series activation after it keeps that recipe's tensors, and in its
+    backward recomputes BN(z), then p (the pool step leaves p's argmax in its cache, which the
+    pool op's backward, next, takes), then relu(p) and the depthwise conv."""
+    __slots__ = ('fn', 'refs', 'cache', 'before')
 
     def __init__(self):
         self.fn = None
         self.refs = ()
         self.cache = {}
+        self.before = ()
 
     def set(self, fn, *tensors):
         self.fn = fn
@@ -77,22 +93,35 @@ def _kept(_, tensor, cache):
     return tensor
 
 
-def applies(x: Tensor, norm: Optional[nn.Module], *params: Tensor) -> bool:
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward hook (the module's, or a global one) would see these modules' calls,
+    which the lean ops do not make (feature recorders, weight_norm, pruning)."""
+    return bool(nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
+def applies(x: Tensor, modules, *params: Tensor) -> bool:
     """Whether the lean ops run: where autograd would record the plain ones (a gradient is
-    needed), with a BatchNorm they compute themselves, outside tracing and torch.compile
-    (which see PyTorch's ops)."""
+    needed), on modules whose computation they reproduce (a plain nn.Conv2d, a BatchNorm they
+    compute themselves; no subclass with its own forward, such as a QAT conv, and no forward
+    hook), outside tracing and torch.compile (which see PyTorch's ops)."""
     return (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
-            and (norm is None or bn.supported(norm))
+            and all(bn.supported(m) if isinstance(m, _BatchNorm) else
+                    type(m) is nn.Conv2d and m.padding_mode == 'zeros' for m in modules)
+            and not _hooked(*modules)
             and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
 # --- keeping and recomputing an op's input ------------------------------------------------
 
 def _keep_input(ctx, x: Tensor) -> list:
-    """The tensors an op keeps for its input: its recipe's (ctx.recipe), or x itself."""
-    recipe = _RECIPES.get(x)
+    """The tensors an op keeps for its input: its recipe's (ctx.recipe), or x itself, where x
+    has none, where a tensor of its recipe is gone, or where x was changed in place since it was
+    made (the recipe would recompute the map before the change)."""
+    recipe, version = _RECIPES.get(x, (None, None))
     tensors = [ref() for step in recipe for ref in step.refs] if recipe else []
-    if recipe is None or any(t is None for t in tensors):
+    if recipe is None or x._version != version or any(t is None for t in tensors):
         recipe, tensors = (_kept_step(x), ), [x]
     ctx.recipe = recipe
     ctx.num_input_tensors = len(tensors)
@@ -120,12 +149,12 @@ def _split(ctx):
 
 
 def _run(function, x: Tensor, *args) -> Tensor:
-    """Apply the op and record its output's recipe: the steps before the op's own (its input's
-    recipe, or none where the op keeps the tensor its step starts from) and its step."""
+    """Apply the op and record its output's recipe (and the output's version, which an in-place
+    change would raise)."""
     step = Step()
-    out, before = function.apply(x, step, *args)
+    out = function.apply(x, step, *args)
     if out.requires_grad:
-        _RECIPES[out] = before + (step, )
+        _RECIPES[out] = step.before + (step, ), out._version
     return out
 
 
@@ -161,10 +190,11 @@ class _ConvNormAct(Function):
         ctx.autocast, ctx.x_dtype = autocast_state(x), x.dtype
         step.set(functools.partial(_norm_act_step, stats=ctx.stats, slope=slope), z,
                  norm_weight, norm_bias, *stats_tensors)
-        return out, ()
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, _):
+    @once_differentiable
+    def backward(ctx, grad_out):
         kept, (weight, z, norm_weight, norm_bias, first, second) = _split(ctx)
         stats = ctx.stats._replace(first=first, second=second)
         grad = grad_out
@@ -195,7 +225,7 @@ def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, slope: Optional[f
     """``leaky_relu(norm(conv(x)), slope)``; no activation where ``slope`` is None or 1 (the
     identity). ``lean``: keep only conv(x) for backward where the lean ops apply."""
     slope = None if slope is None or slope == 1 else float(slope)
-    if lean and applies(x, norm, *conv.parameters(), *norm.parameters()):
+    if lean and applies(x, (conv, norm), *conv.parameters(), *norm.parameters()):
         return _run(_ConvNormAct, x, conv, norm, slope, conv.weight, conv.bias, norm.weight,
                     norm.bias)
     out = norm(conv(x))
@@ -232,10 +262,12 @@ class _Pool(Function):
         ctx.save_for_backward(*_keep_input(ctx, x))
         ctx.pool, ctx.step, ctx.autocast = pool, step, autocast_state(x)
         step.set(functools.partial(_pool_step, pool=pool))
-        return out, ctx.recipe
+        step.before = ctx.recipe
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, _):
+    @once_differentiable
+    def backward(ctx, grad_out):
         cached = ctx.step.cache.pop('input', None)
         if cached is None:
             with autocast(ctx.autocast):
@@ -254,7 +286,7 @@ class _Pool(Function):
 def pool(x: Tensor, kind: str, size: int, lean: bool = True) -> Tensor:
     """``kind`` 'max': a max pool of kernel and stride ``size``; 'adaptive': an adaptive max pool
     to ``size`` x ``size``."""
-    if lean and applies(x, None):
+    if lean and applies(x, ()):
         return _run(_Pool, x, (kind, size))
     return _plain_pool(x, (kind, size))
 
@@ -282,10 +314,12 @@ class _SeriesActivation(Function):
         ctx.step, ctx.autocast = step, autocast_state(x)
         step.set(functools.partial(_activation_step, stats=ctx.stats), weight, norm_weight,
                  norm_bias, *stats_tensors)
-        return out, ctx.recipe
+        step.before = ctx.recipe
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out, _):
+    @once_differentiable
+    def backward(ctx, grad_out):
         kept, (weight, norm_weight, first, second) = _split(ctx)
         cached = ctx.step.cache.pop('relu_conv', None)
         if cached is None:
@@ -309,6 +343,6 @@ class _SeriesActivation(Function):
 
 def series_activation(x: Tensor, weight: Tensor, norm: nn.Module, lean: bool = True) -> Tensor:
     """``norm(dwconv(relu(x)))``, the training form of the series activation."""
-    if lean and applies(x, norm, weight, *norm.parameters()):
+    if lean and applies(x, (norm, ), weight, *norm.parameters()):
         return _run(_SeriesActivation, x, norm, weight, norm.weight, norm.bias)
     return norm(depthwise_conv(F.relu(x), weight))

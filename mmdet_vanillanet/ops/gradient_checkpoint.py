@@ -11,7 +11,8 @@ Written here rather than taken from ``torch.utils.checkpoint`` for two reasons:
   pass but not in its recomputation, so the two passes would keep different tensors, which it
   refuses. Here the first pass runs without autograd and only the recomputation records a graph.
 The stage's parameters are inputs of the op, so a stage whose input needs no gradient (after
-frozen stages) still gets its parameters' gradients.
+frozen stages) still gets its parameters' gradients. A second-order gradient through it (a
+gradient penalty) is an error, as with torch.utils.checkpoint's reentrant variant.
 """
 import contextlib
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .autocast import autocast, autocast_state
@@ -35,6 +37,7 @@ class _Checkpoint(Function):
             return stage(x)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         x, = ctx.saved_tensors
         x = x.detach().requires_grad_(ctx.needs_input_grad[0])
