@@ -14,12 +14,15 @@ Swin-T, and the series-activation kernel against the card's own ceilings, in one
 4. Every activation layer of VanillaNet-13 at 800x1344, batch 1: PyTorch and kernel time, the
    kernel's bandwidth and FLOP rate against the ceilings, and the activations' share of the
    backbone's time with each implementation.
+5. A training step of VanillaNet-13 (lean, plain, with_cp, lean + with_cp) and of ResNet-50 at
+   800x1344, batch 2, fp32 and fp16 autocast: peak memory (torch.cuda.max_memory_allocated)
+   and step time; and the lean path's gradients against the plain path's on the card.
 
 Writes gpu_backbones_<card>.{json,md} under --out-dir (default $OUT, else benchmarks/results),
 the JSON after every section, so that a failure late in the run keeps what was measured. A
 failed check is recorded and printed, and the timings still run: where the run-time guard
 refuses the kernel under act_impl='triton', the figure is NaN. The JSON's kernel_checks holds
-what the guard found for each kernel variant (series_activation.kernel_checks: its first call
+what the guard found for each kernel variant (ops.activation_kernel.kernel_checks: its first call
 compared with PyTorch, and, as cudnn.benchmark is on here, which implementation 'auto' timed
 faster per input shape). (The figures before the kernel are kept in
 benchmarks/results/gpu_backbones_h100_pytorch_activation.md.)
@@ -39,8 +42,9 @@ from triton.testing import do_bench
 from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models import VanillaNet
-from mmdet_vanillanet.models.series_activation import SeriesActivation, kernel_checks
-from mmdet_vanillanet.models.series_activation_triton import series_activation
+from mmdet_vanillanet.models.series_activation import SeriesActivation
+from mmdet_vanillanet.ops.activation_kernel import kernel_checks
+from mmdet_vanillanet.ops.triton_activation import series_activation
 from mmdet_vanillanet.toolkit.paths import REPO_ROOT
 
 SIZES = [(224, 224), (800, 1344)]
@@ -176,8 +180,8 @@ def activation_layers(model, x, ceil: dict) -> dict:
     moved (input read once, output written once) and FLOPs (2 per multiply-add)."""
     inputs = []
     hooks = [m.register_forward_pre_hook(
-        lambda m, args, kwargs: inputs.append((m, args[0].clone(), kwargs.get('pool', 1))),
-        with_kwargs=True) for m in model.modules() if isinstance(m, SeriesActivation)]
+        lambda m, args: inputs.append((m, args[0].clone(), m.pool)))
+        for m in model.modules() if isinstance(m, SeriesActivation)]
     model.act_impl = 'torch'
     model(x)
     for hook in hooks:
@@ -191,7 +195,7 @@ def activation_layers(model, x, ceil: dict) -> dict:
                    bytes=(inp.numel() + out) * inp.element_size(), flops=2 * k * k * out)
         for impl in ('torch', 'triton'):
             module.act_impl = impl
-            row[f'{impl}_ms'] = guarded(lambda: bench_ms(lambda: module(inp, pool=pool)))
+            row[f'{impl}_ms'] = guarded(lambda: bench_ms(lambda: module(inp)))
         row['gb_s'] = row['bytes'] / row['triton_ms'] / 1e6
         row['gflop_s'] = row['flops'] / row['triton_ms'] / 1e6
         row['of_copy_bw'] = row['gb_s'] / ceil['copy_gb_s']
@@ -210,6 +214,61 @@ def activation_layers(model, x, ceil: dict) -> dict:
         **total, ms=ms, of_copy_bw=total['bytes'] / ms / 1e6 / ceil['copy_gb_s'],
         of_fp32_rate=total['flops'] / ms / 1e6 / ceil['fp32_gflop_s'])
     return result
+
+
+# --- 5. a training step ---------------------------------------------------------------------
+
+TRAIN_VARIANTS = {'lean': dict(), 'plain': dict(lean_training=False),
+                  'with_cp': dict(lean_training=False, with_cp=True),
+                  'lean + with_cp': dict(with_cp=True)}
+
+
+def training_steps(batch: int = 2, shape=(800, 1344)) -> dict:
+    """VanillaNet-13 (act_num 4, training layout) with each training switch and torchvision's
+    ResNet-50 body (every layer trained): one forward and backward pass at ``shape``, fp32 and
+    under fp16 autocast. Peak memory above the model and its gradients
+    (torch.cuda.max_memory_allocated), median step ms; and the lean path's gradients against the
+    plain path's on this card (relative to the largest gradient)."""
+    x = torch.randn(batch, 3, *shape, device='cuda')
+    models = {f'VanillaNet-13 {name}': VanillaNet(arch='13', act_num=4, **cfg)
+              for name, cfg in TRAIN_VARIANTS.items()}
+    plain_state = randomize(models['VanillaNet-13 plain']).state_dict()
+    for model in models.values():
+        model.load_state_dict(plain_state)
+    models['ResNet-50 (torchvision)'] = next(iter(references().values()))
+    rows, grads = [], {}
+    for name, model in models.items():
+        model.cuda().train()
+
+        def step():
+            outs = model(x)
+            outs = outs if isinstance(outs, (tuple, list)) else [outs]
+            sum(out.float().mean() for out in outs).backward()
+
+        for pname in ('fp32', 'fp16'):
+            with torch.autocast('cuda', dtype=torch.float16, enabled=pname == 'fp16'):
+                model.zero_grad(set_to_none=False)
+                step()  # gradients allocated, cuDNN's search done
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                step()
+                torch.cuda.synchronize()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+                ms = bench_ms(step)
+            rows.append(dict(model=name, precision=pname, batch=batch, shape=list(shape),
+                             peak_gib=peak, step_ms=ms))
+            print('training:', json.dumps(rows[-1]), flush=True)
+        if name in ('VanillaNet-13 lean', 'VanillaNet-13 plain'):
+            model.zero_grad(set_to_none=True)
+            step()
+            grads[name] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.cpu()
+        torch.cuda.empty_cache()
+    lean, plain = grads['VanillaNet-13 lean'], grads['VanillaNet-13 plain']
+    scale = max(g.abs().max().item() for g in plain.values())
+    diff = max((lean[n] - plain[n]).abs().max().item() for n in plain) / scale
+    return dict(rows=rows, lean_vs_plain_grad_diff=diff)
 
 
 def main():
@@ -250,6 +309,8 @@ def main():
         vn13.to('cpu', torch.float32)
         report['backbones'] = time_backbones(vns, references())
     save()
+    report['training'] = training_steps()
+    save()
     with open(f'{stem}.md', 'w') as f:
         f.write(markdown(report))
     print(markdown(report))
@@ -285,6 +346,15 @@ def markdown(report) -> str:
               + f'. Kernel against float64 on {len(report["kernel_check"])} cases: '
               + (f'{len(failed)} FAILED' if failed else 'all within bounds') + '.',
               '', guard_line(report['kernel_checks']), '']
+    if 'training' in report:
+        train = report['training']
+        lines += [f'A training step at 800x1344, batch {train["rows"][0]["batch"]}: peak memory '
+                  f'above the model and its gradients, median ms. Lean path gradients against the '
+                  f'plain path: {train["lean_vs_plain_grad_diff"]:.1e} of the largest.', '',
+                  '| backbone | precision | peak GiB | step ms |', '|---|---|---|---|']
+        lines += [f'| {r["model"]} | {r["precision"]} | {r["peak_gib"]:.2f} | '
+                  f'{r["step_ms"]:.1f} |' for r in train['rows']]
+        lines.append('')
     for pname, act in report['activations'].items():
         total = act['kernel_total']
         lines += [

@@ -33,7 +33,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mmdet_vanillanet.models import series_activation_triton as kernel
+from mmdet_vanillanet.ops import triton_activation as kernel
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NOTES = osp.join(REPO_ROOT, 'benchmarks', 'kernel_notes.md')

@@ -108,7 +108,7 @@ def test_flops_are_counted_with_the_kernel_chosen_and_its_checks_reported(capsys
     kernel still runs (here in Triton's interpreter) where the timing calls the backbone."""
     from mmengine.analysis import get_model_complexity_info
 
-    from mmdet_vanillanet.models.series_activation import kernel_checks
+    from mmdet_vanillanet.ops.activation_kernel import kernel_checks
     from mmdet_vanillanet.toolkit.benchmark import print_table
     from mmdet_vanillanet.toolkit.complexity import traceable_activations
     kernel = randomize(build_backbone(arch=narrow('5', 128), act_num=3)).eval()

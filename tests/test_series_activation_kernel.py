@@ -14,14 +14,15 @@ import triton.language as tl
 
 from helpers import build_backbone, fused_copy, max_rel_diff, narrow, randomize
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.models import series_activation as act_module
+from mmdet_vanillanet.models.series_activation import SeriesActivation
+from mmdet_vanillanet.ops import activation_kernel as kernel_module
 
 
 @pytest.fixture(scope='module')
 def interpreter():
     """The kernel's module, run by Triton's interpreter (conftest.py sets TRITON_INTERPRET)."""
     assert os.environ.get('TRITON_INTERPRET') == '1'
-    return importlib.import_module('mmdet_vanillanet.models.series_activation_triton')
+    return importlib.import_module('mmdet_vanillanet.ops.triton_activation')
 
 
 # Relative L2 error against float64 PyTorch. The interpreter rounds to bf16 by truncation
@@ -127,7 +128,7 @@ def test_auto_keeps_pytorch_on_the_cpu(deployed13, monkeypatch):
     def no_kernel():
         raise AssertionError('the Triton kernel was asked for on the CPU')
 
-    monkeypatch.setattr(act_module, 'triton_kernel', no_kernel)
+    monkeypatch.setattr(kernel_module, 'triton_kernel', no_kernel)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         deployed13.act_impl = 'torch'
@@ -154,7 +155,7 @@ def test_the_unfused_network_runs_pytorch_whatever_act_impl(monkeypatch):
     def no_kernel():
         raise AssertionError('the Triton kernel was asked for by an unfused network')
 
-    monkeypatch.setattr(act_module, 'triton_kernel', no_kernel)
+    monkeypatch.setattr(kernel_module, 'triton_kernel', no_kernel)
     model = randomize(build_backbone(arch=narrow('5'))).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -164,7 +165,7 @@ def test_the_unfused_network_runs_pytorch_whatever_act_impl(monkeypatch):
 
 
 def impls(model):
-    return {m.act_impl for m in model.modules() if isinstance(m, act_module.SeriesActivation)}
+    return {m.act_impl for m in model.modules() if isinstance(m, SeriesActivation)}
 
 
 def test_act_impl_is_a_config_key_and_changes_no_checkpoint():
@@ -181,17 +182,17 @@ def test_act_impl_is_a_config_key_and_changes_no_checkpoint():
 
 
 def test_wider_kernels_and_pools_are_left_to_pytorch(monkeypatch):
-    """k > 9 and pools above 2: no compile test builds them (series_activation_triton)."""
-    monkeypatch.setattr(act_module, '_device_why_not', lambda x, act_impl: None)
+    """k > 9 and pools above 2: no compile test builds them (ops/triton_activation.py)."""
+    monkeypatch.setattr(kernel_module, '_device_why_not', lambda x, act_impl: None)
     x = torch.randn(1, 2, 16, 16)
     for act_num, pool, why in ((5, 1, 'odd kernel sizes up to 9, not 11'),
                                (4, 4, 'max pools up to 2, not 4')):
-        act = act_module.SeriesActivation(2, act_num, deploy=True, act_impl='auto')
+        act = SeriesActivation(2, act_num, deploy=True, act_impl='auto')
         with torch.no_grad():
-            assert act.implementation_for(x, pool) == f'torch (it takes {why})'
+            assert pooled(act, pool).implementation_for(x) == f'torch (it takes {why})'
             act.act_impl = 'triton'
             with pytest.raises(InputError, match=why):
-                act(x, pool=pool)
+                pooled(act, pool)(x)
 
 
 # --- the guard ------------------------------------------------------------------------------
@@ -219,14 +220,14 @@ def _unbuildable_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, H_in, W_in, K: tl.c
 def guard(monkeypatch, interpreter):
     """A process in which no kernel variant has been checked yet, and 'auto' takes the CPU
     under the interpreter as it would take a CUDA device."""
-    monkeypatch.setattr(act_module, '_RECORDS', {})
-    monkeypatch.setattr(act_module, '_device_why_not', lambda x, act_impl: None)
+    monkeypatch.setattr(kernel_module, '_RECORDS', {})
+    monkeypatch.setattr(kernel_module, '_device_why_not', lambda x, act_impl: None)
     return interpreter
 
 
 def deployed_activation(act_impl):
     """A fused 9x9 activation of two channels with random weights."""
-    act = act_module.SeriesActivation(2, act_num=4, deploy=True, act_impl=act_impl)
+    act = SeriesActivation(2, act_num=4, deploy=True, act_impl=act_impl)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         act.weight.copy_(torch.randn(act.weight.shape, generator=gen) / 9)
@@ -234,10 +235,16 @@ def deployed_activation(act_impl):
     return act.requires_grad_(False)  # inference: the kernel has no backward pass
 
 
+def pooled(act, pool):
+    """The fused activation with the max pool of a block of stride ``pool`` folded in."""
+    act.pool = pool
+    return act
+
+
 def pytorch_result(act, x, pool):
     impl, act.act_impl = act.act_impl, 'torch'
     try:
-        return act(x, pool=pool)
+        return pooled(act, pool)(x)
     finally:
         act.act_impl = impl
 
@@ -253,15 +260,15 @@ def test_a_kernel_that_passes_its_check_runs_and_is_reported(pool, guard):
     act = deployed_activation('auto')
     x = guard_input(pool, seed=1)
     with torch.no_grad():
-        got = act(x, pool=pool)
+        got = pooled(act, pool)(x)
         expected = pytorch_result(act, x, pool)
     assert relative_error(got, expected.double()) <= TOLERANCE[torch.float32]
     assert not torch.equal(got, expected)  # the kernel's result, not PyTorch's
-    (name, check), = act_module.kernel_checks().items()
+    (name, check), = kernel_module.kernel_checks().items()
     assert name == f'k=9 pool={pool} float32 (weights float32) on cpu, tile 16x64 with 8 warps'
     assert check['passed'] and check['checked_binaries'] == 1 and check['failure'] is None
     assert 0 < check['max_rel_err'] <= check['tolerance'] == 1e-5
-    assert act.implementation_for(x, pool) == 'triton'
+    assert pooled(act, pool).implementation_for(x) == 'triton'
 
 
 @pytest.mark.parametrize('act_impl', ['auto', 'triton'])
@@ -281,20 +288,20 @@ def test_a_wrong_or_unbuildable_kernel_never_gives_its_result(wrong, act_impl, g
         if act_impl == 'triton':
             for _ in range(2):  # and every later call of the variant
                 with pytest.raises(InputError, match=f"act_impl='triton'.*{variant}") as err:
-                    act(x, pool=2)
+                    pooled(act, 2)(x)
                 assert '\n' not in str(err.value)
         else:
             with pytest.warns(UserWarning, match=f'{variant} {failure}.*rest of the process'):
-                got = act(x, pool=2)
+                got = pooled(act, 2)(x)
             assert torch.equal(got, expected)
             with warnings.catch_warnings():
                 warnings.simplefilter('error')  # warned once per variant
-                assert torch.equal(act(x, pool=2), expected)
-        assert act.implementation_for(x, 2).startswith('torch (the kernel k=9 pool=2')
+                assert torch.equal(pooled(act, 2)(x), expected)
+        assert pooled(act, 2).implementation_for(x).startswith('torch (the kernel k=9 pool=2')
         # Another variant is checked on its own: the right kernel passes at pool 1.
         monkeypatch.setattr(guard, '_series_activation_kernel', right)
-        act(guard_input(), pool=1)
-    checks = {check['pool']: check for check in act_module.kernel_checks().values()}
+        pooled(act, 1)(guard_input())
+    checks = {check['pool']: check for check in kernel_module.kernel_checks().values()}
     assert not checks[2]['passed'] and re.match(failure, checks[2]['failure'])
     assert checks[1]['passed']
 
@@ -315,7 +322,7 @@ def test_the_check_sees_one_wrong_output_at_the_edges_and_tile_boundaries(spot, 
     monkeypatch.setattr(guard, 'launch', off_by_one)
     act = deployed_activation('triton')
     with pytest.raises(InputError, match='differs from PyTorch'), torch.no_grad():
-        act(guard_input(), pool=1)
+        pooled(act, 1)(guard_input())
 
 
 def test_a_non_finite_input_defers_the_check_to_the_next_call(guard):
@@ -323,12 +330,12 @@ def test_a_non_finite_input_defers_the_check_to_the_next_call(guard):
     x = guard_input()
     x[0, 0, 3, 3] = float('nan')
     with torch.no_grad():
-        # PyTorch's result: the kernel spreads a NaN further (series_activation_triton).
+        # PyTorch's result: the kernel spreads a NaN further (ops/triton_activation.py).
         assert torch.equal(act(x).nan_to_num(), pytorch_result(act, x, 1).nan_to_num())
-        check, = act_module.kernel_checks().values()
+        check, = kernel_module.kernel_checks().values()
         assert check['checked_binaries'] == 0 and not check['passed']
         act(guard_input(seed=1))
-    check, = act_module.kernel_checks().values()
+    check, = kernel_module.kernel_checks().values()
     assert check['checked_binaries'] == 1 and check['passed']
 
 
@@ -341,7 +348,7 @@ def test_no_check_while_a_graph_is_traced_or_captured(guard, monkeypatch):
     with torch.no_grad():
         assert 'cannot be done while torch.compile traces' in act.implementation_for(x)
         assert torch.equal(act(x), pytorch_result(act, x, 1))
-        assert act_module.kernel_checks() == {}
+        assert kernel_module.kernel_checks() == {}
         act.act_impl = 'triton'
         with pytest.raises(InputError, match='make one call before'):
             act(x)
@@ -362,7 +369,7 @@ def test_auto_keeps_the_faster_per_shape_under_cudnn_benchmark(faster, guard, mo
         timed.append('triton' if len(timed) % 2 == 0 else 'torch')
         return times[timed[-1]], fn()
 
-    monkeypatch.setattr(act_module, '_time_ms', time_ms)
+    monkeypatch.setattr(kernel_module, '_time_ms', time_ms)
     monkeypatch.setattr(torch.backends.cudnn, 'benchmark', True)
     act = deployed_activation('auto')
     small, large = torch.randn(1, 2, 9, 20), torch.randn(1, 2, 20, 9)
@@ -372,7 +379,7 @@ def test_auto_keeps_the_faster_per_shape_under_cudnn_benchmark(faster, guard, mo
             expected = pytorch_result(act, x, 1)
             assert torch.equal(got, expected) == (faster == 'torch')
     assert len(timed) == 4  # once per shape
-    check, = act_module.kernel_checks().values()
+    check, = kernel_module.kernel_checks().values()
     assert check['timings'] == {'1x2x9x20': dict(triton_ms=times['triton'],
                                                  torch_ms=times['torch']),
                                 '1x2x20x9': dict(triton_ms=times['triton'],

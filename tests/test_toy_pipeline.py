@@ -21,6 +21,7 @@ from helpers import (
 from mmdet_vanillanet.serialization import safe_load
 
 pytestmark = pytest.mark.slow  # every test here runs the tools in subprocesses
+STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
 
 
 @pytest.fixture(scope='module')
@@ -85,21 +86,41 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(trained, data_ro
     assert (trained / 'epoch_2.pth').read_bytes() == before
 
 
-def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
+def _train_two_processes(work_dir, data_root, *options, port):
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                '--master_port=29517']
+                f'--master_port={port}']
     run(osp.join(REPO_ROOT, 'tests', 'dist_train_worker.py'), CONFIG, '--launcher', 'pytorch',
-        '--work-dir', str(tmp_path), '--cfg-options', *toy_options(data_root, epochs=1),
-        'train_dataloader.batch_size=2', launcher=torchrun)
-    rank0 = torch.load(tmp_path / 'rank0.pth', weights_only=True)
-    rank1 = torch.load(tmp_path / 'rank1.pth', weights_only=True)
+        '--work-dir', str(work_dir), '--cfg-options', *toy_options(data_root, epochs=1),
+        'train_dataloader.batch_size=2', *options, launcher=torchrun)
+    return [torch.load(work_dir / f'rank{rank}.pth', weights_only=True) for rank in (0, 1)]
+
+
+def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
+    rank0, rank1 = _train_two_processes(tmp_path, data_root, port=29517)
     saved = torch.load(tmp_path / 'epoch_1.pth', weights_only=True)['state_dict']
     assert rank0.keys() == rank1.keys() == saved.keys()
     assert all(torch.equal(rank0[k], saved[k]) for k in rank0)
     # DDP keeps the weights in step; BN running statistics are each rank's own (plain BN on CPU).
-    statistics = ('running_mean', 'running_var', 'num_batches_tracked')
-    weights = [k for k in rank0 if not k.endswith(statistics)]
+    weights = [k for k in rank0 if not k.endswith(STATISTICS)]
     assert len(weights) > 100 and all(torch.equal(rank0[k], rank1[k]) for k in weights)
+
+
+def test_the_plain_autograd_path_trains_the_same_run(data_root, tmp_path):
+    """Two processes, the lean path (the default) and the plain one: the same losses, and the
+    same weights but for the backbone's biases and BN running means. Those biases get gradients
+    that are zero but for rounding (each feeds a BN through linear layers only), which AdamW's
+    normalised steps turn into steps of full size in either path, and the running means follow
+    them."""
+    lean = _train_two_processes(tmp_path / 'lean', data_root, port=29518)[0]
+    plain = _train_two_processes(tmp_path / 'plain', data_root,
+                                 'model.backbone.lean_training=False', port=29519)[0]
+    losses = [[s['loss'] for s in scalars(tmp_path / d) if 'loss' in s] for d in ('lean', 'plain')]
+    assert len(losses[0]) == 4
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), rtol=1e-5, atol=0)
+    noise = [k for k in lean if k.startswith('backbone.') and k.endswith(('.bias', 'running_mean'))]
+    assert len(lean) - len(noise) > 100
+    for k in lean.keys() - noise:
+        torch.testing.assert_close(lean[k], plain[k], rtol=2e-3, atol=1e-5)
 
 
 def test_missing_dataset_is_named_with_how_to_get_it(tmp_path):

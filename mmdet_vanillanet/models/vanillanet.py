@@ -4,8 +4,12 @@
           -> stage i (one block each): 1x1 conv + BN, leaky_relu(act_learn), 1x1 conv + BN,
                                        max pool (stride), series activation
 No shortcuts, no attention, no depth beyond a dozen layers. ``act_learn`` is the deep-training
-slope: 0 makes the leaky_relu a ReLU (two non-linear layers per block), 1 makes it the identity,
-after which ``switch_to_deploy`` merges every block into a single 1x1 conv and an activation.
+slope: 0 makes the leaky_relu a ReLU (two non-linear layers per block), 1 makes it the identity
+(not computed), after which ``switch_to_deploy`` merges every block into a single 1x1 conv and
+an activation that applies the block's max pool.
+
+The modules run the lean training ops of ``ops.lean_training`` (``lean_training=True``): a
+training step keeps each 1x1 conv's output for backward and recomputes the rest, exactly.
 
 A backbone saved before deep training ends (act_learn < 1) carries its act_learn in its state
 dict, as the scalar ``act_learn`` (``backbone.act_learn`` in a detector), and loading that state
@@ -19,8 +23,6 @@ from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmdet.registry import MODELS
 from mmengine.logging import print_log
@@ -29,11 +31,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import InputError
+from ..ops.activation_kernel import check_act_impl
+from ..ops.gradient_checkpoint import checkpoint
+from ..ops.lean_training import conv_norm_act, pool
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .checkpoint.backbone_weights import load_pretrained
 from .checkpoint.forms import ACT_LEARN
 from .fusion import merge_conv_bn_modules
-from .series_activation import SeriesActivation, check_act_impl
+from .series_activation import SeriesActivation
 
 
 def check_norm_cfg(norm_cfg: dict, channels: int) -> dict:
@@ -50,14 +55,6 @@ def check_norm_cfg(norm_cfg: dict, channels: int) -> dict:
                          f'maps per channel after each conv; use BN (SyncBN for multi-GPU), GN '
                          f'or IN (only BN and SyncBN fuse for deployment)')
     return norm_cfg
-
-
-def build_conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
-                  stride: int = 1, padding: int = 0) -> nn.Sequential:
-    """The (conv, BN) pair whose keys are ``.0.*`` and ``.1.*`` in the released checkpoints."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
-        build_norm_layer(norm_cfg, out_channels)[1])
 
 
 def _is_int(value) -> bool:
@@ -86,38 +83,70 @@ def _load_act_learn(module, state_dict, prefix, local_metadata, strict, missing_
         raise InputError(f'loading {prefix}{ACT_LEARN}: {error}') from None
 
 
-class VanillaBlock(nn.Module):
-    """One block (a stage holds one). Keys: ``conv1``, ``conv2``, ``act`` (training); ``conv``,
-    ``act`` (deploy).
+class ConvNorm(nn.Sequential):
+    """A conv and its norm layer (keys ``.0.*`` and ``.1.*``, as released), then
+    leaky_relu(act_learn) where ``act_learn`` is set (the deep-training activation; None: none),
+    then the ``activation`` module where one is given (key ``.2``)."""
 
-    A plain max pool (``stride`` > 1) is applied by the activation itself, which on a GPU does it
-    in the same pass as its kernel; the adaptive pool of the ada_pool arch stays a module.
-    """
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
+                 stride: int = 1, padding: int = 0, act_learn: float = None,
+                 activation: nn.Module = None):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
+            build_norm_layer(norm_cfg, out_channels)[1], *[activation] * (activation is not None))
+        self.act_learn = act_learn
+        self.lean = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = conv_norm_act(x, self[0], self[1], self.act_learn, self.lean)
+        return x if len(self) == 2 else self[2](x)
+
+
+class MaxPool(nn.Module):
+    """A block's downsampling: a max pool of kernel and stride ``stride``, or on the ada_pool
+    arch an adaptive max pool to a ``grid`` x ``grid`` map."""
+
+    def __init__(self, stride: int, grid: int = 0):
+        super().__init__()
+        self.kind, self.size = ('adaptive', grid) if grid else ('max', stride)
+        self.lean = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pool(x, self.kind, self.size, self.lean)
+
+    def extra_repr(self) -> str:
+        return f'{self.kind}, {self.size}'
+
+
+class VanillaBlock(nn.Module):
+    """One block (a stage holds one): the paper's figure, 1x1 conv -> 1x1 conv -> pool ->
+    series activation. Keys: ``conv1``, ``conv2``, ``act`` (training); ``conv``, ``act``
+    (deploy, where the activation applies a plain max pool itself and ``pool`` is left for the
+    adaptive one)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, ada_pool: int = 0,
                  act_num: int = 3, norm_cfg: dict = dict(type='BN', eps=1e-6),
                  deploy: bool = False):
         super().__init__()
         self.deploy = deploy
-        self.act_learn = 1.0
         if deploy:
             self.conv = nn.Conv2d(in_channels, out_channels, 1)
         else:
-            self.conv1 = build_conv_bn(in_channels, in_channels, norm_cfg)
-            self.conv2 = build_conv_bn(in_channels, out_channels, norm_cfg)
-        self.ada_pool = nn.AdaptiveMaxPool2d(ada_pool) if ada_pool and stride > 1 else None
-        # The max pool the activation applies: none where the adaptive pool does the pooling.
-        self.pool_stride = 1 if self.ada_pool is not None else stride
+            self.conv1 = ConvNorm(in_channels, in_channels, norm_cfg, act_learn=1.0)
+            self.conv2 = ConvNorm(in_channels, out_channels, norm_cfg)
+        grid = ada_pool if stride > 1 else 0
+        self.pool = MaxPool(stride, grid) if stride > 1 else nn.Identity()
         self.act = SeriesActivation(out_channels, act_num, norm_cfg, deploy)
+        if deploy:
+            self._fold_pool()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
-            x = self.conv(x)
-        else:
-            x = self.conv2(F.leaky_relu(self.conv1(x), self.act_learn))
-        if self.ada_pool is not None:
-            x = self.ada_pool(x)
-        return self.act(x, pool=self.pool_stride)
+            return self.act(self.pool(self.conv(x)))
+        x = self.conv1(x)  # 1x1 conv, BN, leaky_relu(act_learn)
+        x = self.conv2(x)  # 1x1 conv, BN
+        x = self.pool(x)
+        return self.act(x)  # relu, depthwise conv, BN
 
     def switch_to_deploy(self):
         if self.deploy:
@@ -125,7 +154,14 @@ class VanillaBlock(nn.Module):
         self.conv = merge_conv_bn_modules(self.conv1, self.conv2)
         del self.conv1, self.conv2
         self.act.switch_to_deploy()
+        self._fold_pool()
         self.deploy = True
+
+    def _fold_pool(self):
+        """The deployed activation applies a plain max pool as it reads the map."""
+        if isinstance(self.pool, MaxPool) and self.pool.kind == 'max':
+            self.act.pool = self.pool.size
+            self.pool = nn.Identity()
 
 
 @MODELS.register_module()
@@ -147,18 +183,23 @@ class VanillaNet(BaseModule):
         norm_eval (bool): keep every BN layer in eval mode during training. Default: False.
         norm_cfg (dict): normalisation after each conv (BN with eps 1e-6 as released; SyncBN
             for multi-GPU training). Only BatchNorm can be fused for deployment.
-        with_cp (bool): recompute each stage in the backward pass (gradient checkpointing) to
-            save memory. Default: False.
+        lean_training (bool): train with the lean ops (``ops.lean_training``): a training step
+            keeps each 1x1 conv's output for backward and recomputes the rest (BN, leaky_relu,
+            pool, relu, the depthwise conv), with the plain path's outputs, gradients and BN
+            statistics. Applies with BN and SyncBN; other norms run the plain path.
+            Default: True.
+        with_cp (bool): keep only each stage's input and recompute the stage in the backward
+            pass (gradient checkpointing; BN statistics are still updated once per step).
+            Composes with ``lean_training``. Default: False.
         deploy (bool): build the fused network directly (to load a deploy checkpoint).
             Default: False.
         act_impl (str): how the fused network computes its activations: 'auto' (a Triton
             kernel for CUDA tensors in inference, PyTorch elsewhere), 'triton' (the kernel, an
             error where it cannot run) or 'torch'. Also settable after construction
-            (``model.act_impl``). The training-mode (unfused) network always runs PyTorch.
-            Default: 'auto'.
+            (``model.act_impl``). Default: 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads a released
             ImageNet file or a detector checkpoint, checked key by key (see
-            ``mmdet_vanillanet.models.pretrained``).
+            ``mmdet_vanillanet.models.checkpoint.backbone_weights``).
 
     Example:
         >>> import torch
@@ -178,6 +219,7 @@ class VanillaNet(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: dict = dict(type='BN', eps=1e-6, requires_grad=True),
+                 lean_training: bool = True,
                  with_cp: bool = False,
                  deploy: bool = False,
                  act_impl: str = 'auto',
@@ -231,14 +273,15 @@ class VanillaNet(BaseModule):
                 nn.Conv2d(3, d0, 4, stride=arch.stem_stride, padding=arch.stem_padding),
                 SeriesActivation(d0, act_num, deploy=True))
         else:
-            self.stem1 = build_conv_bn(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
-                                       padding=arch.stem_padding)
-            self.stem2 = nn.Sequential(*build_conv_bn(d0, d0, norm_cfg),
-                                       SeriesActivation(d0, act_num, norm_cfg))
+            self.stem1 = ConvNorm(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
+                                  padding=arch.stem_padding, act_learn=1.0)
+            self.stem2 = ConvNorm(d0, d0, norm_cfg,
+                                  activation=SeriesActivation(d0, act_num, norm_cfg))
         self.stages = nn.ModuleList(
             VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], arch.pools[i], act_num,
                          norm_cfg, deploy) for i in range(num_stages))
         self.act_impl = act_impl
+        self.lean_training = lean_training
         self._freeze_stages()
         self.register_state_dict_post_hook(_save_act_learn)
         self.register_load_state_dict_pre_hook(_load_act_learn)
@@ -248,7 +291,7 @@ class VanillaNet(BaseModule):
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
             return self.stem(x)
-        return self.stem2(F.leaky_relu(self.stem1(x), self._act_learn))
+        return self.stem2(self.stem1(x))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self._check_input(x)
@@ -257,10 +300,7 @@ class VanillaNet(BaseModule):
         if STEM in self.out_indices:
             outs.append(x)
         for i, stage in enumerate(self.stages):
-            if self.with_cp and self.training and torch.is_grad_enabled():
-                x = cp.checkpoint(stage, x, use_reentrant=False)
-            else:
-                x = stage(x)
+            x = checkpoint(stage, x) if self.with_cp and self.training else stage(x)
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)
@@ -281,8 +321,7 @@ class VanillaNet(BaseModule):
             raise InputError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
                              'which is exact only for act_learn=1; it cannot take another value')
         self._act_learn = value
-        for stage in self.stages:
-            stage.act_learn = value
+        self._pass_down('act_learn', value)
 
     @property
     def act_impl(self) -> str:
@@ -292,9 +331,24 @@ class VanillaNet(BaseModule):
     @act_impl.setter
     def act_impl(self, value: str):
         self._act_impl = check_act_impl(value)
+        self._pass_down('act_impl', value)
+
+    @property
+    def lean_training(self) -> bool:
+        """Whether training runs the lean ops (``ops.lean_training``)."""
+        return self._lean_training
+
+    @lean_training.setter
+    def lean_training(self, value: bool):
+        self._lean_training = bool(value)
+        self._pass_down('lean', self._lean_training)
+
+    def _pass_down(self, name: str, value):
+        """Set ``name`` on every module inside that computes with it (None: one that has no
+        such step, as a conv2 has no leaky_relu)."""
         for module in self.modules():
-            if isinstance(module, SeriesActivation):
-                module.act_impl = value
+            if module is not self and getattr(module, name, None) is not None:
+                setattr(module, name, value)
 
     def switch_to_deploy(self):
         """Fuse, in place, into the deployed network; a second call does nothing."""
@@ -306,8 +360,7 @@ class VanillaNet(BaseModule):
                 'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
                 'fusing now would change what the network computes. Finish the deep-training '
                 'schedule (act_learn reaches 1) before fusing.')
-        self.stem = nn.Sequential(merge_conv_bn_modules(self.stem1, self.stem2[:2]),
-                                  self.stem2[2])
+        self.stem = nn.Sequential(merge_conv_bn_modules(self.stem1, self.stem2), self.stem2[2])
         self.stem[1].switch_to_deploy()
         del self.stem1, self.stem2
         for stage in self.stages:

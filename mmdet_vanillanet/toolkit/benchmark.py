@@ -23,7 +23,8 @@ from ..deploy.equivalence import max_rel_diff
 from ..errors import InputError, deploy_layout_error
 from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
-from ..models.series_activation import SeriesActivation, kernel_checks
+from ..models.series_activation import SeriesActivation
+from ..ops.activation_kernel import kernel_checks
 from ..output_paths import check_output_file, new_file_for
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
