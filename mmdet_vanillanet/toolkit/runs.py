@@ -49,7 +49,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     require_writable(cfg.work_dir)
     if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
         lock_work_dir(cfg.work_dir)
-    refuse_links(cfg.work_dir, training=True)
+    refuse_links(cfg, training=True)
     configure_resume(cfg, resume)
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
                         invalid_boxes=invalid_boxes)
@@ -111,7 +111,7 @@ def build_test_runner(config: Union[str, Config], checkpoint: str,
     check_onnx_request(onnx_file, onnx_checkpoint, deploy, launcher)
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
     require_writable(cfg.work_dir)
-    refuse_links(cfg.work_dir, training=False)
+    refuse_links(cfg, training=False)
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint
