@@ -13,11 +13,11 @@ import time
 import pytest
 from test_one_line_errors import benchmark_request
 
-from helpers import CONFIG, REPO_ROOT, run
+from helpers import CONFIG, REPO_ROOT, run, save_toy_checkpoint, toy_options
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx, quantize_onnx
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.output_paths import new_file_for
-from mmdet_vanillanet.toolkit.runs import build_test_runner
+from mmdet_vanillanet.toolkit.runs import build_test_runner, check_show_dir
 
 MINE = b'the user\'s own bytes'
 
@@ -189,3 +189,30 @@ def test_the_test_tools_dump_file_is_no_link_and_no_input(exported, tmp_path):
     os.link(checkpoint, renamed)
     with pytest.raises(InputError, match='is a file this command reads'):
         build_test_runner(CONFIG, str(renamed), out=str(renamed))
+
+
+def test_pictures_never_replace_the_datasets_images(data_root, tmp_path):
+    """MMDetection's visualization hook paints each test image into WORK_DIR/<timestamp>/
+    SHOW_DIR under the image's file name, and takes an absolute SHOW_DIR (or one that climbs
+    out with ..) as it is: --show-dir DATA/val replaced the dataset's images with pictures."""
+    images = os.path.join(data_root, 'val')
+    before = {name: open(os.path.join(images, name), 'rb').read()
+              for name in os.listdir(images)}
+    work = tmp_path / 'work'
+    work.mkdir()
+    for show_dir in (images, os.path.relpath(images, work / '00000000_000000')):
+        with pytest.raises(InputError, match=f'^--show-dir {show_dir}: the pictures are written '
+                           f'under the test images\' file names into {images}, which is not a '
+                           f'new or empty folder'):
+            check_show_dir(str(work), show_dir)
+    output = run('tools/test.py', CONFIG, str(save_toy_checkpoint(tmp_path / 'toy.pth')),
+                 '--work-dir', str(work), '--show-dir', images, '--cfg-options',
+                 *toy_options(data_root), expect_ok=False)
+    assert output.strip().splitlines()[-1].startswith(f'error: --show-dir {images}: ')
+    assert {name: open(os.path.join(images, name), 'rb').read()
+            for name in os.listdir(images)} == before
+    # A relative folder (new, in the run's log folder), and a new or empty absolute one, take
+    # the pictures.
+    (tmp_path / 'empty').mkdir()
+    for show_dir in ('pictures', str(tmp_path / 'new'), str(tmp_path / 'empty')):
+        check_show_dir(str(work), show_dir)

@@ -84,6 +84,24 @@ def configure_resume(cfg: Config, resume: Optional[str]):
         cfg.load_from = resume
 
 
+def check_show_dir(work_dir: str, show_dir: str):
+    """MMDetection's visualization hook paints each test image into
+    ``WORK_DIR/<the run's timestamp>/SHOW_DIR`` under the image's own file name: a new folder
+    for a relative SHOW_DIR, but an absolute one (or one that climbs out with ..) is taken as
+    it is, where the pictures would replace any file of those names (the dataset's own images,
+    when it is their folder). Such a folder must be new or empty."""
+    fresh = osp.join(osp.abspath(work_dir), '00000000_000000')  # a run's timestamp folder
+    target = osp.normpath(osp.join(fresh, show_dir))
+    if target == fresh or target.startswith(fresh + os.sep) or not osp.lexists(target):
+        return
+    if osp.islink(target) or not osp.isdir(target) or os.listdir(target):
+        raise InputError(f'--show-dir {show_dir}: the pictures are written under the test '
+                         f'images\' file names into {target}, which is not a new or empty folder '
+                         f'(they would replace its files; the dataset\'s images, if it is their '
+                         f'folder): give a new or empty folder, or a relative path (a new folder '
+                         f'in the run\'s log folder)')
+
+
 def build_test_runner(config: Union[str, Config], checkpoint: str,
                       work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                       out: Optional[str] = None, deploy: bool = False, show: bool = False,
@@ -117,6 +135,8 @@ def build_test_runner(config: Union[str, Config], checkpoint: str,
         cfg.load_from = checkpoint
     # MMDetection's engine and evaluation packages take a second to import: only --show and --out
     # need them here (the Runner imports them itself, once the checks above have passed).
+    if show_dir:
+        check_show_dir(cfg.work_dir, show_dir)
     if show or show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         shown = argparse.Namespace(show=show, show_dir=show_dir, wait_time=wait_time)
