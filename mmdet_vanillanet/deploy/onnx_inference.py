@@ -11,6 +11,7 @@ detections are the PyTorch model's.
   PyTorch on the file's neck maps, with their weights from the checkpoint.
 """
 import copy
+import json
 from typing import Any, List, Optional, Sequence, Union
 
 import cv2
@@ -25,7 +26,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
-from ..class_order import config_classes
+from ..class_order import check_saved_classes, config_classes
 from ..errors import Argument, InputError
 from ..input_paths import check_input_file
 from ..models.checkpoint.detector_weights import load_detector_weights
@@ -162,7 +163,8 @@ class OnnxDetector:
         return (tuple(groups[0]), groups[1:]) if self.part.two_stage else (None, groups)
 
     def _check_metadata(self, cfg: Config) -> int:
-        """Refuse a file that is not the config's raw part, and a quantized file calibrated on
+        """Refuse a file that is not the config's raw part, one exported with other classes
+        (or in another order) than the config's, and a quantized file calibrated on
         tensors another preprocessing made (its int8 ranges would not fit them); warn of a file
         without trained weights. Sets
         ``quantization`` (the record, or None) and returns the file's minimum input side."""
@@ -180,6 +182,8 @@ class OnnxDetector:
         if wrong:
             raise InputError(f'{self.onnx_file} does not fit the config: {"; ".join(wrong)}; '
                              f'export it from this config')
+        check_saved_classes(f'{self.onnx_file} was exported with', self._recorded_classes(meta),
+                            config_classes(cfg))
         if meta.get('weights') == GENERATED:
             print_log(f'{self.onnx_file} was exported without a checkpoint: its weights are '
                       f'random, and so are its detections', logger='current', level=30)
@@ -191,6 +195,20 @@ class OnnxDetector:
             raise InputError(f'{self.onnx_file}: its metadata min_input_size {side!r} is not a '
                              f'positive whole number; export the file again')
         return int(side)
+
+    def _recorded_classes(self, meta: dict) -> Optional[List[str]]:
+        """The classes the file was exported with (None: a file of before they were
+        recorded)."""
+        if 'classes' not in meta:
+            return None
+        try:
+            classes = json.loads(meta['classes'])
+        except ValueError:
+            classes = None
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise InputError(f'{self.onnx_file}: its metadata classes {meta["classes"][:80]!r} '
+                             f'is not a JSON list of names; export the file again')
+        return classes
 
     def _check_preprocessing(self, cfg: Config):
         recorded = self.quantization.get('preprocessing')
