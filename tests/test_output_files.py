@@ -16,7 +16,8 @@ from test_one_line_errors import benchmark_request
 from helpers import CONFIG, REPO_ROOT, run
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx, quantize_onnx
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.output_paths import new_file_for
+from mmdet_vanillanet.output_paths import check_new_output_file, new_file_for, write_text
+from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
 from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 MINE = b'the user\'s own bytes'
@@ -189,3 +190,46 @@ def test_the_test_tools_dump_file_is_no_link_and_no_input(exported, tmp_path):
     os.link(checkpoint, renamed)
     with pytest.raises(InputError, match='is a file this command reads'):
         build_test_runner(CONFIG, str(renamed), out=str(renamed))
+
+
+def test_a_scripts_default_result_replaces_a_link_and_others_are_refused(tmp_path):
+    """Fails before issue 24 round two: the benchmarks/ scripts wrote --out with a plain open,
+    replacing a file of the user's silently and writing through a link. Their own default
+    output (a committed result, regenerated) is renamed over a link; another that exists is
+    refused."""
+    target = tmp_path / 'their_file'
+    target.write_bytes(MINE)
+    default = tmp_path / 'results.json'
+    default.symlink_to(target)
+    replace = check_new_output_file(str(default), '--out', default=str(default))
+    write_text(str(default), 'new', replace)
+    assert target.read_bytes() == MINE and not default.is_symlink()
+    assert default.read_text() == 'new'
+    with pytest.raises(FileExistsError, match='--out .*their_file exists; remove it or choose'):
+        check_new_output_file(str(target), '--out', default=str(default))
+    link = tmp_path / 'link.json'
+    link.symlink_to(target)
+    with pytest.raises(InputError, match='is a symbolic link'):
+        check_new_output_file(str(link), '--out', default=str(default))
+
+
+@pytest.mark.parametrize('script', ['int8_accuracy.py', 'int8_checkpoint_check.py',
+                                    'weight_growth.py'])
+def test_the_benchmark_scripts_refuse_an_existing_out_in_one_line(tmp_path, script):
+    """Fails before issue 24 round two: the file was replaced at the end of the run."""
+    existing = tmp_path / 'r.json'
+    existing.write_bytes(MINE)
+    args = [] if script == 'weight_growth.py' else [str(tmp_path / 'model.pth')]
+    output = run(f'benchmarks/{script}', *args, '--out', str(existing), expect_ok=False)
+    assert output.strip().splitlines()[-1] == (f'error: --out {existing} exists; remove it or '
+                                               f'choose another name'), output[-2000:]
+    assert existing.read_bytes() == MINE
+
+
+def test_the_int8_scripts_raw_file_never_replaces_a_users_file(exported, data_root, tmp_path):
+    """Fails before issue 24 round two: toy_raw_file exported over WORK_DIR/raw_fp32.onnx."""
+    _, checkpoint, _ = exported
+    (tmp_path / 'raw_fp32.onnx').write_bytes(MINE)
+    _, path = toy_raw_file(CONFIG, data_root, checkpoint, str(tmp_path))
+    assert (tmp_path / 'raw_fp32.onnx').read_bytes() == MINE
+    assert os.path.dirname(os.path.dirname(path)) == str(tmp_path) and os.path.isfile(path)

@@ -11,7 +11,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import os.path as osp
 import re
 from typing import Dict, Optional, Tuple
 
@@ -25,7 +24,7 @@ from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
-from ..output_paths import check_output_file, new_file_for
+from ..output_paths import check_new_output_file, new_file_for
 from .complexity import pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
@@ -60,10 +59,8 @@ def check_machine_request(options):
     """--out, --threads, --device and --precision against this machine and build, before any
     work (a bad --out was found only after the whole run, and lost its figures)."""
     if options.out:
-        check_output_file(options.out, '--out', inputs=(options.config, options.checkpoint))
-        if osp.lexists(options.out):  # as tools/test.py --out: a report is not overwritten
-            raise FileExistsError(f'--out {options.out} exists; remove it or choose another '
-                                  f'name')
+        # As tools/test.py --out: a report is not overwritten.
+        check_new_output_file(options.out, '--out', inputs=(options.config, options.checkpoint))
     if options.threads is not None and options.threads < 1:
         raise InputError(f'--threads {options.threads}: give a number of threads >= 1 (this '
                          f'machine has {os.cpu_count()} cores)')
