@@ -188,6 +188,17 @@ def test_a_size_too_large_for_memory_is_refused_from_its_estimate(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_the_benchmark_refuses_a_size_too_large_for_memory_before_making_the_image():
+    """Fails before issue 24 round two: the generated input was allocated first (a RuntimeError
+    traceback, can't allocate memory), and the estimate's refusal came only after it."""
+    output = run('tools/benchmark.py', CONFIG, '--shape', '100000', '100000', '--iters', '1',
+                 expect_ok=False)
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: --shape 100000 100000: the network's activations alone "
+                           "would need about"), output[-2000:]
+    assert 'Traceback' not in output
+
+
 def test_dict_written_in_cfg_options_is_named():
     """Fails on main: custom_hooks=[dict(type=...)] arrived as a list of strings, and our hook
     check failed with an AttributeError."""

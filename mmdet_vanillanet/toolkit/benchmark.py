@@ -25,7 +25,7 @@ from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
 from ..output_paths import check_new_output_file, new_file_for
-from .complexity import pseudo_batch
+from .complexity import check_input_memory, pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
 from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
@@ -112,10 +112,12 @@ def check_request(cfg, options):
         cfg.model.backbone.act_impl = options.act_impl
 
 
-def benchmark_inputs(cfg, options) -> list:
+def benchmark_inputs(cfg, model, options) -> list:
     """Batches of one image for test_step, prepared before timing (data loading excluded): one
-    generated image of ``options.shape``, or the config's test set (``options.dataset``)."""
+    generated image of ``options.shape`` (refused from ``model``'s memory estimate before it is
+    made), or the config's test set (``options.dataset``)."""
     if not options.dataset:
+        check_input_memory(model, tuple(options.shape))
         return [pseudo_batch(tuple(options.shape))]
     check_dataset_paths(cfg, ('test_dataloader', ))
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -163,7 +165,7 @@ def run_benchmark(options) -> dict:
     if options.threads:
         torch.set_num_threads(options.threads)
     model = build_timed_detector(cfg, options.checkpoint)
-    batches = benchmark_inputs(cfg, options)
+    batches = benchmark_inputs(cfg, model, options)
     timed, fused = variants(model, options)
     part = timed_part(options)
     report = dict(config=options.config, checkpoint=options.checkpoint, part=part,
