@@ -233,6 +233,15 @@ def test_the_int8_benchmarks_refuse_an_untrusted_checkpoint_in_one_line(tmp_path
     assert 'Traceback' not in output and not (tmp_path / 'pwned').exists()
 
 
+def test_export_usage_takes_one_output():
+    """Fails before issue 24 round two: the usage line said `[CKPT] OUT.onnx [[CKPT] OUT.onnx
+    ...]`, several outputs, where two pairs are refused."""
+    parser = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'export_onnx.py'))['build_parser']()
+    usage = ' '.join(parser.format_usage().split())
+    assert usage.endswith(' config [CKPT] OUT.onnx'), usage
+    assert parser.parse_args(['c.py', 'a.pth', 'o.onnx']).files == ['a.pth', 'o.onnx']
+
+
 def test_every_tools_help_is_its_whole_docstring():
     """Fails on main: the help was the docstring's first line, cut mid-sentence ("calibrated on
     the config's")."""
