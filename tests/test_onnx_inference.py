@@ -167,6 +167,10 @@ def with_metadata(path, folder, metadata):
     ({'min_input_size': 'abc'}, "its metadata min_input_size 'abc' is not a positive whole"),
     ({'min_input_size': '-100'}, "its metadata min_input_size '-100' is not a positive"),
     ({'min_input_size': None}, "its metadata min_input_size '' is not a positive"),
+    # Fails before issue 24 round two: a RuntimeError (storage size calculation overflowed).
+    ({'min_input_size': '99999999999'}, "its metadata min_input_size '99999999999' is not a "
+                                        r"positive whole number up to 4096 \(the config's "
+                                        r"backbone needs \d+\)"),
     ({'quantization': '{not json'}, "its metadata 'quantization' is not the JSON object"),
     ({'quantization': '[1, 2]'}, "its metadata 'quantization' is not the JSON object"),
     ({'classes': '{not json'}, "its metadata classes '{not json' is not a JSON list of names"),

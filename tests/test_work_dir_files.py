@@ -84,8 +84,8 @@ def test_a_record_names_only_files_in_its_own_folder(tmp_path):
 
 
 def test_a_checkpoint_is_never_written_through_a_link(tmp_path):
-    """The partial file (written first) and the checkpoint's name (renamed onto): both links
-    to someone else's files, which stay as they were."""
+    """The checkpoint's name (renamed onto) a link to someone else's file, which stays as it
+    was; a link at the old fixed partial name (NAME.partial) is not the hook's: left alone."""
     partial_target = _theirs(tmp_path / 'their_partial')
     target = _theirs(tmp_path / 'their_checkpoint')
     work = tmp_path / 'w'
@@ -96,7 +96,20 @@ def test_a_checkpoint_is_never_written_through_a_link(tmp_path):
     assert partial_target.read_bytes() == target.read_bytes() == b'theirs'
     assert not (work / 'epoch_1.pth').is_symlink()
     assert (work / 'epoch_1.pth').read_bytes() == b'the run\'s'
-    assert sorted(p.name for p in work.iterdir()) == ['epoch_1.pth', 'run_files.jsonl']
+    assert (work / 'epoch_1.pth.partial').is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == ['epoch_1.pth', 'epoch_1.pth.partial',
+                                                       'run_files.jsonl']
+
+
+def test_a_users_file_at_a_partial_name_is_kept(tmp_path):
+    """Fails before issue 24 round two: the hook wrote into NAME.partial, deleting a file of
+    that name first (a user's W/epoch_1.pth.partial went)."""
+    mine = _theirs(tmp_path / 'epoch_1.pth.partial', b'mine')
+    _run_wrote(tmp_path / 'epoch_1.pth', b'the run\'s')
+    assert mine.read_bytes() == b'mine'
+    assert (tmp_path / 'epoch_1.pth').read_bytes() == b'the run\'s'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth', 'epoch_1.pth.partial',
+                                                           'run_files.jsonl']
 
 
 @pytest.mark.parametrize('name, training', [('last_checkpoint', True),

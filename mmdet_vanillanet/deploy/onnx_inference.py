@@ -49,6 +49,11 @@ INT8_RPN_TOLERANCE = 0.1
 Image = Union[str, np.ndarray]
 
 
+# The largest minimum input side a file's metadata may give: far above any VanillaNet's (its
+# total stride or a few times that); the file is checked on an input of twice the side, and a
+# crafted '99999999999' made that a RuntimeError (storage size overflowed).
+MAX_MIN_INPUT_SIZE = 4096
+
 class OnnxDetector:
     """A detector whose network runs in onnxruntime from a raw ONNX file, decoded by the
     config's MMDetection heads.
@@ -191,9 +196,11 @@ class OnnxDetector:
         if self.quantization is not None:
             self._check_preprocessing(cfg)
         side = meta.get('min_input_size', '')
-        if not (side.isdigit() and int(side) >= 1):
+        if not (side.isdigit() and 1 <= int(side) <= MAX_MIN_INPUT_SIZE):
             raise InputError(f'{self.onnx_file}: its metadata min_input_size {side!r} is not a '
-                             f'positive whole number; export the file again')
+                             f'positive whole number up to {MAX_MIN_INPUT_SIZE} (the config\'s '
+                             f'backbone needs {self.part.detector.backbone.min_input_size}); '
+                             f'export the file again')
         return int(side)
 
     def _recorded_classes(self, meta: dict) -> Optional[List[str]]:

@@ -18,7 +18,7 @@ from ..deploy.onnx_inference import OnnxDetector
 from ..errors import InputError, deploy_layout_error
 from ..input_paths import check_input_file
 from ..models.checkpoint.backbone_weights import checkpoint_layout, require_training_layout
-from ..output_paths import check_output_file
+from ..output_paths import check_new_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import ONNX, file_kind, safe_load
 from .cli import set_work_dir, warn_missing_runtime_hooks
@@ -119,10 +119,8 @@ def build_test_runner(config: Union[str, Config], checkpoint: str,
     if out is not None:
         if not out.endswith(('.pkl', '.pickle')):
             raise InputError(f'--out {out}: the dump file must be a .pkl file')
-        check_output_file(out, '--out', inputs=(config if isinstance(config, str) else None,
-                                                checkpoint, onnx_checkpoint))
-        if osp.lexists(out):
-            raise FileExistsError(f'--out {out} exists; remove it or choose another name')
+        check_new_output_file(out, '--out', inputs=(config if isinstance(config, str) else None,
+                                                    checkpoint, onnx_checkpoint))
     if '://' not in checkpoint:
         check_input_file(checkpoint, 'checkpoint')
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
