@@ -44,7 +44,7 @@ from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.ops.activation_kernel import kernel_checks
-from mmdet_vanillanet.ops.triton_activation import series_activation
+from mmdet_vanillanet.ops.triton_activation import fused_series_activation
 from mmdet_vanillanet.toolkit.paths import REPO_ROOT
 
 SIZES = [(224, 224), (800, 1344)]
@@ -97,7 +97,7 @@ def check_kernel() -> list:
                     x = torch.randn(shape, device='cuda', generator=gen).to(dtype)
                     w = torch.randn(shape[1], 1, k, k, device='cuda', generator=gen) / k
                     b = torch.randn(shape[1], device='cuda', generator=gen)
-                    got = series_activation(x, w, b, pool).double()
+                    got = fused_series_activation(x, w, b, pool).double()
                     xr = F.max_pool2d(x.double(), pool) if pool > 1 else x.double()
                     ref = F.conv2d(F.relu(xr), w.to(dtype).double(), b.double(),
                                    padding=k // 2, groups=shape[1])

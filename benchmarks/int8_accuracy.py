@@ -20,9 +20,10 @@ from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
-from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.output_paths import check_new_output_file, write_text
+from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops, toy_raw_file
-from mmdet_vanillanet.toolkit.paths import CONFIGS
+from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 
 NONE = ()  # every node quantized
 VARIANTS = {  # name: the recipe; tools/quantize_onnx.py's default is the RPN-head-float one
@@ -41,6 +42,8 @@ VARIANTS = {  # name: the recipe; tools/quantize_onnx.py's default is the RPN-he
     'tensorrt, RPN head float': Recipe(target='tensorrt', keep_float=('head', )),
 }
 
+DEFAULT_OUT = osp.join(REPO_ROOT, 'benchmarks', 'results', 'int8_accuracy_toy.json')
+
 
 def parse_args():
     parser = argparse.ArgumentParser(
@@ -54,8 +57,10 @@ def parse_args():
     parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--work-dir', default='work_dirs/int8_accuracy',
-                        help='where the fp32 and int8 files are written')
-    parser.add_argument('--out', default='benchmarks/results/int8_accuracy_toy.json')
+                        help='the fp32 and int8 files are written into a new folder of the '
+                        'run\'s own there (run_XXXXXXXX)')
+    parser.add_argument('--out', default=DEFAULT_OUT,
+                        help='the report (default: the committed one, replaced)')
     return parser.parse_args()
 
 
@@ -63,7 +68,7 @@ def score(cfg, args, name, recipe, fp32, reference):
     """The variant's AP over the seeds, against the fp32 file's."""
     runs = []
     for seed in args.seeds:
-        path = osp.join(args.work_dir, f'int8_seed{seed}.onnx')
+        path = osp.join(osp.dirname(fp32), f'int8_seed{seed}.onnx')  # the run's own folder
         start = time.perf_counter()
         record = quantize_file(cfg, fp32, path, recipe, args.split, args.num_images, seed)
         seconds = time.perf_counter() - start
@@ -87,7 +92,8 @@ def score(cfg, args, name, recipe, fp32, reference):
 def main():
     args = parse_args()
     register_all_modules()
-    with one_line_errors():  # an untrusted or unfit checkpoint, bad data: one line
+    with interruptible(), one_line_errors():  # an untrusted or unfit checkpoint, bad data: one line
+        replace = check_new_output_file(args.out, '--out', default=DEFAULT_OUT)
         cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoint, args.work_dir)
         reference = onnx_coco_ap(cfg, fp32, args.checkpoint, args.threads)
         print(f'fp32: box {reference["box"]:.3f} mask {reference["mask"]:.3f}', flush=True)
@@ -95,8 +101,7 @@ def main():
         report = dict(config=args.config, checkpoint=args.checkpoint, data=args.data,
                       split=args.split, num_images=args.num_images, seeds=args.seeds,
                       threads=args.threads, fp32=reference, variants=rows)
-        with open(args.out, 'w') as f:
-            json.dump(report, f, indent=2)
+        write_text(args.out, json.dumps(report, indent=2), replace)
         print(f'wrote {args.out}')
 
 

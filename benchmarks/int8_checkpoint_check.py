@@ -24,9 +24,12 @@ from mmdet_vanillanet.deploy.equivalence import max_rel_diff
 from mmdet_vanillanet.deploy.onnx_export import group_outputs, onnxruntime_session
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
 from mmdet_vanillanet.deploy.quantized_file import weight_differences
-from mmdet_vanillanet.toolkit.cli import one_line_errors
+from mmdet_vanillanet.output_paths import check_new_output_file, write_text
+from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
-from mmdet_vanillanet.toolkit.paths import CONFIGS
+from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+
+DEFAULT_OUT = osp.join(REPO_ROOT, 'benchmarks', 'results', 'int8_checkpoint_check_toy.json')
 
 
 def parse_args():
@@ -35,8 +38,11 @@ def parse_args():
     parser.add_argument('checkpoints', nargs='+', help='the file\'s checkpoint, then others')
     parser.add_argument('--config', default=osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py'))
     parser.add_argument('--data', default='data/toy_coco', help='the toy dataset folder')
-    parser.add_argument('--work-dir', default='work_dirs/int8_checkpoint_check')
-    parser.add_argument('--out', default='benchmarks/results/int8_checkpoint_check_toy.json')
+    parser.add_argument('--work-dir', default='work_dirs/int8_checkpoint_check',
+                        help='the files are written into a new folder of the run\'s own there '
+                        '(run_XXXXXXXX)')
+    parser.add_argument('--out', default=DEFAULT_OUT,
+                        help='the report (default: the committed one, replaced)')
     return parser.parse_args()
 
 
@@ -60,11 +66,12 @@ def readings(path, model, side):
 def main():
     args = parse_args()
     register_all_modules()
-    with one_line_errors():  # an untrusted or unfit checkpoint, bad data: one line
+    with interruptible(), one_line_errors():  # an untrusted or unfit checkpoint, bad data: one line
+        replace = check_new_output_file(args.out, '--out', default=DEFAULT_OUT)
         cfg, fp32 = toy_raw_file(args.config, args.data, args.checkpoints[0], args.work_dir)
         files = {'fp32': fp32}
         for name, recipe in (('int8 all', Recipe(keep_float=())), ('int8 default', Recipe())):
-            files[name] = osp.join(args.work_dir, f'raw_{name.replace(" ", "_")}.onnx')
+            files[name] = osp.join(osp.dirname(fp32), f'raw_{name.replace(" ", "_")}.onnx')
             quantize_file(cfg, fp32, files[name], recipe, 'train', 64, 0)
         rows = []
         for checkpoint in args.checkpoints:
@@ -76,8 +83,8 @@ def main():
                            **readings(path, model, side))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-        with open(args.out, 'w') as f:
-            json.dump(dict(config=args.config, data=args.data, rows=rows), f, indent=2)
+        write_text(args.out, json.dumps(dict(config=args.config, data=args.data, rows=rows),
+                                        indent=2), replace)
         print(f'wrote {args.out}')
 
 

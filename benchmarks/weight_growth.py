@@ -32,6 +32,8 @@ import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.engine import StopOnNonFiniteHook
 from mmdet_vanillanet.engine.non_finite_hook import weight_health
 from mmdet_vanillanet.models import ARCH_SETTINGS
+from mmdet_vanillanet.output_paths import check_new_output_file, write_text
+from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 from mmdet_vanillanet.toolkit.toy_data import make_toy_coco
 
@@ -109,18 +111,23 @@ def first_step_growth(config: str) -> float:
     return after / before
 
 
+DEFAULT_OUT = osp.join(REPO_ROOT, 'benchmarks', 'results', 'weight_growth.json')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--toy-epochs', type=int, default=4,
                         help='epochs of the toy run (8 steps each)')
-    parser.add_argument('--out', default=osp.join(REPO_ROOT, 'benchmarks', 'results',
-                                                  'weight_growth.json'))
+    parser.add_argument('--out', default=DEFAULT_OUT,
+                        help='the report (default: the committed one, replaced)')
     return parser
 
 
 def main():
     args = build_parser().parse_args()
+    with one_line_errors():
+        replace = check_new_output_file(args.out, '--out', default=DEFAULT_OUT)
     results = toy_run_growth(args.toy_epochs)
     for name, value in results.items():
         print(f'{name}: {value:.5f}', flush=True)
@@ -128,8 +135,7 @@ def main():
         name = f'{osp.basename(config)} (first step, full lr)'
         results[name] = first_step_growth(config)
         print(f'{name}: {results[name]:.5f}', flush=True)
-    with open(args.out, 'w') as f:
-        json.dump(results, f, indent=2)
+    write_text(args.out, json.dumps(results, indent=2), replace)
     print(f'wrote {args.out}')
 
 

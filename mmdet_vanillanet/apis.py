@@ -11,7 +11,7 @@ gathers its own in ``mmdet.apis``.
   describes with the norm of the config it was trained with (tools/convert_checkpoint.py).
 - ``export_onnx(config, checkpoint, out, part='backbone', ...)``: a fused part in ONNX, checked
   in onnxruntime against PyTorch (tools/export_onnx.py).
-- ``quantize_onnx(config, onnx_file, out, split='val', num_images=64, ...)``: the INT8 (QDQ)
+- ``quantize_onnx(config, onnx_file, out, split='train', num_images=64, ...)``: the INT8 (QDQ)
   version of an exported file, calibrated on the config's images (tools/quantize_onnx.py).
 - ``OnnxDetector(config, onnx_file, checkpoint=None, device='cpu', threads=None)``: detections
   from an exported raw file, fp32 or INT8 (``.predict(images)``), decoded by the config's

@@ -126,14 +126,21 @@ def check_checkpoint_classes(source: str, checkpoint: dict, classes: Sequence[st
     (an MMDetection 2.x or a converted file) is not checked."""
     meta = checkpoint.get('meta') or {}
     saved = (meta.get('dataset_meta') or {}).get('classes') if isinstance(meta, dict) else None
+    check_saved_classes(f'{source} was trained with', saved, classes,
+                        ' (to fine-tune to other classes, use load_from with default_hooks.'
+                        'checkpoint_fit.replaced=[...] naming the class layers)')
+
+
+def check_saved_classes(made_with: str, saved: Optional[Sequence[str]], classes: Sequence[str],
+                        hint: str = ''):
+    """Raise InputError when the classes a file was ``made_with`` (``saved``; None: not
+    recorded) differ in names or order from the run's ``classes``."""
     if saved is None or not classes or tuple(saved) == tuple(classes):
         return
     raise InputError(
-        f'{source} was trained with the classes {_names(saved)}, in another order or with other '
-        f'names than the config\'s {_names(classes)}: its labels would be read as other '
-        f'classes; set the config\'s metainfo classes to the checkpoint\'s (to fine-tune to '
-        f'other classes, use load_from with default_hooks.checkpoint_fit.replaced=[...] naming '
-        f'the class layers)')
+        f'{made_with} the classes {_names(saved)}, in another order or with other names than '
+        f'the config\'s {_names(classes)}: its labels would be read as other classes; set the '
+        f'config\'s metainfo classes to the file\'s{hint}')
 
 
 def _names(names: Sequence[str]) -> str:

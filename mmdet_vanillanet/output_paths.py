@@ -14,12 +14,14 @@ from typing import Iterator, Optional, Sequence
 from .errors import InputError
 
 
-def check_output_file(path: str, what: str, inputs: Sequence[Optional[str]] = ()):
+def check_output_file(path: str, what: str, inputs: Sequence[Optional[str]] = (),
+                      link_replaced: bool = False):
     """Raise InputError when ``path`` (named ``what`` in the message, e.g. '--out') is a
-    symbolic link (a write would go into its target), a folder, one of ``inputs`` (the files the
-    same work reads; also through a link), or when its folder does not exist or cannot be
-    written (tried, not guessed from permissions)."""
-    if osp.islink(path):
+    symbolic link (a write would go into its target; unless ``link_replaced``: the file is
+    renamed over the link), a folder, one of ``inputs`` (the files the same work reads; also
+    through a link), or when its folder does not exist or cannot be written (tried, not guessed
+    from permissions)."""
+    if osp.islink(path) and not link_replaced:
         raise InputError(f'{what} {path} is a symbolic link (to {os.readlink(path)}); the tools '
                          f'do not write through links: give the file itself or another name')
     if osp.isdir(path):
@@ -36,6 +38,28 @@ def check_output_file(path: str, what: str, inputs: Sequence[Optional[str]] = ()
             pass
     except OSError as err:
         raise InputError(f'{what} {path}: cannot write into {folder} ({err.strerror})') from None
+
+
+def check_new_output_file(path: str, what: str, inputs: Sequence[Optional[str]] = (),
+                          default: Optional[str] = None) -> bool:
+    """``check_output_file``, and an existing file refused (a report is not overwritten)
+    unless ``path`` is ``default``, a script's own output that it is meant to regenerate (a
+    committed results file): True then, for ``new_file_for(path, replace=True)``, which
+    replaces a link there rather than writing through it."""
+    if default is not None and osp.abspath(path) == osp.abspath(default):
+        check_output_file(path, what, inputs, link_replaced=True)
+        return True
+    check_output_file(path, what, inputs)
+    if osp.lexists(path):
+        raise FileExistsError(f'{what} {path} exists; remove it or choose another name')
+    return False
+
+
+def write_text(path: str, text: str, replace: bool = False):
+    """``text`` written as ``path`` through ``new_file_for`` (a new file renamed into place)."""
+    with new_file_for(path, replace) as partial:
+        with open(partial, 'w') as f:
+            f.write(text)
 
 
 def is_same_file(a: str, b: str) -> bool:

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
@@ -24,6 +25,7 @@ from helpers import (
 )
 from mmdet_vanillanet.deploy.convert import deploy_checkpoint
 from mmdet_vanillanet.errors import CheckpointError
+from mmdet_vanillanet.models.checkpoint.detector_weights import check_detector_norm
 from mmdet_vanillanet.models.checkpoint.recorded_config import recorded_model_cfg
 
 X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -210,6 +212,27 @@ def test_a_converted_file_folds_the_norm_its_recorded_config_gives():
                                                                           eps=1e-3)})))
     converted, _, _ = deploy_checkpoint(copy.deepcopy(checkpoint), 'x.pth', same)
     assert all(torch.equal(_fused_backbone(converted)[k], expected[k]) for k in expected)
+
+
+def test_a_detector_file_is_refused_wherever_the_config_gives_another_norm():
+    """Loading a detector file (CheckpointFitHook, load_detector_weights) checks its recorded
+    norm against the model's as the converter does: the eps is in no tensor, and another one
+    changes every output, fused or not."""
+    model = nn.Module()
+    model.backbone = build_backbone(arch=narrow('13'), act_num=4)  # the default eps, 1e-6
+    state = model.backbone.state_dict()
+    with pytest.raises(CheckpointError, match=r"x.pth was trained with BatchNorm2d\(eps=0.001\) "
+                       r".*but the config's model.backbone.norm_cfg gives "
+                       r"BatchNorm2d\(eps=1e-06\)"):
+        check_detector_norm(model, _recording({**NARROW13, 'norm_cfg': EPS_1E_3}, state), 'x.pth')
+    # Taken: a record that agrees (SyncBN folds as BN), no record, a record this version
+    # cannot build (an argument it does not know), and a fused backbone, which has no norm.
+    sync_bn = dict(type='SyncBN', eps=1e-6)
+    check_detector_norm(model, _recording({**NARROW13, 'norm_cfg': sync_bn}, state), 'x.pth')
+    check_detector_norm(model, {'state_dict': state}, 'x.pth')
+    check_detector_norm(model, _recording({**NARROW13, 'no_such_argument': 1}, state), 'x.pth')
+    model.backbone = fused_copy(model.backbone)
+    check_detector_norm(model, _recording({**NARROW13, 'norm_cfg': EPS_1E_3}, state), 'x.pth')
 
 
 def test_a_detector_file_that_records_no_config_needs_one():

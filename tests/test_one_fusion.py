@@ -12,6 +12,7 @@ from mmengine.config import Config
 from helpers import CONFIG, evaluate, max_rel_diff, run, toy_options
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx
 from mmdet_vanillanet.deploy.build import build_detector
+from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.checkpoint.backbone_weights import fused_state, training_network
 from mmdet_vanillanet.models.checkpoint.forms import backbone_state_dict
@@ -67,8 +68,9 @@ def test_convert_deploy_export_and_the_deploy_hook_give_one_result(trained, data
     run('tools/test.py', CONFIG, str(trained), '--work-dir', str(tmp_path / 'a'), '--deploy',
         '--out', str(hooked), '--cfg-options', *toy_options(data_root), *NORM)
     evaluate(converted, data_root, tmp_path / 'b', '--deploy', '--out', str(loaded))
-    for (boxes_a, scores_a), (boxes_b, scores_b) in zip(_predictions(hooked),
-                                                        _predictions(loaded)):
+    hooked, loaded = _predictions(hooked), _predictions(loaded)
+    assert len(hooked) == len(loaded)
+    for (boxes_a, scores_a), (boxes_b, scores_b) in zip(hooked, loaded):
         assert len(scores_a) > 0
         torch.testing.assert_close(boxes_a, boxes_b, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(scores_a, scores_b, rtol=1e-5, atol=1e-6)
@@ -80,3 +82,22 @@ def test_convert_deploy_export_and_the_deploy_hook_give_one_result(trained, data
     session = onnxruntime.InferenceSession(str(out), providers=['CPUExecutionProvider'])
     exported = [torch.from_numpy(o) for o in session.run(None, {'input': X.numpy()})]
     assert max_rel_diff(expected, exported) <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_config_of_another_eps_is_refused_wherever_the_file_is_loaded(trained, data_root,
+                                                                        tmp_path):
+    """Under the config's own eps (1e-6) the eps-1e-2 file would compute other numbers, fused or
+    not: tools/test.py (with and without --deploy), the exporter and the converter refuse it."""
+    for extra in ((), ('--deploy', )):
+        output = evaluate(trained, data_root, tmp_path / f'run{len(extra)}', *extra,
+                          expect_ok=False)
+        last = output.strip().splitlines()[-1]
+        assert last.startswith('error: ') and 'BatchNorm2d(eps=0.01)' in last \
+            and 'BatchNorm2d(eps=1e-06)' in last, output[-2000:]
+    message = r'trained with BatchNorm2d\(eps=0.01\).*gives BatchNorm2d\(eps=1e-06\)'
+    with pytest.raises(CheckpointError, match=message):
+        export_onnx(CONFIG, str(trained), str(tmp_path / 'x.onnx'), shape=(96, 128))
+    with pytest.raises(CheckpointError, match=message):
+        convert_checkpoint(str(trained), str(tmp_path / 'x.pth'), config=CONFIG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['run0', 'run1']

@@ -188,6 +188,17 @@ def test_a_size_too_large_for_memory_is_refused_from_its_estimate(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_the_benchmark_refuses_a_size_too_large_for_memory_before_making_the_image():
+    """Fails before issue 24 round two: the generated input was allocated first (a RuntimeError
+    traceback, can't allocate memory), and the estimate's refusal came only after it."""
+    output = run('tools/benchmark.py', CONFIG, '--shape', '100000', '100000', '--iters', '1',
+                 expect_ok=False)
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: --shape 100000 100000: the network's activations alone "
+                           "would need about"), output[-2000:]
+    assert 'Traceback' not in output
+
+
 def test_dict_written_in_cfg_options_is_named():
     """Fails on main: custom_hooks=[dict(type=...)] arrived as a list of strings, and our hook
     check failed with an AttributeError."""
@@ -220,6 +231,15 @@ def test_the_int8_benchmarks_refuse_an_untrusted_checkpoint_in_one_line(tmp_path
                  expect_ok=False)
     assert output.strip().splitlines()[-1].startswith('error: ') and 'could run code' in output
     assert 'Traceback' not in output and not (tmp_path / 'pwned').exists()
+
+
+def test_export_usage_takes_one_output():
+    """Fails before issue 24 round two: the usage line said `[CKPT] OUT.onnx [[CKPT] OUT.onnx
+    ...]`, several outputs, where two pairs are refused."""
+    parser = runpy.run_path(osp.join(REPO_ROOT, 'tools', 'export_onnx.py'))['build_parser']()
+    usage = ' '.join(parser.format_usage().split())
+    assert usage.endswith(' config [CKPT] OUT.onnx'), usage
+    assert parser.parse_args(['c.py', 'a.pth', 'o.onnx']).files == ['a.pth', 'o.onnx']
 
 
 def test_every_tools_help_is_its_whole_docstring():

@@ -9,6 +9,7 @@ with non-empty masks (see center_roi_logits), compared one by one over the whole
 split; the COCO AP of both (0 here) is compared too, through MMDetection's CocoMetric."""
 import copy
 import glob
+import json
 import pickle
 
 import mmcv
@@ -24,6 +25,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from helpers import center_roi_logits, narrow_retinanet_config, randomize, toy_test_config
+from mmdet_vanillanet.class_order import config_classes
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.errors import InputError
@@ -44,7 +46,7 @@ def _generated(cfg, folder, seed=0, part='raw'):
     module = onnx_export.ExportedPart(fused, part).eval()
     path = str(folder / f'seed{seed}_{part}.onnx')
     onnx_export.export(module, path, (160, 160))
-    onnx_export.write_metadata(path, module, checkpoint)
+    onnx_export.write_metadata(path, module, checkpoint, config_classes(cfg))
     return fused, checkpoint, path
 
 
@@ -165,8 +167,19 @@ def with_metadata(path, folder, metadata):
     ({'min_input_size': 'abc'}, "its metadata min_input_size 'abc' is not a positive whole"),
     ({'min_input_size': '-100'}, "its metadata min_input_size '-100' is not a positive"),
     ({'min_input_size': None}, "its metadata min_input_size '' is not a positive"),
+    # Fails before issue 24 round two: a RuntimeError (storage size calculation overflowed).
+    ({'min_input_size': '99999999999'}, "its metadata min_input_size '99999999999' is not a "
+                                        r"positive whole number up to 4096 \(the config's "
+                                        r"backbone needs \d+\)"),
     ({'quantization': '{not json'}, "its metadata 'quantization' is not the JSON object"),
-    ({'quantization': '[1, 2]'}, "its metadata 'quantization' is not the JSON object")])
+    ({'quantization': '[1, 2]'}, "its metadata 'quantization' is not the JSON object"),
+    ({'classes': '{not json'}, "its metadata classes '{not json' is not a JSON list of names"),
+    ({'classes': '[1, 2]'}, "its metadata classes '\\[1, 2\\]' is not a JSON list of names"),
+    # A single-stage file decodes without a checkpoint: the file's own record is what is
+    # checked (main: labels permuted silently).
+    ({'classes': '["bicycle", "person"]'}, r"changed.onnx was exported with the classes "
+                                           r"\['bicycle', 'person'\], in another order or with "
+                                           r"other names than the config's \['person', ")])
 def test_the_files_metadata_is_read(retinanet, data_root, tmp_path, metadata, message):
     cfg, _, _, path = retinanet
     with pytest.raises(InputError, match=message) as err:
@@ -193,6 +206,12 @@ def test_a_checkpoint_of_other_classes_is_refused_by_export_and_inference(mask_r
     torch.save({**state, 'meta': {'dataset_meta': {
         'classes': ('circle', 'square', 'triangle')}}}, same)
     OnnxDetector(cfg, path, same)
+
+
+def test_a_file_records_its_classes(retinanet):
+    cfg, _, _, path = retinanet
+    recorded = {p.key: p.value for p in onnx.load(path).metadata_props}['classes']
+    assert json.loads(recorded) == list(config_classes(cfg)) and len(json.loads(recorded)) == 80
 
 
 def test_a_file_exported_without_a_checkpoint_says_so(retinanet, tmp_path, caplog):

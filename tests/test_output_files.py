@@ -13,11 +13,13 @@ import time
 import pytest
 from test_one_line_errors import benchmark_request
 
-from helpers import CONFIG, REPO_ROOT, run
+from helpers import CONFIG, REPO_ROOT, run, save_toy_checkpoint, toy_options
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx, quantize_onnx
 from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.output_paths import new_file_for
-from mmdet_vanillanet.toolkit.runs import build_test_runner
+from mmdet_vanillanet.output_paths import check_new_output_file, new_file_for, write_text
+from mmdet_vanillanet.serialization import safe_load
+from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
+from mmdet_vanillanet.toolkit.runs import build_test_runner, check_show_dir
 
 MINE = b'the user\'s own bytes'
 
@@ -132,14 +134,20 @@ def start(*argv):
                             env={k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'})
 
 
-def signal_once_writing(process, folder, signum):
-    """Send ``signum`` once the tool's new file exists in ``folder`` (its work under way)."""
+def signal_once(process, ready, signum):
+    """Send ``signum`` once ``ready()`` is true (the tool's work under way); its output."""
     deadline = time.time() + 300
-    while not any(name.endswith('.partial') for name in os.listdir(folder)):
+    while not ready():
         assert process.poll() is None and time.time() < deadline, process.communicate()[0]
         time.sleep(0.02)
     process.send_signal(signum)
     return process.communicate(timeout=120)[0]
+
+
+def signal_once_writing(process, folder, signum):
+    """Send ``signum`` once the tool's new file exists in ``folder``."""
+    return signal_once(process, lambda: any(name.endswith('.partial')
+                                            for name in os.listdir(folder)), signum)
 
 
 @pytest.mark.slow
@@ -189,3 +197,108 @@ def test_the_test_tools_dump_file_is_no_link_and_no_input(exported, tmp_path):
     os.link(checkpoint, renamed)
     with pytest.raises(InputError, match='is a file this command reads'):
         build_test_runner(CONFIG, str(renamed), out=str(renamed))
+
+
+def test_pictures_never_replace_the_datasets_images(data_root, tmp_path):
+    """MMDetection's visualization hook paints each test image into WORK_DIR/<timestamp>/
+    SHOW_DIR under the image's file name, and takes an absolute SHOW_DIR (or one that climbs
+    out with ..) as it is: --show-dir DATA/val replaced the dataset's images with pictures."""
+    images = os.path.join(data_root, 'val')
+    before = {name: open(os.path.join(images, name), 'rb').read()
+              for name in os.listdir(images)}
+    work = tmp_path / 'work'
+    work.mkdir()
+    for show_dir in (images, os.path.relpath(images, work / '00000000_000000')):
+        with pytest.raises(InputError, match=f'^--show-dir {show_dir}: the pictures are written '
+                           f'under the test images\' file names into {images}, which is not a '
+                           f'new or empty folder'):
+            check_show_dir(str(work), show_dir)
+    output = run('tools/test.py', CONFIG, str(save_toy_checkpoint(tmp_path / 'toy.pth')),
+                 '--work-dir', str(work), '--show-dir', images, '--cfg-options',
+                 *toy_options(data_root), expect_ok=False)
+    assert output.strip().splitlines()[-1].startswith(f'error: --show-dir {images}: ')
+    assert {name: open(os.path.join(images, name), 'rb').read()
+            for name in os.listdir(images)} == before
+    # A relative folder (new, in the run's log folder), and a new or empty absolute one, take
+    # the pictures.
+    (tmp_path / 'empty').mkdir()
+    for show_dir in ('pictures', str(tmp_path / 'new'), str(tmp_path / 'empty')):
+        check_show_dir(str(work), show_dir)
+
+
+def test_a_scripts_default_result_replaces_a_link_and_others_are_refused(tmp_path):
+    """Fails before issue 24 round two: the benchmarks/ scripts wrote --out with a plain open,
+    replacing a file of the user's silently and writing through a link. Their own default
+    output (a committed result, regenerated) is renamed over a link; another that exists is
+    refused."""
+    target = tmp_path / 'their_file'
+    target.write_bytes(MINE)
+    default = tmp_path / 'results.json'
+    default.symlink_to(target)
+    replace = check_new_output_file(str(default), '--out', default=str(default))
+    write_text(str(default), 'new', replace)
+    assert target.read_bytes() == MINE and not default.is_symlink()
+    assert default.read_text() == 'new'
+    with pytest.raises(FileExistsError, match='--out .*their_file exists; remove it or choose'):
+        check_new_output_file(str(target), '--out', default=str(default))
+    link = tmp_path / 'link.json'
+    link.symlink_to(target)
+    with pytest.raises(InputError, match='is a symbolic link'):
+        check_new_output_file(str(link), '--out', default=str(default))
+
+
+@pytest.mark.parametrize('script', ['int8_accuracy.py', 'int8_checkpoint_check.py',
+                                    'weight_growth.py'])
+def test_the_benchmark_scripts_refuse_an_existing_out_in_one_line(tmp_path, script):
+    """Fails before issue 24 round two: the file was replaced at the end of the run."""
+    existing = tmp_path / 'r.json'
+    existing.write_bytes(MINE)
+    args = [] if script == 'weight_growth.py' else [str(tmp_path / 'model.pth')]
+    output = run(f'benchmarks/{script}', *args, '--out', str(existing), expect_ok=False)
+    assert output.strip().splitlines()[-1] == (f'error: --out {existing} exists; remove it or '
+                                               f'choose another name'), output[-2000:]
+    assert existing.read_bytes() == MINE
+
+
+def test_the_int8_scripts_raw_file_never_replaces_a_users_file(exported, data_root, tmp_path):
+    """Fails before issue 24 round two: toy_raw_file exported over WORK_DIR/raw_fp32.onnx."""
+    _, checkpoint, _ = exported
+    (tmp_path / 'raw_fp32.onnx').write_bytes(MINE)
+    _, path = toy_raw_file(CONFIG, data_root, checkpoint, str(tmp_path))
+    assert (tmp_path / 'raw_fp32.onnx').read_bytes() == MINE
+    assert os.path.dirname(os.path.dirname(path)) == str(tmp_path) and os.path.isfile(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_sigterm_and_ctrl_c_stop_training_in_one_line_keeping_its_checkpoints(data_root,
+                                                                              tmp_path, signum):
+    """Fails before issue 24 round two: tools/train.py printed a KeyboardInterrupt traceback
+    (and SIGTERM ended it without clean-up). Stopped during epoch 2 (epoch_1.pth is in place):
+    one line, the checkpoint complete, no partial file left."""
+    process = start('tools/train.py', CONFIG, '--work-dir', str(tmp_path), '--cfg-options',
+                    *toy_options(data_root, epochs=4))
+    output = signal_once(process, (tmp_path / 'epoch_1.pth').exists, signum)
+    name = signal.Signals(signum).name
+    assert output.strip().splitlines()[-1] == (
+        f'error: interrupted by {name}; complete checkpoints are kept (each is written under a '
+        f'name of its own and renamed into place): --resume continues from the last one'), \
+        output[-2000:]
+    assert 'Traceback' not in output and process.returncode == 128 + signum
+    assert not list(tmp_path.glob('*.partial'))
+    assert safe_load(str(tmp_path / 'epoch_1.pth'))['meta']['epoch'] == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_test_run_in_one_line(exported, data_root, tmp_path):
+    """Fails before issue 24 round two: tools/test.py printed a KeyboardInterrupt traceback.
+    Large images keep the test busy for seconds once its log folder exists."""
+    _, checkpoint, _ = exported
+    process = start('tools/test.py', CONFIG, checkpoint, '--work-dir', str(tmp_path),
+                    '--cfg-options', *toy_options(data_root),
+                    'test_dataloader.dataset.pipeline.1.scale=(1600,1600)')
+    output = signal_once(process, lambda: any(p.is_dir() for p in tmp_path.iterdir()),
+                         signal.SIGINT)
+    assert output.strip().splitlines()[-1] == ('error: interrupted by SIGINT; the test was not '
+                                               'finished and printed no metrics'), output[-2000:]
+    assert 'Traceback' not in output and process.returncode == 130

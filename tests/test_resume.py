@@ -75,7 +75,10 @@ def test_a_kill_before_the_rename_leaves_the_previous_checkpoint(data_root, tmp_
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['epoch_1.pth']
     train(tmp_path, data_root, '--resume', epochs=2, seed=None, options=[keep])
     assert first_logged_iter_of_last_run(tmp_path) == 5
-    assert sorted(p.name for p in tmp_path.glob('*.pth*')) == ['epoch_2.pth']
+    # The killed save's file (a unique name, NAME.XXXXXXXX.partial) stays: no run removes a
+    # file it cannot tell from a user's.
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['epoch_2.pth']
+    assert [p.name.startswith('epoch_2.pth.') for p in tmp_path.glob('*.partial')] == [True]
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ def test_kernel_equals_conv_of_relu(k, pool, interpreter):
     # tile of rows (16) and of columns (64), pooled (18x65) or not.
     for i, (h, w) in enumerate([(5, 6), (37, 131)]):
         x, weight, bias = random_case((2, 2, h, w), k, torch.float32, seed=10 * k + i)
-        got = interpreter.series_activation(x, weight, bias, pool)
+        got = interpreter.fused_series_activation(x, weight, bias, pool)
         expected = reference(x, weight, bias, pool)
         assert got.shape == expected.shape and got.dtype == torch.float32
         assert relative_error(got, expected) <= TOLERANCE[torch.float32]
@@ -68,7 +68,7 @@ def test_kernel_equals_conv_of_relu(k, pool, interpreter):
 def test_kernel_in_half_precision(dtype, interpreter):
     for pool in (1, 2):
         x, weight, bias = random_case((2, 2, 9, 20), 9, dtype, seed=pool)
-        got = interpreter.series_activation(x, weight, bias, pool)
+        got = interpreter.fused_series_activation(x, weight, bias, pool)
         expected = reference(x, weight.to(dtype), bias, pool)
         assert got.dtype == dtype
         assert relative_error(got, expected) <= TOLERANCE[dtype]
@@ -79,7 +79,7 @@ def test_kernel_in_half_precision(dtype, interpreter):
 def test_a_non_finite_input_is_never_hidden(pool, bad, interpreter):
     x, weight, bias = random_case((1, 2, 11, 13), 7, torch.float32, seed=3)
     x[0, 1, 5, 6] = bad
-    got = interpreter.series_activation(x, weight, bias, pool)
+    got = interpreter.fused_series_activation(x, weight, bias, pool)
     expected = reference(x, weight, bias, pool)
     # Every output PyTorch makes non-finite is non-finite (neither relu nor the pool may drop
     # it); the other channel is untouched.
@@ -92,7 +92,7 @@ def test_the_kernel_names_inputs_it_cannot_take(interpreter):
     for args in ((x.transpose(2, 3), weight, bias, 1), (x, weight[..., :2, :2], bias, 1),
                  (x, weight[..., :2], bias, 1), (x, weight, bias[:1], 1)):
         with pytest.raises(ValueError, match='takes a contiguous'):
-            interpreter.series_activation(*args)
+            interpreter.fused_series_activation(*args)
 
 
 @pytest.fixture(scope='module')

@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
+from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.toy_data import CLASSES, make_toy_coco
 
 # pycocotools' decode warns under numpy 2 on every mask, which buries real warnings
@@ -183,3 +184,32 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
 def test_accepts_existing_empty_dir(tmp_path):
     make_toy_coco(str(tmp_path), num_train=1, num_val=1)
     assert (tmp_path / 'train' / '000000.png').is_file()
+
+
+def test_force_never_writes_through_a_link(tmp_path):
+    """Fails before issue 24 round two: --force wrote the PNGs (and the annotations) through a
+    symbolic link in the output dir, into the link's target. A link at a file's name is now
+    replaced by the file; one at a folder's name is refused."""
+    out = tmp_path / 'toy'
+    make_toy_coco(str(out), num_train=2, num_val=1, image_size=(48, 48))
+    expected = (out / 'train' / '000000.png').read_bytes()
+    theirs = tmp_path / 'theirs'
+    theirs.write_bytes(b'theirs')
+    for name in ('train/000000.png', 'annotations/instances_val.json'):
+        (out / name).unlink()
+        (out / name).symlink_to(theirs)
+    make_toy_coco(str(out), num_train=2, num_val=1, image_size=(48, 48), overwrite=True)
+    assert theirs.read_bytes() == b'theirs'
+    assert not (out / 'train' / '000000.png').is_symlink()
+    assert (out / 'train' / '000000.png').read_bytes() == expected
+    assert not (out / 'annotations' / 'instances_val.json').is_symlink()
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    for path in (out / 'val').iterdir():
+        path.unlink()
+    (out / 'val').rmdir()
+    (out / 'val').symlink_to(elsewhere)
+    with pytest.raises(InputError, match='val is a symbolic link'):
+        make_toy_coco(str(out), num_train=2, num_val=1, image_size=(48, 48), overwrite=True)
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(p.name for p in (out / 'train').iterdir()) == ['000000.png', '000001.png']

@@ -6,8 +6,9 @@ import os
 import shutil
 
 import pytest
+from mmengine.config import Config
 
-from helpers import run_config, train
+from helpers import CONFIG, run_config, train
 from mmdet_vanillanet.engine.atomic_checkpoint_hook import AtomicLocalBackend
 from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.run_files import record_written
@@ -83,8 +84,8 @@ def test_a_record_names_only_files_in_its_own_folder(tmp_path):
 
 
 def test_a_checkpoint_is_never_written_through_a_link(tmp_path):
-    """The partial file (written first) and the checkpoint's name (renamed onto): both links
-    to someone else's files, which stay as they were."""
+    """The checkpoint's name (renamed onto) a link to someone else's file, which stays as it
+    was; a link at the old fixed partial name (NAME.partial) is not the hook's: left alone."""
     partial_target = _theirs(tmp_path / 'their_partial')
     target = _theirs(tmp_path / 'their_checkpoint')
     work = tmp_path / 'w'
@@ -95,7 +96,20 @@ def test_a_checkpoint_is_never_written_through_a_link(tmp_path):
     assert partial_target.read_bytes() == target.read_bytes() == b'theirs'
     assert not (work / 'epoch_1.pth').is_symlink()
     assert (work / 'epoch_1.pth').read_bytes() == b'the run\'s'
-    assert sorted(p.name for p in work.iterdir()) == ['epoch_1.pth', 'run_files.jsonl']
+    assert (work / 'epoch_1.pth.partial').is_symlink()
+    assert sorted(p.name for p in work.iterdir()) == ['epoch_1.pth', 'epoch_1.pth.partial',
+                                                       'run_files.jsonl']
+
+
+def test_a_users_file_at_a_partial_name_is_kept(tmp_path):
+    """Fails before issue 24 round two: the hook wrote into NAME.partial, deleting a file of
+    that name first (a user's W/epoch_1.pth.partial went)."""
+    mine = _theirs(tmp_path / 'epoch_1.pth.partial', b'mine')
+    _run_wrote(tmp_path / 'epoch_1.pth', b'the run\'s')
+    assert mine.read_bytes() == b'mine'
+    assert (tmp_path / 'epoch_1.pth').read_bytes() == b'the run\'s'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth', 'epoch_1.pth.partial',
+                                                           'run_files.jsonl']
 
 
 @pytest.mark.parametrize('name, training', [('last_checkpoint', True),
@@ -108,10 +122,44 @@ def test_a_link_where_a_run_writes_is_refused_before_the_run(tmp_path, name, tra
     work = tmp_path / 'w'
     work.mkdir()
     (work / name).symlink_to(elsewhere / 'x' if training else elsewhere)
+    cfg = Config(dict(work_dir=str(work)))
     with pytest.raises(InputError, match=f'^{work}/{name} is a symbolic link, not '):
-        refuse_links(str(work), training)
+        refuse_links(cfg, training)
     if training:
-        refuse_links(str(work), training=False)  # a test run writes no last_checkpoint
+        refuse_links(cfg, training=False)  # a test run writes no last_checkpoint
+
+
+def _with_work_dir(config, work_dir):
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(work_dir)
+    return cfg
+
+
+@pytest.mark.parametrize('training', [True, False])
+def test_the_config_is_neither_written_through_a_link_nor_over_itself(tmp_path, training):
+    """MMEngine's Runner writes the run's config to WORK_DIR/<the config's file name> with a
+    plain open: through a link there (another file replaced), or over the config the command
+    reads when it lies in the work dir (its comments and _base_ replaced by the flattened
+    config, options included)."""
+    work = tmp_path / 'w'
+    work.mkdir()
+    config = work / 'mine.py'
+    text = "# my notes\n_base_ = ['%s']\n" % CONFIG
+    config.write_text(text)
+    with pytest.raises(InputError, match=f'^{config} is where MMEngine writes its copy of the '
+                       r"run's config .*: choose another work_dir=\.\.\., or copy the config "
+                       r'out of it$'):
+        refuse_links(_with_work_dir(config, work), training)
+    assert config.read_text() == text
+    elsewhere = tmp_path / 'mine.py'
+    elsewhere.write_text(text)
+    config.unlink()
+    config.symlink_to(tmp_path / 'theirs.py')
+    cfg = _with_work_dir(elsewhere, work)
+    with pytest.raises(InputError, match=f"^{config} is a symbolic link, not the copy of the "):
+        refuse_links(cfg, training)
+    config.unlink()
+    refuse_links(cfg, training)  # a config elsewhere, nothing at its copy's name: fine
 
 
 @pytest.mark.slow

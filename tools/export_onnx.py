@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='use the torch.export-based exporter instead of the legacy one')
     parser.add_argument('--force', action='store_true', help='overwrite OUT.onnx')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    # The files are nargs='+' (an optional positional before a required one, nargs='?', is
+    # taken empty when a flag follows the config), which argparse's usage writes as repeatable:
+    # it says what the tool takes.
+    parser.usage = parser.format_usage().removeprefix('usage: ').replace(
+        ' [[CKPT] OUT.onnx ...]', '')
     return parser
 
 

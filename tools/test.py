@@ -18,8 +18,10 @@ The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_test_runner).
 import argparse
 
 from mmdet_vanillanet.toolkit.cli import (
+    TEST_INTERRUPTED,
     add_runner_args,
     force_weights_only_loading,
+    interruptible,
     one_line_errors,
     parse,
 )
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     args = parse(build_parser())
     force_weights_only_loading()
-    with one_line_errors():
+    with interruptible(TEST_INTERRUPTED), one_line_errors():
         return build_test_runner(
             args.config, args.checkpoint, work_dir=args.work_dir, cfg_options=args.cfg_options,
             out=args.out, deploy=args.deploy, show=args.show, show_dir=args.show_dir,

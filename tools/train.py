@@ -17,9 +17,11 @@ import argparse
 
 from mmdet_vanillanet.engine import NonFiniteError
 from mmdet_vanillanet.toolkit.cli import (
+    TRAINING_INTERRUPTED,
     TRAINING_REMEDY,
     add_runner_args,
     force_weights_only_loading,
+    interruptible,
     one_line_errors,
     parse,
 )
@@ -51,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     args = parse(build_parser())
     force_weights_only_loading()
-    with one_line_errors(NonFiniteError, remedy=TRAINING_REMEDY):
+    with interruptible(TRAINING_INTERRUPTED), one_line_errors(NonFiniteError,
+                                                               remedy=TRAINING_REMEDY):
         runner = build_train_runner(
             args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, amp=args.amp,
             auto_scale_lr=args.auto_scale_lr, resume=args.resume, overwrite=args.overwrite,

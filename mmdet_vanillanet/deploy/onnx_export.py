@@ -12,6 +12,7 @@ onnx and onnxruntime are the package's ``deploy`` extra, not runtime requirement
 imported when a function here needs them (``onnx_packages``), so that importing the deploy API
 needs neither.
 """
+import json
 import os.path as osp
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -22,6 +23,7 @@ import torch.nn as nn
 from mmengine.config import Config
 from torch.onnx import _constants as onnx_constants
 
+from ..class_order import config_classes
 from ..errors import Argument, InputError, output_exists
 from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
@@ -107,7 +109,7 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
     check_memory(module, shapes, Argument('shape', tuple(shape)), probe_side=2 * side)
     with new_file_for(out, replace=force) as partial:
         export(module, partial, shape, static=static, opset=opset, dynamo=dynamo)
-        write_metadata(partial, module, checkpoint)
+        write_metadata(partial, module, checkpoint, config_classes(cfg))
         diff = check_with_onnxruntime(module, partial, shapes)
         if not diff <= 1e-4:
             raise ExportMismatchError(f'the exported file differs from PyTorch by {diff:.1e} '
@@ -214,9 +216,11 @@ def backbone_metadata(backbone: nn.Module) -> Dict[str, str]:
                 act_num=str(backbone.act_num))
 
 
-def write_metadata(path: str, module: ExportedPart, checkpoint: Optional[str]):
-    """What a consumer of the file needs to know that the graph cannot say, and where its
-    weights come from (``checkpoint``'s file name, or ``GENERATED``: None)."""
+def write_metadata(path: str, module: ExportedPart, checkpoint: Optional[str],
+                   classes: Sequence[str]):
+    """What a consumer of the file needs to know that the graph cannot say: where its weights
+    come from (``checkpoint``'s file name, or ``GENERATED``: None) and what its labels mean
+    (``classes``, the config's, which a checkpoint's were checked against; a JSON list)."""
     onnx, _ = onnx_packages()
     backbone = vanillanets_of(module.detector)[0]
     model = onnx.load(path)
@@ -224,7 +228,8 @@ def write_metadata(path: str, module: ExportedPart, checkpoint: Optional[str]):
     for key, value in dict(**backbone_metadata(backbone), part=module.part,
                            min_input_size=str(backbone.min_input_size), weights=weights,
                            input='RGB-normalised NCHW float32 (the data preprocessor\'s output), '
-                                 'each side at least min_input_size').items():
+                                 'each side at least min_input_size',
+                           **(dict(classes=json.dumps(list(classes))) if classes else {})).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, path)

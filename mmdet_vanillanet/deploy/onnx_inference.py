@@ -11,6 +11,7 @@ detections are the PyTorch model's.
   PyTorch on the file's neck maps, with their weights from the checkpoint.
 """
 import copy
+import json
 from typing import Any, List, Optional, Sequence, Union
 
 import cv2
@@ -25,7 +26,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
-from ..class_order import config_classes
+from ..class_order import check_saved_classes, config_classes
 from ..errors import Argument, InputError
 from ..input_paths import check_input_file
 from ..models.checkpoint.detector_weights import load_detector_weights
@@ -47,6 +48,11 @@ INT8_RPN_TOLERANCE = 0.1
 
 Image = Union[str, np.ndarray]
 
+
+# The largest minimum input side a file's metadata may give: far above any VanillaNet's (its
+# total stride or a few times that); the file is checked on an input of twice the side, and a
+# crafted '99999999999' made that a RuntimeError (storage size overflowed).
+MAX_MIN_INPUT_SIZE = 4096
 
 class OnnxDetector:
     """A detector whose network runs in onnxruntime from a raw ONNX file, decoded by the
@@ -162,7 +168,8 @@ class OnnxDetector:
         return (tuple(groups[0]), groups[1:]) if self.part.two_stage else (None, groups)
 
     def _check_metadata(self, cfg: Config) -> int:
-        """Refuse a file that is not the config's raw part, and a quantized file calibrated on
+        """Refuse a file that is not the config's raw part, one exported with other classes
+        (or in another order) than the config's, and a quantized file calibrated on
         tensors another preprocessing made (its int8 ranges would not fit them); warn of a file
         without trained weights. Sets
         ``quantization`` (the record, or None) and returns the file's minimum input side."""
@@ -180,6 +187,8 @@ class OnnxDetector:
         if wrong:
             raise InputError(f'{self.onnx_file} does not fit the config: {"; ".join(wrong)}; '
                              f'export it from this config')
+        check_saved_classes(f'{self.onnx_file} was exported with', self._recorded_classes(meta),
+                            config_classes(cfg))
         if meta.get('weights') == GENERATED:
             print_log(f'{self.onnx_file} was exported without a checkpoint: its weights are '
                       f'random, and so are its detections', logger='current', level=30)
@@ -187,10 +196,26 @@ class OnnxDetector:
         if self.quantization is not None:
             self._check_preprocessing(cfg)
         side = meta.get('min_input_size', '')
-        if not (side.isdigit() and int(side) >= 1):
+        if not (side.isdigit() and 1 <= int(side) <= MAX_MIN_INPUT_SIZE):
             raise InputError(f'{self.onnx_file}: its metadata min_input_size {side!r} is not a '
-                             f'positive whole number; export the file again')
+                             f'positive whole number up to {MAX_MIN_INPUT_SIZE} (the config\'s '
+                             f'backbone needs {self.part.detector.backbone.min_input_size}); '
+                             f'export the file again')
         return int(side)
+
+    def _recorded_classes(self, meta: dict) -> Optional[List[str]]:
+        """The classes the file was exported with (None: a file of before they were
+        recorded)."""
+        if 'classes' not in meta:
+            return None
+        try:
+            classes = json.loads(meta['classes'])
+        except ValueError:
+            classes = None
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise InputError(f'{self.onnx_file}: its metadata classes {meta["classes"][:80]!r} '
+                             f'is not a JSON list of names; export the file again')
+        return classes
 
     def _check_preprocessing(self, cfg: Config):
         recorded = self.quantization.get('preprocessing')

@@ -12,18 +12,18 @@ through a symbolic link it did not create, and records each file it writes as th
 import contextlib
 import os
 import os.path as osp
-import stat
 
 from mmdet.registry import HOOKS
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 
-from ..run_files import last_checkpoint, not_a_regular_file, record_written
+from ..output_paths import new_file_for
+from ..run_files import last_checkpoint, record_written
 
 ATOMIC_BACKEND = 'local_atomic'
-CREATE_NEW = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0)
-              | getattr(os, 'O_BINARY', 0))
+# The file new_file_for created: opened again without following a link (one put in its place).
+OPEN_OURS = os.O_WRONLY | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_BINARY', 0)
 
 
 @register_backend(ATOMIC_BACKEND)
@@ -34,30 +34,18 @@ class AtomicLocalBackend(LocalBackend):
     def put(self, obj: bytes, filepath) -> None:
         filepath = str(filepath)
         os.makedirs(osp.dirname(filepath) or '.', exist_ok=True)
-        partial = f'{filepath}.partial'  # not *.pth: never taken for a checkpoint
-        # A killed save's leftover goes (a link goes as a link: its target is untouched); the
-        # new file is created here, exclusively, so that nothing put in its place since leads
-        # the write elsewhere. The rename replaces whatever is at filepath, a link included.
+        # A new file of our own beside it (NAME.XXXXXXXX.partial: not *.pth, never taken for a
+        # checkpoint; created exclusively, never a file or link of the user's), renamed onto
+        # filepath when complete: the rename replaces whatever is there, a link included.
         try:
-            if stat.S_ISDIR(os.lstat(partial).st_mode):
-                raise not_a_regular_file(partial, stat.S_IFDIR,
-                                         'the temporary file of a checkpoint being saved')
-            os.remove(partial)
-        except FileNotFoundError:
-            pass
-        created = False
-        try:
-            fd = os.open(partial, CREATE_NEW, 0o666)
-            created = True
-            with os.fdopen(fd, 'wb') as f:
-                f.write(obj)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, filepath)
-        except BaseException as err:
-            if created and osp.lexists(partial):
-                os.remove(partial)
-            if isinstance(err, OSError) and err.filename is None:  # name what could not be written
+            with new_file_for(filepath, replace=True) as partial:
+                fd = os.open(partial, OPEN_OURS)
+                with os.fdopen(fd, 'wb') as f:
+                    f.write(obj)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as err:
+            if err.filename is None:  # name what could not be written
                 raise OSError(err.errno, err.strerror, filepath) from None
             raise
         record_written(filepath)

@@ -13,7 +13,7 @@ from mmengine.logging import print_log
 
 from ..class_order import check_checkpoint_classes
 from ..errors import InputError
-from ..models.checkpoint.detector_weights import check_detector_fits
+from ..models.checkpoint.detector_weights import check_detector_fits, check_detector_norm
 from ..models.checkpoint.forms import adopt_meta_act_learn
 from .class_order_hook import run_classes
 from .runner_state import load_source, resuming
@@ -22,8 +22,9 @@ from .runner_state import load_source, resuming
 @HOOKS.register_module()
 class CheckpointFitHook(Hook):
     """Refuse a checkpoint that does not fit the model (missing, unexpected or reshaped
-    tensors; the VanillaNet's act_num, arch or layout), or whose classes
-    (``meta.dataset_meta.classes``) differ in names or order from the run's. Declared in
+    tensors; the VanillaNet's act_num, arch or layout), whose classes
+    (``meta.dataset_meta.classes``) differ in names or order from the run's, or whose recorded
+    config trained the VanillaNet with another norm (type, eps) than the run's. Declared in
     ``configs/_base_/vanillanet_runtime.py``.
 
     Args:
@@ -59,6 +60,8 @@ class CheckpointFitHook(Hook):
             check_checkpoint_classes(source, checkpoint, run_classes(runner))
         for key in check_detector_fits(runner.model, state, source, replaced):
             del state[key]  # left at its initialisation (MMEngine lists it as missing)
+        if not any(name == 'backbone' or name.startswith('backbone.') for name in replaced):
+            check_detector_norm(runner.model, checkpoint, source)
         if replaced:
             print_log(f'{source}: the weights of {", ".join(replaced)} were loaded only where '
                       f'present and of the same shape (CheckpointFitHook.replaced)',

@@ -20,23 +20,24 @@ from .fusion import bn_of, fold_bn
 
 class SeriesActivation(nn.Module):
     """Keys (training): ``weight``, ``bn.*``; after ``switch_to_deploy``: ``weight``, ``bias``.
+    ``pool``: the fused form's max pool, kernel and stride (1: none), which the block holding
+    the activation folds in (``VanillaBlock``).
 
     Args:
         channels: channels of the map.
         act_num: half-width of the depthwise kernel, which is (2 * act_num + 1)^2.
         norm_cfg: the BN after the depthwise conv (training layout only).
         deploy: build the fused form (depthwise conv with bias, no BN).
-        pool: the fused form's max pool (kernel and stride; 1: none).
         act_impl: 'auto', 'triton' or 'torch': how the fused form runs (ops.activation_kernel).
     """
 
     def __init__(self, channels: int, act_num: int = 3, norm_cfg: dict = dict(type='BN', eps=1e-6),
-                 deploy: bool = False, pool: int = 1, act_impl: str = 'auto'):
+                 deploy: bool = False, act_impl: str = 'auto'):
         super().__init__()
         self.act_num = act_num
         self.channels = channels
         self.deploy = deploy
-        self.pool = pool
+        self.pool = 1
         self.act_impl = check_act_impl(act_impl)
         self.lean = True  # the lean training ops (ops.lean_training); the backbone sets it
         kernel = 2 * act_num + 1
@@ -58,16 +59,14 @@ class SeriesActivation(nn.Module):
             return 'torch'
         return implementation_for(x, self.weight, self.pool, self.act_impl)
 
-    def switch_to_deploy(self, pool: int = 1):
-        """Fold the BN into the depthwise conv and take over the max pool before it (``pool``:
-        its kernel and stride; 1: none)."""
+    def switch_to_deploy(self):
+        """Fold the BN into the depthwise conv."""
         if self.deploy:
             return
         weight, bias = fold_bn(self.weight, None, bn_of(self.bn))
         self.weight = nn.Parameter(weight)
         self.bias = nn.Parameter(bias)
         del self.bn
-        self.pool = pool
         self.deploy = True
 
     def extra_repr(self) -> str:

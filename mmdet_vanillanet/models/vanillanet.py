@@ -32,7 +32,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..errors import InputError
 from ..ops.activation_kernel import check_act_impl
-from ..ops.gradient_checkpoint import checkpoint
+from ..ops.gradient_checkpoint import checkpoint_stage
 from ..ops.lean_training import conv_norm_act, pool
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .checkpoint.backbone_weights import load_pretrained
@@ -134,8 +134,7 @@ class VanillaBlock(nn.Module):
         else:
             self.conv1 = ConvNorm(in_channels, in_channels, norm_cfg, act_learn=1.0)
             self.conv2 = ConvNorm(in_channels, out_channels, norm_cfg)
-        grid = ada_pool if stride > 1 else 0
-        self.pool = MaxPool(stride, grid) if stride > 1 else nn.Identity()
+        self.pool = MaxPool(stride, ada_pool) if stride > 1 else nn.Identity()
         self.act = SeriesActivation(out_channels, act_num, norm_cfg, deploy)
         if deploy:
             self._fold_pool()
@@ -300,7 +299,7 @@ class VanillaNet(BaseModule):
         if STEM in self.out_indices:
             outs.append(x)
         for i, stage in enumerate(self.stages):
-            x = checkpoint(stage, x) if self.with_cp and self.training else stage(x)
+            x = checkpoint_stage(stage, x) if self.with_cp and self.training else stage(x)
             if i in self.out_indices:
                 outs.append(x)
         return tuple(outs)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .depthwise import depthwise_conv
 
 ACT_IMPLS = ('auto', 'triton', 'torch')
 # Relative L2 error against float64 PyTorch above which a kernel variant fails its check. The
@@ -67,11 +68,11 @@ def triton_kernel():
 
 
 def torch_activation(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     pool: int, padding: int) -> torch.Tensor:
+                     pool: int) -> torch.Tensor:
     """The kernel's function in PyTorch ops: dwconv(relu(max_pool(x))) + bias."""
     if pool > 1:
         x = F.max_pool2d(x, pool)
-    return F.conv2d(F.relu(x), weight, bias, padding=padding, groups=weight.shape[0])
+    return depthwise_conv(F.relu(x), weight, bias)
 
 
 class Variant(NamedTuple):
@@ -144,7 +145,7 @@ def check_against_torch(x, weight, bias, pool: int, y, config) -> Optional[float
             min(w, c1 + pad)
         window = x_planes[:, lo_r * pool:hi_r * pool, lo_c * pool:hi_c * pool]
         ref = torch_activation(window.index_select(0, planes)[None].double(), weights, biases,
-                               pool, pad)
+                               pool)
         expected.append(ref[..., r0 - lo_r:r1 - lo_r, c0 - lo_c:c1 - lo_c].to(y.dtype).flatten())
         got.append(y_planes[:, r0:r1, c0:c1].index_select(0, planes).flatten())
     expected, got = torch.cat(expected).double(), torch.cat(got).double()
@@ -205,7 +206,7 @@ def fused_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
         elif act_impl == 'triton':
             raise InputError(f"act_impl='triton' cannot run here: {why_not}; use "
                              f"act_impl='auto' to fall back to PyTorch")
-    return torch_activation(x, weight, bias, pool, weight.shape[-1] // 2)
+    return torch_activation(x, weight, bias, pool)
 
 
 def implementation_for(x: torch.Tensor, weight: torch.Tensor, pool: int, act_impl: str) -> str:
@@ -278,10 +279,10 @@ def _run_kernel(variant: Variant, x, weight, bias, pool: int, act_impl: str):
         record.checked[binary] = err
     if (act_impl == 'auto' and torch.backends.cudnn.benchmark
             and tuple(x.shape) not in record.timings and not _graph_being_built(x)):
-        triton_ms, y = _time_ms(lambda: kernels.series_activation(x, weight, bias, pool),
+        triton_ms, y = _time_ms(lambda: kernels.fused_series_activation(x, weight, bias, pool),
                                 x.device)
-        torch_ms, expected = _time_ms(lambda: torch_activation(
-            x, weight, bias, pool, weight.shape[-1] // 2), x.device)
+        torch_ms, expected = _time_ms(lambda: torch_activation(x, weight, bias, pool),
+                                      x.device)
         record.timings[tuple(x.shape)] = dict(triton_ms=triton_ms, torch_ms=torch_ms)
         return y if triton_ms <= torch_ms else expected
     return y

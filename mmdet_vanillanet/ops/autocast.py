@@ -16,7 +16,7 @@ def autocast_state(x: torch.Tensor) -> tuple:
         return device, False, None
 
 
-def autocast(state: tuple):
+def autocast_as(state: tuple):
     """A context that runs under ``state`` (from ``autocast_state``)."""
     device, enabled, dtype = state
     if dtype is None:  # a device without autocast

@@ -6,14 +6,16 @@ cores); written as a grouped conv of the padded input with the output gradient a
 same sums run at the forward's speed (0.24 s). The CUDA kernels have no such gap and are used as
 they are.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
+def depthwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """A stride-1 depthwise conv that keeps the map's size (k x k kernel, k odd)."""
-    return F.conv2d(x, weight, None, 1, weight.shape[-1] // 2, 1, weight.shape[0])
+    return F.conv2d(x, weight, bias, 1, weight.shape[-1] // 2, 1, weight.shape[0])
 
 
 def depthwise_weight_grad(grad: Tensor, x: Tensor, weight: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .autocast import autocast, autocast_state
+from .autocast import autocast_as, autocast_state
 
 
 class _Checkpoint(Function):
@@ -47,7 +47,7 @@ class _Checkpoint(Function):
         # Restored once the recomputed graph has run backward, which keeps (unread) the BN
         # buffers it saw.
         with _running_statistics_kept(ctx.stage):
-            with torch.enable_grad(), autocast(ctx.autocast):
+            with torch.enable_grad(), autocast_as(ctx.autocast):
                 out = ctx.stage(x)
             grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
         grad_x = next(grads) if ctx.needs_input_grad[0] else None
@@ -70,7 +70,7 @@ def _running_statistics_kept(module: nn.Module):
                 buffer.copy_(value)
 
 
-def checkpoint(stage: nn.Module, x: Tensor) -> Tensor:
+def checkpoint_stage(stage: nn.Module, x: Tensor) -> Tensor:
     """``stage(x)``, keeping only x for backward (where a gradient is needed)."""
     params = tuple(stage.parameters())
     if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad

@@ -56,7 +56,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import batch_norm as bn
-from .autocast import autocast, autocast_state
+from .autocast import autocast_as, autocast_state
 from .depthwise import depthwise_conv, depthwise_weight_grad
 
 # An op's output -> (its recipe, a tuple of Steps from kept tensors to the output; the output's
@@ -199,12 +199,12 @@ class _ConvNormAct(Function):
         stats = ctx.stats._replace(first=first, second=second)
         grad = grad_out
         if ctx.slope is not None:
-            with autocast(ctx.autocast):
+            with autocast_as(ctx.autocast):
                 before = bn.recompute(z, norm_weight, norm_bias, stats)
             grad = torch.ops.aten.leaky_relu_backward(grad_out, before, ctx.slope, False)
         grad_z, grad_norm_weight, grad_norm_bias = bn.backward(
             grad, z, norm_weight, stats, any(ctx.needs_input_grad[7:]))
-        with autocast(ctx.autocast):
+        with autocast_as(ctx.autocast):
             x = _recompute(ctx.recipe, kept)
         conv = ctx.conv
         grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
@@ -234,22 +234,16 @@ def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, slope: Optional[f
 
 # --- max pool -------------------------------------------------------------------------------------
 
-def _pool_with_indices(x: Tensor, pool: Tuple[str, int]):
+def _max_pool(x: Tensor, pool: Tuple[str, int], return_indices: bool = False):
     kind, size = pool
-    if kind == 'max':
-        return F.max_pool2d(x, size, return_indices=True)
-    return F.adaptive_max_pool2d(x, size, return_indices=True)
+    function = F.max_pool2d if kind == 'max' else F.adaptive_max_pool2d
+    return function(x, size, return_indices=return_indices)
 
 
 def _pool_step(x, *, pool, cache):
-    out, indices = _pool_with_indices(x, pool)
+    out, indices = _max_pool(x, pool, return_indices=True)
     cache['input'] = x, indices
     return out
-
-
-def _plain_pool(x: Tensor, pool: Tuple[str, int]) -> Tensor:
-    kind, size = pool
-    return F.max_pool2d(x, size) if kind == 'max' else F.adaptive_max_pool2d(x, size)
 
 
 class _Pool(Function):
@@ -258,7 +252,7 @@ class _Pool(Function):
 
     @staticmethod
     def forward(ctx, x, step, pool):
-        out = _plain_pool(x, pool)
+        out = _max_pool(x, pool)
         ctx.save_for_backward(*_keep_input(ctx, x))
         ctx.pool, ctx.step, ctx.autocast = pool, step, autocast_state(x)
         step.set(functools.partial(_pool_step, pool=pool))
@@ -270,9 +264,9 @@ class _Pool(Function):
     def backward(ctx, grad_out):
         cached = ctx.step.cache.pop('input', None)
         if cached is None:
-            with autocast(ctx.autocast):
+            with autocast_as(ctx.autocast):
                 x = _recompute(ctx.recipe, ctx.saved_tensors)
-            cached = x, _pool_with_indices(x, ctx.pool)[1]
+            cached = x, _max_pool(x, ctx.pool, return_indices=True)[1]
         x, indices = cached
         kind, size = ctx.pool
         if kind == 'max':
@@ -288,7 +282,7 @@ def pool(x: Tensor, kind: str, size: int, lean: bool = True) -> Tensor:
     to ``size`` x ``size``."""
     if lean and applies(x, ()):
         return _run(_Pool, x, (kind, size))
-    return _plain_pool(x, (kind, size))
+    return _max_pool(x, (kind, size))
 
 
 # --- the series activation ---------------------------------------------------------------------
@@ -323,7 +317,7 @@ class _SeriesActivation(Function):
         kept, (weight, norm_weight, first, second) = _split(ctx)
         cached = ctx.step.cache.pop('relu_conv', None)
         if cached is None:
-            with autocast(ctx.autocast):
+            with autocast_as(ctx.autocast):
                 relu = F.relu(_recompute(ctx.recipe, kept))
                 cached = relu, depthwise_conv(relu, weight)
         relu, z = cached

@@ -157,15 +157,15 @@ def why_not(dtype: torch.dtype, k: int, pool: int):
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pool: int = 1):
-    """(``series_activation``'s result, the id of the compiled binary that ran, or None under
-    Triton's interpreter). A failure to build or launch raises KernelLaunchError."""
+    """(``fused_series_activation``'s result, the id of the compiled binary that ran, or None
+    under Triton's interpreter). A failure to build or launch raises KernelLaunchError."""
     n, c, h_in, w_in = x.shape
     k = weight.shape[-1]
     if (not x.is_contiguous() or tuple(weight.shape) != (c, 1, k, k)
             or tuple(bias.shape) != (c, ) or why_not(x.dtype, k, pool)):
-        raise ValueError(f'series_activation takes a contiguous (N, C, H, W) fp32/fp16/bf16 map, '
-                         f'a (C, 1, k, k) kernel with k odd <= {MAX_K} and a (C, ) bias, and '
-                         f'1 <= pool <= {MAX_POOL}; got {tuple(x.shape)} {x.dtype} '
+        raise ValueError(f'fused_series_activation takes a contiguous (N, C, H, W) fp32/fp16/'
+                         f'bf16 map, a (C, 1, k, k) kernel with k odd <= {MAX_K} and a (C, ) '
+                         f'bias, and 1 <= pool <= {MAX_POOL}; got {tuple(x.shape)} {x.dtype} '
                          f'(contiguous: {x.is_contiguous()}), {tuple(weight.shape)}, '
                          f'{tuple(bias.shape)}, pool={pool}')
     h, w = h_in // pool, w_in // pool
@@ -184,8 +184,8 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pool: int 
     return y, getattr(binary, 'hash', None)
 
 
-def series_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      pool: int = 1) -> torch.Tensor:
+def fused_series_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            pool: int = 1) -> torch.Tensor:
     """``F.conv2d(F.relu(F.max_pool2d(x, pool)), weight, bias, padding=k // 2, groups=C)``.
 
     Args:

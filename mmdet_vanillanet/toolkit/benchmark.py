@@ -11,7 +11,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import os.path as osp
 import re
 from typing import Dict, Optional, Tuple
 
@@ -25,8 +24,8 @@ from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
-from ..output_paths import check_output_file, new_file_for
-from .complexity import pseudo_batch
+from ..output_paths import check_new_output_file, new_file_for
+from .complexity import check_input_memory, pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
 from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
@@ -60,10 +59,8 @@ def check_machine_request(options):
     """--out, --threads, --device and --precision against this machine and build, before any
     work (a bad --out was found only after the whole run, and lost its figures)."""
     if options.out:
-        check_output_file(options.out, '--out', inputs=(options.config, options.checkpoint))
-        if osp.lexists(options.out):  # as tools/test.py --out: a report is not overwritten
-            raise FileExistsError(f'--out {options.out} exists; remove it or choose another '
-                                  f'name')
+        # As tools/test.py --out: a report is not overwritten.
+        check_new_output_file(options.out, '--out', inputs=(options.config, options.checkpoint))
     if options.threads is not None and options.threads < 1:
         raise InputError(f'--threads {options.threads}: give a number of threads >= 1 (this '
                          f'machine has {os.cpu_count()} cores)')
@@ -115,10 +112,12 @@ def check_request(cfg, options):
         cfg.model.backbone.act_impl = options.act_impl
 
 
-def benchmark_inputs(cfg, options) -> list:
+def benchmark_inputs(cfg, model, options) -> list:
     """Batches of one image for test_step, prepared before timing (data loading excluded): one
-    generated image of ``options.shape``, or the config's test set (``options.dataset``)."""
+    generated image of ``options.shape`` (refused from ``model``'s memory estimate before it is
+    made), or the config's test set (``options.dataset``)."""
     if not options.dataset:
+        check_input_memory(model, tuple(options.shape))
         return [pseudo_batch(tuple(options.shape))]
     check_dataset_paths(cfg, ('test_dataloader', ))
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -166,7 +165,7 @@ def run_benchmark(options) -> dict:
     if options.threads:
         torch.set_num_threads(options.threads)
     model = build_timed_detector(cfg, options.checkpoint)
-    batches = benchmark_inputs(cfg, options)
+    batches = benchmark_inputs(cfg, model, options)
     timed, fused = variants(model, options)
     part = timed_part(options)
     report = dict(config=options.config, checkpoint=options.checkpoint, part=part,

@@ -121,11 +121,12 @@ def flag_of(argument: Argument, flags: Mapping[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def interruptible():
+def interruptible(outcome: str = 'no file was left half-written'):
     """For a tool that writes files: SIGTERM (a kill, a job scheduler) and SIGINT (Ctrl-C) end
     it through the exception path, so that what it was writing is removed (``new_file_for``)
-    as on an error, then one line and the exit status of the signal, without a traceback.
-    Python's default for SIGTERM ends the process without any clean-up."""
+    as on an error, then one line (``outcome`` says what is left) and the exit status of the
+    signal, without a traceback. Python's default for SIGTERM ends the process without any
+    clean-up."""
     def stop(signum, frame):
         # A second signal while the clean-up runs must not cut it short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -138,8 +139,8 @@ def interruptible():
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         sys.stdout.flush()  # a progress bar may be mid-line: the error starts its own line
-        print(f'\nerror: interrupted by {signal.Signals(signum).name}; no file was left '
-              f'half-written', file=sys.stderr)
+        print(f'\nerror: interrupted by {signal.Signals(signum).name}; {outcome}',
+              file=sys.stderr)
         sys.exit(128 + signum)
     finally:
         for s, handler in previous.items():
@@ -176,6 +177,11 @@ def one_line_errors(*more, flags: Optional[Mapping[str, str]] = None,
         what = 'access' if err.errno in (errno.EACCES, errno.EPERM) else 'write'
         sys.exit(f'error: cannot {what} {err.filename or "a file"} ({err.strerror}); {remedy}')
 
+
+# What a training or test run stopped by SIGTERM or Ctrl-C leaves (interruptible's outcome).
+TRAINING_INTERRUPTED = ('complete checkpoints are kept (each is written under a name of its own '
+                        'and renamed into place): --resume continues from the last one')
+TEST_INTERRUPTED = 'the test was not finished and printed no metrics'
 
 TRAINING_REMEDY = ('free some space, fix its permissions or choose a writable --work-dir '
                    '(complete checkpoints are kept: --resume continues from the last one)')

@@ -49,9 +49,10 @@ def onnxruntime_ops(path: str) -> Dict[str, int]:
 
 def toy_raw_file(config: str, data: str, checkpoint: str, work_dir: str) -> Tuple[Config, str]:
     """The toy config on the toy set in ``data``, and the checkpoint's raw part exported to
-    ``work_dir``/raw_fp32.onnx (overwritten)."""
+    raw_fp32.onnx in a new folder of the run's own in ``work_dir`` (``run_XXXXXXXX``, where the
+    caller writes its other files): a file of the user's in ``work_dir`` is never replaced."""
     os.makedirs(work_dir, exist_ok=True)
     cfg = load_config(config, toy_data_options(data))
-    path = osp.join(work_dir, 'raw_fp32.onnx')
-    export_onnx(cfg, checkpoint, path, part='raw', force=True)
+    path = osp.join(tempfile.mkdtemp(prefix='run_', dir=work_dir), 'raw_fp32.onnx')
+    export_onnx(cfg, checkpoint, path, part='raw')
     return cfg, path

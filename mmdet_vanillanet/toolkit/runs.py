@@ -18,7 +18,7 @@ from ..deploy.onnx_inference import OnnxDetector
 from ..errors import InputError, deploy_layout_error
 from ..input_paths import check_input_file
 from ..models.checkpoint.backbone_weights import checkpoint_layout, require_training_layout
-from ..output_paths import check_output_file
+from ..output_paths import check_new_output_file
 from ..run_lock import lock_work_dir
 from ..serialization import ONNX, file_kind, safe_load
 from .cli import set_work_dir, warn_missing_runtime_hooks
@@ -49,7 +49,7 @@ def build_train_runner(config: str, work_dir: Optional[str] = None,
     require_writable(cfg.work_dir)
     if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
         lock_work_dir(cfg.work_dir)
-    refuse_links(cfg.work_dir, training=True)
+    refuse_links(cfg, training=True)
     configure_resume(cfg, resume)
     check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
                         invalid_boxes=invalid_boxes)
@@ -84,6 +84,24 @@ def configure_resume(cfg: Config, resume: Optional[str]):
         cfg.load_from = resume
 
 
+def check_show_dir(work_dir: str, show_dir: str):
+    """MMDetection's visualization hook paints each test image into
+    ``WORK_DIR/<the run's timestamp>/SHOW_DIR`` under the image's own file name: a new folder
+    for a relative SHOW_DIR, but an absolute one (or one that climbs out with ..) is taken as
+    it is, where the pictures would replace any file of those names (the dataset's own images,
+    when it is their folder). Such a folder must be new or empty."""
+    fresh = osp.join(osp.abspath(work_dir), '00000000_000000')  # a run's timestamp folder
+    target = osp.normpath(osp.join(fresh, show_dir))
+    if target == fresh or target.startswith(fresh + os.sep) or not osp.lexists(target):
+        return
+    if osp.islink(target) or not osp.isdir(target) or os.listdir(target):
+        raise InputError(f'--show-dir {show_dir}: the pictures are written under the test '
+                         f'images\' file names into {target}, which is not a new or empty folder '
+                         f'(they would replace its files; the dataset\'s images, if it is their '
+                         f'folder): give a new or empty folder, or a relative path (a new folder '
+                         f'in the run\'s log folder)')
+
+
 def build_test_runner(config: Union[str, Config], checkpoint: str,
                       work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                       out: Optional[str] = None, deploy: bool = False, show: bool = False,
@@ -101,22 +119,22 @@ def build_test_runner(config: Union[str, Config], checkpoint: str,
     if out is not None:
         if not out.endswith(('.pkl', '.pickle')):
             raise InputError(f'--out {out}: the dump file must be a .pkl file')
-        check_output_file(out, '--out', inputs=(config if isinstance(config, str) else None,
-                                                checkpoint, onnx_checkpoint))
-        if osp.lexists(out):
-            raise FileExistsError(f'--out {out} exists; remove it or choose another name')
+        check_new_output_file(out, '--out', inputs=(config if isinstance(config, str) else None,
+                                                    checkpoint, onnx_checkpoint))
     if '://' not in checkpoint:
         check_input_file(checkpoint, 'checkpoint')
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
     check_onnx_request(onnx_file, onnx_checkpoint, deploy, launcher)
     check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
     require_writable(cfg.work_dir)
-    refuse_links(cfg.work_dir, training=False)
+    refuse_links(cfg, training=False)
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint
     # MMDetection's engine and evaluation packages take a second to import: only --show and --out
     # need them here (the Runner imports them itself, once the checks above have passed).
+    if show_dir:
+        check_show_dir(cfg.work_dir, show_dir)
     if show or show_dir:
         from mmdet.engine.hooks.utils import trigger_visualization_hook
         shown = argparse.Namespace(show=show, show_dir=show_dir, wait_time=wait_time)

@@ -152,7 +152,8 @@ def measure_onnxruntime(fused, batches, part, settings, fused_result, int8=False
         onnx_export.export(module, path, tuple(tensor.shape[-2:]))
         result = time_onnx_file(path, tensor, settings, fused_result)
         if int8:
-            onnx_export.write_metadata(path, module, checkpoint=None)  # what quantization reads
+            # What quantization reads (a file only timed: no weights, no classes recorded).
+            onnx_export.write_metadata(path, module, checkpoint=None, classes=())
             int8_path = osp.join(tmp, f'{part}_int8.onnx')
             quantize.quantize_on_inputs(path, int8_path, [tensor.numpy()],
                                         calibration='the timed input')

@@ -19,6 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import InputError
+from ..output_paths import new_file_for
 
 CLASSES = ('circle', 'square', 'triangle')
 
@@ -43,7 +44,8 @@ def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
     ``i`` of a split depends only on (seed, split, i), so a larger set extends a smaller one
     with the same seed. The same arguments give byte-identical files. An existing non-empty
     ``out_dir`` is refused unless ``overwrite`` is true; then only the files this function
-    writes are replaced.
+    writes are replaced. Each file is written as a new file renamed into place: a symbolic
+    link at a file's name is replaced, never written through; one at a folder's is refused.
     """
     height, width = (int(v) for v in image_size)
     if min(width, height) < MIN_SIZE + 2 * (MARGIN + GAP):
@@ -57,10 +59,16 @@ def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
         'train_ann': os.path.join(out_dir, 'annotations', 'instances_train.json'),
         'val_ann': os.path.join(out_dir, 'annotations', 'instances_val.json'),
     }
+    for folder in (paths['train_img'], paths['val_img'], os.path.dirname(paths['train_ann'])):
+        if os.path.islink(folder):
+            raise InputError(f'{folder} is a symbolic link (to {os.readlink(folder)}); the toy '
+                             f'set is not written through links: remove it or choose another '
+                             f'output dir')
     os.makedirs(os.path.dirname(paths['train_ann']), exist_ok=True)
     for split_index, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
-        coco = _write_split(paths[f'{split}_img'], count, width, height, seed, split_index)
-        _write_json(paths[f'{split}_ann'], coco)
+        coco = _write_split(paths[f'{split}_img'], count, width, height, seed, split_index,
+                            overwrite)
+        _write_json(paths[f'{split}_ann'], coco, overwrite)
     return paths
 
 
@@ -87,7 +95,7 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def _write_split(img_dir: str, count: int, width: int, height: int, seed: int,
-                 split_index: int) -> dict:
+                 split_index: int, overwrite: bool) -> dict:
     os.makedirs(img_dir, exist_ok=True)
     images, annotations = [], []
     for index in range(count):
@@ -95,7 +103,8 @@ def _write_split(img_dir: str, count: int, width: int, height: int, seed: int,
         image, shapes = _make_image(rng, width, height, first_label=index % len(CLASSES))
         file_name = f'{index:06d}.png'
         # noisy images barely compress, so a high zlib level only costs time
-        Image.fromarray(image).save(os.path.join(img_dir, file_name), compress_level=1)
+        with new_file_for(os.path.join(img_dir, file_name), replace=overwrite) as partial:
+            Image.fromarray(image).save(partial, format='PNG', compress_level=1)
         image_id = index + 1  # COCOeval treats id 0 as "unmatched", so ids start at 1
         images.append(dict(id=image_id, file_name=file_name, width=width, height=height))
         for label, polygon, mask in shapes:
@@ -118,11 +127,12 @@ def _annotation(ann_id: int, image_id: int, label: int, polygon: List[float],
                 bbox=bbox, area=int(mask.sum()), iscrowd=0)
 
 
-def _write_json(path: str, data: dict) -> None:
+def _write_json(path: str, data: dict, overwrite: bool) -> None:
     """Fixed key order and separators, so equal data gives equal bytes."""
-    with open(path, 'w', encoding='utf-8') as f:
-        json.dump(data, f, sort_keys=True, separators=(',', ':'))
-        f.write('\n')
+    with new_file_for(path, replace=overwrite) as partial:
+        with open(partial, 'w', encoding='utf-8') as f:
+            json.dump(data, f, sort_keys=True, separators=(',', ':'))
+            f.write('\n')
 
 
 def _make_image(rng: np.random.Generator, width: int, height: int,

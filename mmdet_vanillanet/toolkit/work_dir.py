@@ -11,7 +11,14 @@ import tempfile
 from mmengine.logging import print_log
 
 from ..errors import InputError, TruncatedCheckpointError
-from ..run_files import RECORD_NAME, last_checkpoint, not_a_regular_file, written_by_runs
+from ..run_files import (
+    RECORD_NAME,
+    WORK_DIR,
+    last_checkpoint,
+    not_a_regular_file,
+    refuse_link,
+    written_by_runs,
+)
 from ..serialization import safe_load
 
 RESUMABLE = re.compile(r'(epoch|iter)_(\d+)\.pth')
@@ -113,12 +120,26 @@ def guard_work_dir(cfg, resume, overwrite: bool):
     print_log(f'--overwrite: {"; ".join(done)}', logger='current', level=30)
 
 
-def refuse_links(work_dir: str, training: bool):
+def refuse_links(cfg, training: bool):
     """Before a Runner is built: in a work dir shared with others, a symbolic link (or other
     non-file) where the run writes (a training run's ``last_checkpoint``; each run's log folder,
-    named by the second it starts) would lead its writes elsewhere."""
+    named by the second it starts; the copy of the config) would lead its writes elsewhere.
+    And the config the command reads must not be that copy: MMEngine's Runner writes the run's
+    config (flattened, --cfg-options applied) to ``WORK_DIR/<config's file name>`` with a
+    plain open, which would replace the user's file (its comments and ``_base_``) or rewrite
+    a training run's record of its config with a test's options."""
+    work_dir = cfg.work_dir
     if training:
         last_checkpoint(work_dir)
+    if cfg.filename:
+        copy = osp.join(work_dir, osp.basename(cfg.filename))
+        refuse_link(copy, "the copy of the run's config MMEngine writes")
+        if osp.exists(copy) and osp.samefile(copy, cfg.filename):
+            raise InputError(
+                f"{cfg.filename} is where MMEngine writes its copy of the run's config (the work "
+                f"dir {work_dir}, the config's file name), which would replace the config this "
+                f"command reads with a flattened one, options included: choose another ",
+                WORK_DIR, ', or copy the config out of it')
     for name in os.listdir(work_dir):
         path = osp.join(work_dir, name)
         if LOG_FOLDER.fullmatch(name) and osp.islink(path):

@@ -79,13 +79,14 @@ def recorded_backbone(checkpoint, backbone_type: type, source: str) -> Optional[
 
 
 def check_same_norm(recorded: nn.Module, given: nn.Module, source: str, given_what: str):
-    """Refuse a norm that differs from the one the run that wrote ``source`` recorded: fusing
-    folds the BN's eps into every weight, so the wrong one changes every output."""
+    """Refuse a norm that differs from the one the run that wrote ``source`` recorded: every
+    BN divides by sqrt(var + eps), and fusing folds that into every weight, so the wrong eps
+    changes every output."""
     if not same_norm(recorded, given):
         raise CheckpointError(
             f'{source} was trained with {norm_of(recorded)} (norm_cfg={recorded.norm_cfg!r} in '
-            f'the config it records), but {given_what} gives {norm_of(given)}: fusing with '
-            f'another eps changes every output; give the norm_cfg it was trained with')
+            f'the config it records), but {given_what} gives {norm_of(given)}: with another '
+            f'eps every output differs, fused or not; give the norm_cfg it was trained with')
 
 
 def fused_state(training: nn.Module, state: StateDict, source: str) -> StateDict:

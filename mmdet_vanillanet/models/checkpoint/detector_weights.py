@@ -10,12 +10,18 @@ from typing import Dict, List, Sequence
 import torch.nn as nn
 
 from ...class_order import check_checkpoint_classes
-from ...errors import CheckpointError
+from ...errors import CheckpointError, InputError
 from ...serialization import safe_load
 from ..detector import unwrap_model
 from ..vanillanet import VanillaNet
+from .backbone_weights import check_same_norm, recorded_backbone
 from .fit import check_fits, key_differences
 from .forms import adopt_meta_act_learn
+
+# What a checkpoint that does not fit can be told, where a Runner loads it (CheckpointFitHook).
+REPLACED_HINT = ('If you replaced these parts on purpose (fine-tuning to other classes), name '
+                 'them in the config: default_hooks.checkpoint_fit.replaced=[...] (docs/'
+                 'reliability.md)')
 
 
 def without_module_prefix(state: Dict) -> Dict:
@@ -24,7 +30,7 @@ def without_module_prefix(state: Dict) -> Dict:
 
 
 def check_detector_fits(model: nn.Module, state: Dict, filename: str,
-                        replaced: Sequence[str] = ()) -> List[str]:
+                        replaced: Sequence[str] = (), hint: str = REPLACED_HINT) -> List[str]:
     """Raise a CheckpointError unless ``state`` (a detector's state dict, keys possibly
     prefixed by ``module.``) holds every tensor of ``model`` in its shape and nothing else: the
     VanillaNet's part first, whose message names act_num, arch and layout, then the rest.
@@ -32,7 +38,8 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
     Keys under the module names in ``replaced`` (heads replaced on purpose, e.g.
     ``roi_head.bbox_head.fc_cls`` when fine-tuning to another number of classes) may be
     missing or of another shape; they are left at their initialisation. Returns the file's
-    keys to drop for that (those of another shape)."""
+    keys to drop for that (those of another shape). ``hint`` ends the message of a file that
+    does not fit."""
     model = unwrap_model(model)
     expected = model.state_dict()
     file_keys = dict(zip(without_module_prefix(state), state))
@@ -50,24 +57,44 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
     if problems:
         raise CheckpointError(
             f'{filename} does not fit this {type(model).__name__}: {"; ".join(problems)}. '
-            f'If you replaced these parts on purpose (fine-tuning to other classes), name '
-            f'them in the config: default_hooks.checkpoint_fit.replaced=[...] (docs/'
-            f'reliability.md)')
+            f'{hint}')
     return [file_keys[k] for k in expected if k.startswith(free) and k in file_keys
             and state[file_keys[k]].shape != expected[k].shape]
 
 
+def check_detector_norm(model: nn.Module, checkpoint: dict, filename: str):
+    """Refuse a checkpoint whose recorded config (MMEngine writes it into every checkpoint's
+    meta) trained the model's VanillaNet backbone with another norm (type, eps) than the
+    model's: no tensor holds the eps, and with another one every output differs, fused or not
+    (a converted file is refused alike, deploy/convert.py). A fused backbone has no norm left
+    to compare; a file that records no config, or one this version cannot build, is not
+    checked."""
+    backbone = getattr(unwrap_model(model), 'backbone', None)
+    if not isinstance(backbone, VanillaNet) or backbone.deploy:
+        return
+    try:
+        recorded = recorded_backbone(checkpoint, VanillaNet, filename)
+    except InputError:
+        # A record this version cannot build (another version's arguments, the authors'
+        # MMDetection 2.x config) says nothing it can compare; the file's tensors are checked.
+        return
+    if recorded is not None:
+        check_same_norm(recorded, backbone, filename, "the config's model.backbone.norm_cfg")
+
+
 def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu',
                           classes: Sequence[str] = ()):
-    """A detector checkpoint into ``model``, refused in one line unless it fits exactly and its
-    classes (``meta.dataset_meta.classes``, where it has them) are ``classes`` (the config's),
-    as a test's checkpoint is (CheckpointFitHook): otherwise every label would name another
-    class."""
+    """A detector checkpoint into ``model``, refused in one line unless it fits exactly, its
+    classes (``meta.dataset_meta.classes``, where it has them) are ``classes`` (the config's)
+    and its recorded norm is the model's, as a test's checkpoint is (CheckpointFitHook):
+    otherwise every label would name another class, or every output differ."""
     loaded = safe_load(checkpoint, map_location=device)
     check_checkpoint_classes(checkpoint, loaded, classes)
     adopt_meta_act_learn(loaded)
     state = loaded.get('state_dict', loaded)
-    check_detector_fits(model, state, checkpoint)
+    check_detector_fits(model, state, checkpoint,
+                        hint='Give the checkpoint of this config, or the config of this checkpoint')
+    check_detector_norm(model, loaded, checkpoint)
     # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
     # middle of deep training sets the backbone's act_learn as it loads (a key of its state
     # dict), so that fusing it is refused.
