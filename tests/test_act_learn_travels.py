@@ -154,3 +154,28 @@ def test_det_inferencer_gets_the_trained_act_learn_and_fusion_refuses_it(run_dir
     model.backbone.act_learn = MID
     with pytest.raises(InputError, match=f'cannot fuse VanillaNet with act_learn={MID}'):
         fuse_detector(model)
+
+
+def test_a_block_takes_act_learn_as_the_authors_change_act_sets_it():
+    """The authors' change_act sets act_learn on the model and on each block: a block's slope is
+    the one it computes with (when the block became conv1 -> conv2 -> pool -> act, the
+    assignment set an attribute nothing read), and a network with a block below 1 is not
+    fused."""
+    model = randomize(build_backbone(arch=narrow('5'), act_num=1)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(x)[-1]
+        for block in model.stages:
+            block.act_learn = 0.3
+        model.stem1.act_learn = 0.3  # change_act's `self.act_learn = m`, the stem's slope
+        per_block = model(x)[-1]
+        model.act_learn = 0.3
+        per_model = model(x)[-1]
+    assert torch.equal(per_block, per_model) and not torch.allclose(per_block, plain)
+    model.act_learn = 1.0
+    model.stages[0].act_learn = 0.5
+    with pytest.raises(InputError, match='cannot fuse VanillaNet with act_learn=0.5'):
+        model.switch_to_deploy()
+    assert not model.deploy and hasattr(model.stages[0], 'conv1')  # nothing fused
+    with pytest.raises(InputError, match=r'act_learn must lie in \[0, 1\], got 2.0'):
+        model.stages[0].act_learn = 2

@@ -83,6 +83,17 @@ def _load_act_learn(module, state_dict, prefix, local_metadata, strict, missing_
         raise InputError(f'loading {prefix}{ACT_LEARN}: {error}') from None
 
 
+def _valid_act_learn(value, deploy: bool) -> float:
+    """``value`` as a deep-training slope: in [0, 1], and 1 in a deployed network."""
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise InputError(f'act_learn must lie in [0, 1], got {value}')
+    if deploy and value != 1.0:
+        raise InputError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
+                         'which is exact only for act_learn=1; it cannot take another value')
+    return value
+
+
 class ConvNorm(nn.Sequential):
     """A conv and its norm layer (keys ``.0.*`` and ``.1.*``, as released), then
     leaky_relu(act_learn) where ``act_learn`` is set (the deep-training activation; None: none),
@@ -147,9 +158,25 @@ class VanillaBlock(nn.Module):
         x = self.pool(x)
         return self.act(x)  # relu, depthwise conv, BN
 
+    @property
+    def act_learn(self) -> float:
+        """The slope of the leaky_relu between the 1x1 convs (1 once deployed). The authors'
+        ``change_act`` sets it block by block; the backbone's ``act_learn`` sets it on every
+        block and the stem, and is what a checkpoint records."""
+        return 1.0 if self.deploy else self.conv1.act_learn
+
+    @act_learn.setter
+    def act_learn(self, value: float):
+        value = _valid_act_learn(value, self.deploy)
+        if not self.deploy:
+            self.conv1.act_learn = value
+
     def switch_to_deploy(self):
         if self.deploy:
             return
+        if self.act_learn != 1.0:
+            raise InputError(f'cannot fuse a VanillaBlock with act_learn={self.act_learn}: its '
+                             f'1x1 convs merge into one only when act_learn=1')
         self.conv = merge_conv_bn_modules(self.conv1, self.conv2)
         del self.conv1, self.conv2
         self.act.switch_to_deploy()
@@ -313,12 +340,7 @@ class VanillaNet(BaseModule):
 
     @act_learn.setter
     def act_learn(self, value: float):
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise InputError(f'act_learn must lie in [0, 1], got {value}')
-        if self.deploy and value != 1.0:
-            raise InputError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
-                             'which is exact only for act_learn=1; it cannot take another value')
+        value = _valid_act_learn(value, self.deploy)
         self._act_learn = value
         self._pass_down('act_learn', value)
 
@@ -353,9 +375,12 @@ class VanillaNet(BaseModule):
         """Fuse, in place, into the deployed network; a second call does nothing."""
         if self.deploy:
             return
-        if self._act_learn != 1.0:
+        # The backbone's slope, or a block's set on its own (the authors' change_act).
+        act_learn = next((m.act_learn for m in self.modules() if isinstance(m, ConvNorm)
+                          and m.act_learn not in (None, 1.0)), self._act_learn)
+        if act_learn != 1.0:
             raise InputError(
-                f'cannot fuse VanillaNet with act_learn={self._act_learn}: its 1x1 conv pairs '
+                f'cannot fuse VanillaNet with act_learn={act_learn}: its 1x1 conv pairs '
                 'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
                 'fusing now would change what the network computes. Finish the deep-training '
                 'schedule (act_learn reaches 1) before fusing.')
