@@ -58,7 +58,7 @@ def check_new_output_file(path: str, what: str, inputs: Sequence[Optional[str]] 
 def write_text(path: str, text: str, replace: bool = False):
     """``text`` written as ``path`` through ``new_file_for`` (a new file renamed into place)."""
     with new_file_for(path, replace) as partial:
-        with open(partial, 'w') as f:
+        with open(partial, 'w', encoding='utf-8') as f:
             f.write(text)
 
 

@@ -24,7 +24,7 @@ from ..models.checkpoint.backbone_weights import checkpoint_layout
 from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
-from ..output_paths import check_new_output_file, new_file_for
+from ..output_paths import check_new_output_file, write_text
 from .complexity import check_input_memory, pseudo_batch
 from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
@@ -220,9 +220,7 @@ def add_rates(report: dict, device: str):
 
 def write_report(report: dict, out: str):
     """The report as JSON into ``out``, a new file (never over one that appeared meanwhile)."""
-    with new_file_for(out) as partial:
-        with open(partial, 'w') as f:
-            json.dump(report, f, indent=2)
+    write_text(out, json.dumps(report, indent=2))
 
 
 def compared_speed(speedup: float) -> str:

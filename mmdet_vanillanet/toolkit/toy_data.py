@@ -19,7 +19,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..errors import InputError
-from ..output_paths import new_file_for
+from ..output_paths import new_file_for, write_text
 
 CLASSES = ('circle', 'square', 'triangle')
 
@@ -129,10 +129,7 @@ def _annotation(ann_id: int, image_id: int, label: int, polygon: List[float],
 
 def _write_json(path: str, data: dict, overwrite: bool) -> None:
     """Fixed key order and separators, so equal data gives equal bytes."""
-    with new_file_for(path, replace=overwrite) as partial:
-        with open(partial, 'w', encoding='utf-8') as f:
-            json.dump(data, f, sort_keys=True, separators=(',', ':'))
-            f.write('\n')
+    write_text(path, json.dumps(data, sort_keys=True, separators=(',', ':')) + '\n', overwrite)
 
 
 def _make_image(rng: np.random.Generator, width: int, height: int,
