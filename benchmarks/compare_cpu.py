@@ -20,7 +20,7 @@ import onnxruntime  # the onnxruntime rows: a test requirement and the package's
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.deploy.build import load_config
+from mmdet_runsafe.config import load_config
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
 from mmdet_vanillanet.toolkit.complexity import pseudo_batch

@@ -39,8 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from mmdet_runsafe.errors import InputError
 from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize
-from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.ops.activation_kernel import kernel_checks

@@ -19,9 +19,9 @@ import time
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
+from mmdet_runsafe.cli import interruptible, one_line_errors
+from mmdet_runsafe.output_paths import check_new_output_file, write_text
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
-from mmdet_vanillanet.output_paths import check_new_output_file, write_text
-from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops, toy_raw_file
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 

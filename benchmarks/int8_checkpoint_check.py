@@ -19,13 +19,13 @@ import torch
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
+from mmdet_runsafe.cli import interruptible, one_line_errors
+from mmdet_runsafe.output_paths import check_new_output_file, write_text
 from mmdet_vanillanet.deploy.build import build_detector
 from mmdet_vanillanet.deploy.equivalence import max_rel_diff
 from mmdet_vanillanet.deploy.onnx_export import group_outputs, onnxruntime_session
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
 from mmdet_vanillanet.deploy.quantized_file import weight_differences
-from mmdet_vanillanet.output_paths import check_new_output_file, write_text
-from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 

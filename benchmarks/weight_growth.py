@@ -29,13 +29,13 @@ from mmengine.runner import Runner
 from mmengine.structures import InstanceData
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.engine import StopOnNonFiniteHook
-from mmdet_vanillanet.engine.non_finite_hook import weight_health
+from mmdet_runsafe.cli import one_line_errors
+from mmdet_runsafe.hooks import StopOnNonFiniteHook
+from mmdet_runsafe.hooks.non_finite_hook import weight_health
+from mmdet_runsafe.output_paths import check_new_output_file, write_text
+from mmdet_runsafe.toy_data import make_toy_coco
 from mmdet_vanillanet.models import ARCH_SETTINGS
-from mmdet_vanillanet.output_paths import check_new_output_file, write_text
-from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
-from mmdet_vanillanet.toolkit.toy_data import make_toy_coco
 
 NARROW = 16
 

@@ -19,8 +19,8 @@ from helpers import (  # noqa: E402
     toy_data_config,
     train,
 )
+from mmdet_runsafe.toy_data import make_toy_coco  # noqa: E402
 from mmdet_vanillanet.deploy.onnx_export import export_onnx  # noqa: E402
-from mmdet_vanillanet.toolkit.toy_data import make_toy_coco  # noqa: E402
 
 
 @pytest.fixture(scope='session')

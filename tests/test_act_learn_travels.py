@@ -13,8 +13,9 @@ from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 
 from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, run, toy_options
+from mmdet_runsafe.errors import CheckpointError
+from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.deploy.convert import deploy_checkpoint
-from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.checkpoint.forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
@@ -56,7 +57,7 @@ def test_the_key_is_there_only_below_1_and_every_loader_sets_act_learn(tmp_path)
     loaded.load_state_dict({k: v for k, v in state.items() if k != 'act_learn'})
     assert loaded.act_learn == 1.0  # weights without the key (released ones) were saved at 1
     deployed = fused_copy(_backbone())
-    with pytest.raises(InputError, match='loading act_learn: act_learn=0.3: a deployed'):
+    with pytest.raises(ConfigError, match='loading act_learn: act_learn=0.3: a deployed'):
         deployed.load_state_dict({**deployed.state_dict(), 'act_learn': state['act_learn']})
 
 
@@ -152,7 +153,7 @@ def test_det_inferencer_gets_the_trained_act_learn_and_fusion_refuses_it(run_dir
     model.backbone.act_learn = 1.0
     assert not torch.allclose(scores(), trained)  # the default act_learn would compute otherwise
     model.backbone.act_learn = MID
-    with pytest.raises(InputError, match=f'cannot fuse VanillaNet with act_learn={MID}'):
+    with pytest.raises(ConfigError, match=f'cannot fuse VanillaNet with act_learn={MID}'):
         fuse_detector(model)
 
 
@@ -174,8 +175,8 @@ def test_a_block_takes_act_learn_as_the_authors_change_act_sets_it():
     assert torch.equal(per_block, per_model) and not torch.allclose(per_block, plain)
     model.act_learn = 1.0
     model.stages[0].act_learn = 0.5
-    with pytest.raises(InputError, match='cannot fuse VanillaNet with act_learn=0.5'):
+    with pytest.raises(ConfigError, match='cannot fuse VanillaNet with act_learn=0.5'):
         model.switch_to_deploy()
     assert not model.deploy and hasattr(model.stages[0], 'conv1')  # nothing fused
-    with pytest.raises(InputError, match=r'act_learn must lie in \[0, 1\], got 2.0'):
+    with pytest.raises(ConfigError, match=r'act_learn must lie in \[0, 1\], got 2.0'):
         model.stages[0].act_learn = 2

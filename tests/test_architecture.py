@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from helpers import ARCHS, build_backbone, narrow
-from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.models import ARCH_SETTINGS, vanillanet
 
 
@@ -86,7 +86,7 @@ def test_input_smaller_than_total_stride_is_refused():
     (dict(type='GN', num_groups=7), 'does not build a norm layer of 8 channels')])
 def test_norm_layers_the_backbone_cannot_use_are_named(norm_cfg, message):
     """LN normalises the last dimension: it built, then failed at the first iteration."""
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_backbone(arch=narrow('5'), norm_cfg=norm_cfg)
     build_backbone(arch=narrow('5'), norm_cfg=dict(type='GN', num_groups=4))
 

@@ -11,7 +11,7 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 from helpers import CONFIG, REPO_ROOT, build_backbone, narrow, randomize, run
-from mmdet_vanillanet.errors import InputError
+from mmdet_runsafe.errors import InputError
 from mmdet_vanillanet.toolkit.benchmark import build_timed_detector, check_fusion, check_request
 
 register_all_modules()

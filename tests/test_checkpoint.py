@@ -23,8 +23,8 @@ from helpers import (
     narrow,
     randomize,
 )
+from mmdet_runsafe.errors import CheckpointError
 from mmdet_vanillanet.deploy.convert import deploy_checkpoint
-from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.models.checkpoint.detector_weights import check_detector_norm
 from mmdet_vanillanet.models.checkpoint.recorded_config import recorded_model_cfg
 

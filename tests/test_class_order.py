@@ -10,9 +10,9 @@ import pytest
 from mmengine.config import Config
 
 from helpers import CONFIG, run, save_toy_checkpoint, swapped, toy_options
-from mmdet_vanillanet.class_order import check_checkpoint_classes
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
+from mmdet_runsafe.class_order import check_checkpoint_classes
+from mmdet_runsafe.datasets import check_dataset_paths
+from mmdet_runsafe.errors import InputError
 
 MMDET_TEST = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'test.py')
 ORDER = "in another order than the config's classes ['circle', 'square', 'triangle']"

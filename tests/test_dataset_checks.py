@@ -17,8 +17,8 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 
 from helpers import CONFIG
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.datasets import check_dataset_paths
+from mmdet_runsafe.datasets import check_dataset_paths
+from mmdet_runsafe.errors import InputError
 
 KEYS = ('train_dataloader', 'val_dataloader')
 SQUARE = [4, 4, 20, 4, 20, 20, 4, 20]  # polygon of the box [4, 4, 16, 16]

@@ -19,10 +19,10 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 
 from helpers import CONFIGS, save_toy_checkpoint, swapped, toy_config
-from mmdet_vanillanet.engine import NonFiniteError
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.run_files import written_by_runs
-from mmdet_vanillanet.serialization import safe_load
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.hooks import NonFiniteError
+from mmdet_runsafe.run_files import written_by_runs
+from mmdet_runsafe.serialization import safe_load
 
 register_all_modules()
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import ARCHS, build_backbone, fused_copy, max_rel_diff, narrow, randomize
-from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.models import VanillaBlock, VanillaNet
 from mmdet_vanillanet.models.checkpoint.backbone_weights import fused_state, training_network
 from mmdet_vanillanet.models.series_activation import SeriesActivation
@@ -70,7 +70,7 @@ def test_second_switch_changes_nothing(random_narrow13):
 def test_fusing_mid_deep_training_is_refused_and_leaves_the_model_intact(random_narrow13):
     model = copy.deepcopy(random_narrow13)
     model.act_learn = 0.5
-    with pytest.raises(InputError, match='act_learn=0.5'):
+    with pytest.raises(ConfigError, match='act_learn=0.5'):
         model.switch_to_deploy()
     assert not model.deploy and 'stages.0.conv1.0.weight' in model.state_dict()
 
@@ -135,7 +135,7 @@ def test_blocks_and_activations_build_with_their_default_norm():
 
 def test_a_norm_that_is_not_batchnorm_is_named_at_fusion():
     model = build_backbone(arch=narrow('5'), norm_cfg=dict(type='GN', num_groups=1)).eval()
-    with pytest.raises(InputError, match='cannot fuse GroupNorm: only BatchNorm folds'):
+    with pytest.raises(ConfigError, match='cannot fuse GroupNorm: only BatchNorm folds'):
         model.switch_to_deploy()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import CONFIG, ap, run, scale_options
-from mmdet_vanillanet.deploy.build import load_config
+from mmdet_runsafe.config import load_config
 from mmdet_vanillanet.deploy.calibration import calibration_inputs
 from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.quantize import quantize_on_inputs, quantize_onnx

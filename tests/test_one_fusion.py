@@ -10,9 +10,9 @@ import torch
 from mmengine.config import Config
 
 from helpers import CONFIG, evaluate, max_rel_diff, run, toy_options
+from mmdet_runsafe.errors import CheckpointError
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx
 from mmdet_vanillanet.deploy.build import build_detector
-from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.checkpoint.backbone_weights import fused_state, training_network
 from mmdet_vanillanet.models.checkpoint.forms import backbone_state_dict

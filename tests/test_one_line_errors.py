@@ -20,12 +20,12 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, REPO_ROOT, RunsCode, randomize, run
+from mmdet_runsafe.cli import TRAINING_REMEDY, one_line_errors
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.errors import Argument, InputError, output_exists
 from mmdet_vanillanet.apis import OnnxDetector, convert_checkpoint, fuse_detector
 from mmdet_vanillanet.deploy import onnx_export
-from mmdet_vanillanet.deploy.build import load_config
-from mmdet_vanillanet.errors import Argument, InputError, output_exists
 from mmdet_vanillanet.toolkit.benchmark import check_request
-from mmdet_vanillanet.toolkit.cli import TRAINING_REMEDY, one_line_errors
 from mmdet_vanillanet.toolkit.complexity import detector_complexity, pseudo_batch
 from mmdet_vanillanet.toolkit.demo import toy_data_options
 from mmdet_vanillanet.toolkit.runs import build_test_runner

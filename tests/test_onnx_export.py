@@ -7,9 +7,9 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, CONFIGS, narrow, randomize, run
+from mmdet_runsafe.errors import InputError
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.build import build_detector
-from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
 
 

@@ -25,10 +25,10 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from helpers import center_roi_logits, narrow_retinanet_config, randomize, toy_test_config
-from mmdet_vanillanet.class_order import config_classes
+from mmdet_runsafe.class_order import config_classes
+from mmdet_runsafe.errors import InputError
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
-from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.models.detector import fuse_detector
 from mmdet_vanillanet.toolkit.runs import build_test_runner
 

@@ -14,12 +14,17 @@ import pytest
 from test_one_line_errors import benchmark_request
 
 from helpers import CONFIG, REPO_ROOT, run, save_toy_checkpoint, toy_options
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.output_paths import (
+    check_new_output_file,
+    check_show_dir,
+    new_file_for,
+    write_text,
+)
+from mmdet_runsafe.serialization import safe_load
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx, quantize_onnx
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.output_paths import check_new_output_file, new_file_for, write_text
-from mmdet_vanillanet.serialization import safe_load
 from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
-from mmdet_vanillanet.toolkit.runs import build_test_runner, check_show_dir
+from mmdet_vanillanet.toolkit.runs import build_test_runner
 
 MINE = b'the user\'s own bytes'
 

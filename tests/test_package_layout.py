@@ -1,6 +1,9 @@
-"""The package's architecture: the plugin that configs import is separable from the tools' code
-and the deploy API, has no import cycle, changes no global state beyond what it documents, and a
-config trains the same under MMDetection's own tools and ours; the tools are thin."""
+"""The packages' architecture: two import packages with one job each, dependencies one way
+(mmdet_runsafe, run safety for any MMDetection run, knows nothing of VanillaNet; VanillaNet's
+network imports neither it nor the tools' code); the plugin that configs import is separable from
+the tools' code and the deploy API, has no import cycle, changes no global state beyond what it
+documents, and a config trains the same under MMDetection's own tools and ours; the tools are
+thin."""
 import argparse
 import ast
 import doctest
@@ -28,17 +31,26 @@ from helpers import (
     toy_config,
     toy_options,
 )
-from mmdet_vanillanet.errors import CheckpointError
-from mmdet_vanillanet.toolkit import cli
-from mmdet_vanillanet.toolkit.cli import RUNTIME_HOOKS
-from mmdet_vanillanet.toolkit.runs import build_train_runner
-from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
+from mmdet_runsafe import cli
+from mmdet_runsafe.cli import RUNSAFE
+from mmdet_runsafe.errors import CheckpointError
+from mmdet_runsafe.work_dir import resume_checkpoint
+from mmdet_vanillanet.toolkit.runs import VANILLANET_RUNTIME, build_train_runner
 
-PACKAGE = osp.join(REPO_ROOT, 'mmdet_vanillanet')
+PACKAGES = ('mmdet_vanillanet', 'mmdet_runsafe')
+SAFETY = 'mmdet_runsafe'
 TOOLKIT, DEPLOY = 'mmdet_vanillanet.toolkit', 'mmdet_vanillanet.deploy'
-# What the plugin (what configs' custom_imports load) never imports: our tools' code, and what a
+# The run-safety modules only tools import (a config's custom_imports loads the hooks).
+SAFETY_TOOLS = tuple(f'{SAFETY}.{m}' for m in (
+    'cli', 'config', 'coco_annotations', 'datasets', 'launch', 'toy_data', 'units', 'work_dir'))
+# What the plugins (what configs' custom_imports load) never import: our tools' code, and what a
 # user calls to deploy.
-OUTSIDE_PLUGIN = (TOOLKIT, DEPLOY, 'mmdet_vanillanet.apis')
+OUTSIDE_PLUGIN = (TOOLKIT, DEPLOY, 'mmdet_vanillanet.apis', *SAFETY_TOOLS)
+# VanillaNet's network: the paper's modules and how they compute, which import neither the run
+# safety package nor the tools' code (loading weights, models/checkpoint/, may).
+NETWORK = ('mmdet_vanillanet.config_error', 'mmdet_vanillanet.models.vanillanet',
+           'mmdet_vanillanet.models.series_activation', 'mmdet_vanillanet.models.fusion',
+           'mmdet_vanillanet.models.arch_settings', 'mmdet_vanillanet.ops')
 # Imports inside functions, each with the reason it cannot be at the top of its module.
 LATE_IMPORTS = {
     # Triton is optional: CPU users and the training path never import it.
@@ -74,14 +86,18 @@ def imports_of(path, modules):
             targets = [a.name for a in node.names]
         else:
             continue
-        targets = {t for t in targets if t.startswith('mmdet_vanillanet')}
+        targets = {t for t in targets if t.startswith(PACKAGES)}
         (top if node.col_offset == 0 else late).update(targets)
     return top, late
 
 
+def package_files():
+    return [p for package in PACKAGES
+            for p in glob.glob(osp.join(REPO_ROOT, package, '**', '*.py'), recursive=True)]
+
+
 def package_graph():
-    modules = {module_name(p): p for p in glob.glob(osp.join(PACKAGE, '**', '*.py'),
-                                                    recursive=True)}
+    modules = {module_name(p): p for p in package_files()}
     graph, late = {}, {}
     for name, path in modules.items():
         top, inner = imports_of(path, modules)
@@ -117,16 +133,29 @@ def test_no_import_cycle_and_no_late_import_without_a_reason():
 
 
 def test_no_module_name_twice():
-    """A module's name says what it holds, once in the package (there were two detector.py),
+    """A module's name says what it holds, once in the packages (there were two detector.py),
     packages' names included (models/checkpoint/ beside a checkpoint.py would be two)."""
-    names = [osp.basename(p)[:-3] for p in glob.glob(osp.join(PACKAGE, '**', '*.py'),
-                                                     recursive=True)
-             if osp.basename(p) != '__init__.py']
-    names += [osp.basename(osp.dirname(p)) for p in glob.glob(osp.join(PACKAGE, '**',
-                                                                        '__init__.py'),
-                                                               recursive=True)]
+    names = [osp.basename(p)[:-3] for p in package_files() if osp.basename(p) != '__init__.py']
+    names += [osp.basename(osp.dirname(p)) for p in package_files()
+              if osp.basename(p) == '__init__.py']
     assert len(names) > 30
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_dependencies_go_one_way_between_the_two_packages():
+    """Run safety knows nothing of VanillaNet; VanillaNet's network knows nothing of run safety
+    nor of the tools (its own errors say they are the user's: config_error.ConfigError)."""
+    graph, late = package_graph()
+    safety = [m for m in graph if m.startswith(SAFETY)]
+    assert len(safety) > 15
+    for module in safety:
+        assert not any(t.startswith('mmdet_vanillanet') for t in graph[module] | late[module]), \
+            module
+    network = [m for m in graph if m.startswith(NETWORK)]
+    assert len(network) > 8
+    for module in network:
+        assert not any(t.startswith((SAFETY, TOOLKIT)) for t in graph[module] | late[module]), \
+            module
 
 
 def test_the_plugin_never_imports_the_tools_code_nor_the_deploy_api():
@@ -150,14 +179,14 @@ import json, os, sys
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 before = (HistoryBuffer.__getstate__, dict(CheckpointLoader._schemes), dict(os.environ))
-import mmdet_vanillanet
+import mmdet_runsafe, mmdet_vanillanet
 from mmdet.registry import HOOKS, MODELS
 after = (HistoryBuffer.__getstate__, dict(CheckpointLoader._schemes), dict(os.environ))
 print(json.dumps(dict(
     same=[a == b for a, b in zip(before, after)],
     outside_plugin=[m for m in sys.modules if m.startswith({OUTSIDE_PLUGIN!r})],
     registered=[MODELS.get('VanillaNet') is not None,
-                all(HOOKS.get(h) is not None for h in {RUNTIME_HOOKS!r})])))
+                all(HOOKS.get(h) is not None for h in {list(RUNSAFE.hooks)!r})])))
 '''
     out = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True,
                          cwd=REPO_ROOT, check=True).stdout
@@ -177,23 +206,25 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
     ours = build_train_runner(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options)
     our_hooks = [type(h).__name__ for h in ours.hooks]
     assert our_hooks == their_hooks
-    for hook in (*RUNTIME_HOOKS, 'VanillaNetDeepTrainingHook'):
+    for hook in (*RUNSAFE.hooks, 'CheckpointFitHook', 'VanillaNetDeepTrainingHook'):
         assert hook in our_hooks
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*.py'))))
 def test_every_config_declares_the_runtime_it_needs(path):
     cfg = Config.fromfile(path)
-    assert cfg.custom_imports == dict(imports=['mmdet_vanillanet'], allow_failed_imports=False)
-    assert {h['type'] for h in cfg.default_hooks.values()} >= set(RUNTIME_HOOKS)
+    assert cfg.custom_imports == dict(imports=['mmdet_runsafe', 'mmdet_vanillanet'],
+                                      allow_failed_imports=False)
+    assert {h['type'] for h in cfg.default_hooks.values()} >= {*RUNSAFE.hooks,
+                                                                 'CheckpointFitHook'}
 
 
 def test_only_runner_state_reads_what_mmengines_runner_keeps_private():
     """The list in docs/getting_started.md (MMEngine versions) stays whole: every read of a
-    Runner's private member is in engine/runner_state.py."""
+    Runner's private member is in mmdet_runsafe/hooks/runner_state.py."""
     found = []
-    for path in glob.glob(osp.join(PACKAGE, '**', '*.py'), recursive=True):
-        if path.endswith(osp.join('engine', 'runner_state.py')):
+    for path in package_files():
+        if path.endswith(osp.join('hooks', 'runner_state.py')):
             continue
         for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, ast.Attribute) and node.attr.startswith('_') and \
@@ -246,11 +277,12 @@ def test_a_config_without_a_runtime_hook_is_warned_of_naming_its_cost(monkeypatc
     logged = []
     monkeypatch.setattr(cli, 'print_log', lambda message, **kw: logged.append(message))
     cfg = Config.fromfile(CONFIG)
-    cli.warn_missing_runtime_hooks(cfg, training=True)
+    cli.warn_missing_runtime_hooks(cfg, training=True, runtime=VANILLANET_RUNTIME)
     assert logged == []
     cfg.default_hooks.weights_only = None  # as --cfg-options default_hooks.weights_only=None
-    cli.warn_missing_runtime_hooks(cfg, training=False)  # a test run loses nothing by it
-    cli.warn_missing_runtime_hooks(cfg, training=True)
+    # a test run loses nothing by it
+    cli.warn_missing_runtime_hooks(cfg, training=False, runtime=VANILLANET_RUNTIME)
+    cli.warn_missing_runtime_hooks(cfg, training=True, runtime=VANILLANET_RUNTIME)
     assert logged == [
         'the config does not declare WeightsOnlyCheckpointHook, which '
         'configs/_base_/vanillanet_runtime.py declares; running without them '
@@ -268,7 +300,7 @@ def test_our_tools_run_a_config_without_the_runtime_hooks_with_one_warning(data_
     output = run('tools/train.py', str(config), '--work-dir', str(tmp_path / 'w'),
                  '--cfg-options', *toy_options(data_root, epochs=1))
     warned = _runtime_warnings(output)
-    assert len(warned) == 1 and all(hook in warned[0] for hook in RUNTIME_HOOKS)
+    assert len(warned) == 1 and all(hook in warned[0] for hook in RUNSAFE.hooks)
     assert (tmp_path / 'w' / 'epoch_1.pth').exists()
     checkpoint = save_toy_checkpoint(tmp_path / 'toy.pth')
     output = run('tools/test.py', str(config), str(checkpoint), '--work-dir',

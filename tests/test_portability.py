@@ -31,7 +31,7 @@ import mmdet_vanillanet  # noqa: F401  (as a config's custom_imports)
 from helpers import build_backbone, fused_copy, max_rel_diff, narrow, narrow_retinanet_config
 from helpers import randomize
 from mmdet_vanillanet.apis import OnnxDetector, export_onnx
-from mmdet_vanillanet.run_lock import lock_work_dir, unlock_work_dir
+from mmdet_runsafe.run_lock import lock_work_dir, unlock_work_dir
 
 folder = sys.argv[1]
 model = randomize(build_backbone(arch=narrow('13'), act_num=4)).eval()

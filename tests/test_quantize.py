@@ -20,12 +20,12 @@ from mmengine.runner import Runner
 from onnx import numpy_helper
 
 from helpers import CONFIG, narrow_retinanet_config, randomize, run, toy_data_config
+from mmdet_runsafe.errors import InputError
 from mmdet_vanillanet.deploy.calibration import calibration_inputs
 from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.deploy.quantize import quantize_onnx
 from mmdet_vanillanet.deploy.quantized_file import float_convs
-from mmdet_vanillanet.errors import InputError
 from mmdet_vanillanet.toolkit.onnx_eval import onnxruntime_ops
 
 

@@ -26,8 +26,8 @@ from helpers import (
     toy_options,
     train,
 )
-from mmdet_vanillanet.serialization import safe_load
-from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
+from mmdet_runsafe.serialization import safe_load
+from mmdet_runsafe.work_dir import resume_checkpoint
 
 
 @pytest.mark.slow

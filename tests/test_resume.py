@@ -12,9 +12,9 @@ import torch
 from mmengine.config import Config
 
 from helpers import CONFIG, REPO_ROOT, first_logged_iter_of_last_run, run_config, toy_options, train
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.serialization import safe_load
-from mmdet_vanillanet.toolkit.work_dir import resume_checkpoint
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.serialization import safe_load
+from mmdet_runsafe.work_dir import resume_checkpoint
 
 KILL_DURING_SAVE = os.path.join(REPO_ROOT, 'tests', 'kill_during_save.py')
 

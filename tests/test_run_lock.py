@@ -12,12 +12,12 @@ import time
 import pytest
 
 from helpers import CONFIG, REPO_ROOT, first_logged_iter_of_last_run, toy_options, train
-from mmdet_vanillanet import run_lock
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.run_lock import lock_work_dir, unlock_work_dir
+from mmdet_runsafe import run_lock
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.run_lock import lock_work_dir, unlock_work_dir
 
 MMDET_TRAIN = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'train.py')
-HOLD = ('import sys; from mmdet_vanillanet.run_lock import lock_work_dir; '
+HOLD = ('import sys; from mmdet_runsafe.run_lock import lock_work_dir; '
         'lock_work_dir(sys.argv[1]); print("held", flush=True); sys.stdin.read()')
 
 

@@ -16,8 +16,8 @@ from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer
 
 from helpers import REPO_ROOT
-from mmdet_vanillanet.errors import CheckpointError
-from mmdet_vanillanet.serialization import WeightsOnlyHistoryBuffer, safe_load
+from mmdet_runsafe.errors import CheckpointError
+from mmdet_runsafe.serialization import WeightsOnlyHistoryBuffer, safe_load
 
 MULTIARRAY = (getattr(np, '_core', None) or np.core).multiarray  # numpy 2 renamed core
 
@@ -97,8 +97,8 @@ import json, pickle, sys
 import numpy as np, torch
 import mmdet_vanillanet
 from mmengine.logging.history_buffer import HistoryBuffer
-from mmdet_vanillanet.errors import CheckpointError
-from mmdet_vanillanet.serialization import safe_load
+from mmdet_runsafe.errors import CheckpointError
+from mmdet_runsafe.serialization import safe_load
 
 def state_of(obj):
     return [repr(sorted((k, repr(v)) for k, v in getattr(obj, '__dict__', {}).items())),

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from helpers import build_backbone, fused_copy, max_rel_diff, narrow, randomize
-from mmdet_vanillanet.errors import InputError
+from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.ops import activation_kernel as kernel_module
 
@@ -141,12 +141,12 @@ def test_auto_keeps_pytorch_on_the_cpu(deployed13, monkeypatch):
 def test_forced_kernel_names_why_it_cannot_run(deployed13, monkeypatch):
     x = torch.randn(1, 3, 64, 64)
     deployed13.act_impl = 'triton'
-    with pytest.raises(InputError, match='no backward pass'):
+    with pytest.raises(ConfigError, match='no backward pass'):
         deployed13(x)
-    with pytest.raises(InputError, match='memory format'), torch.no_grad():
+    with pytest.raises(ConfigError, match='memory format'), torch.no_grad():
         deployed13(x.contiguous(memory_format=torch.channels_last))
     monkeypatch.delenv('TRITON_INTERPRET')
-    with pytest.raises(InputError, match='on cpu; the kernel runs on CUDA devices'), \
+    with pytest.raises(ConfigError, match='on cpu; the kernel runs on CUDA devices'), \
             torch.no_grad():
         deployed13(x)
 
@@ -175,9 +175,9 @@ def test_act_impl_is_a_config_key_and_changes_no_checkpoint():
     assert impls(model) == {'auto'}
     assert model.state_dict().keys() == build_backbone(arch=narrow('5'),
                                                        deploy=True).state_dict().keys()
-    with pytest.raises(InputError, match="act_impl='cuda'"):
+    with pytest.raises(ConfigError, match="act_impl='cuda'"):
         build_backbone(arch=narrow('5'), act_impl='cuda')
-    with pytest.raises(InputError, match='choose one of'):
+    with pytest.raises(ConfigError, match='choose one of'):
         model.act_impl = 'fast'
 
 
@@ -191,7 +191,7 @@ def test_wider_kernels_and_pools_are_left_to_pytorch(monkeypatch):
         with torch.no_grad():
             assert pooled(act, pool).implementation_for(x) == f'torch (it takes {why})'
             act.act_impl = 'triton'
-            with pytest.raises(InputError, match=why):
+            with pytest.raises(ConfigError, match=why):
                 pooled(act, pool)(x)
 
 
@@ -287,7 +287,7 @@ def test_a_wrong_or_unbuildable_kernel_never_gives_its_result(wrong, act_impl, g
     with torch.no_grad():
         if act_impl == 'triton':
             for _ in range(2):  # and every later call of the variant
-                with pytest.raises(InputError, match=f"act_impl='triton'.*{variant}") as err:
+                with pytest.raises(ConfigError, match=f"act_impl='triton'.*{variant}") as err:
                     pooled(act, 2)(x)
                 assert '\n' not in str(err.value)
         else:
@@ -321,7 +321,7 @@ def test_the_check_sees_one_wrong_output_at_the_edges_and_tile_boundaries(spot, 
 
     monkeypatch.setattr(guard, 'launch', off_by_one)
     act = deployed_activation('triton')
-    with pytest.raises(InputError, match='differs from PyTorch'), torch.no_grad():
+    with pytest.raises(ConfigError, match='differs from PyTorch'), torch.no_grad():
         pooled(act, 1)(guard_input())
 
 
@@ -350,7 +350,7 @@ def test_no_check_while_a_graph_is_traced_or_captured(guard, monkeypatch):
         assert torch.equal(act(x), pytorch_result(act, x, 1))
         assert kernel_module.kernel_checks() == {}
         act.act_impl = 'triton'
-        with pytest.raises(InputError, match='make one call before'):
+        with pytest.raises(ConfigError, match='make one call before'):
             act(x)
         monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: False)
         act(x)  # checked here

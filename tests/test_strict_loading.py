@@ -10,8 +10,8 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, evaluate, run, toy_options, train
+from mmdet_runsafe.errors import CheckpointError
 from mmdet_vanillanet.deploy.build import build_detector
-from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.models.checkpoint.detector_weights import check_detector_fits
 
 HEADS = ['roi_head.bbox_head.fc_cls', 'roi_head.bbox_head.fc_reg',

@@ -11,8 +11,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.toy_data import CLASSES, make_toy_coco
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.toy_data import CLASSES, make_toy_coco
 
 # pycocotools' decode warns under numpy 2 on every mask, which buries real warnings
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')

@@ -18,7 +18,7 @@ from helpers import (
     toy_options,
     train,
 )
-from mmdet_vanillanet.serialization import safe_load
+from mmdet_runsafe.serialization import safe_load
 
 pytestmark = pytest.mark.slow  # every test here runs the tools in subprocesses
 STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')

@@ -2,7 +2,7 @@
 not 0.02M, and its FLOPs are not 0.0G."""
 import pytest
 
-from mmdet_vanillanet.toolkit.units import readable
+from mmdet_runsafe.units import readable
 
 
 @pytest.mark.parametrize('count, text', [

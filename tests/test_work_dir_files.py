@@ -9,11 +9,11 @@ import pytest
 from mmengine.config import Config
 
 from helpers import CONFIG, run_config, train
-from mmdet_vanillanet.engine.atomic_checkpoint_hook import AtomicLocalBackend
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.run_files import record_written
-from mmdet_vanillanet.serialization import safe_load
-from mmdet_vanillanet.toolkit.work_dir import guard_work_dir, refuse_links, resume_checkpoint
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.hooks.atomic_checkpoint_hook import AtomicLocalBackend
+from mmdet_runsafe.run_files import record_written
+from mmdet_runsafe.serialization import safe_load
+from mmdet_runsafe.work_dir import guard_work_dir, refuse_links, resume_checkpoint
 
 
 def _run_wrote(path, data=b'a checkpoint'):

@@ -16,12 +16,12 @@ import torch
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 
-from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark, write_report
-from mmdet_vanillanet.toolkit.cli import (
+from mmdet_runsafe.cli import (
     force_weights_only_loading,
     interruptible,
     one_line_errors,
 )
+from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:

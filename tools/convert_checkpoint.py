@@ -11,9 +11,9 @@ checkpoint keeps its neck and heads, to be tested with ``model.backbone.deploy=T
 """
 import argparse
 
+from mmdet_runsafe.cli import interruptible, one_line_errors
+from mmdet_runsafe.units import readable
 from mmdet_vanillanet.deploy.convert import convert_checkpoint
-from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
-from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:

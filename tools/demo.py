@@ -14,12 +14,12 @@ import time
 
 from mmengine.config import DictAction
 
-from mmdet_vanillanet.engine import NonFiniteError
-from mmdet_vanillanet.toolkit.cli import (
+from mmdet_runsafe.cli import (
     TRAINING_REMEDY,
     force_weights_only_loading,
     one_line_errors,
 )
+from mmdet_runsafe.hooks import NonFiniteError
 from mmdet_vanillanet.toolkit.demo import run_demo, summary
 
 

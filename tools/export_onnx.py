@@ -19,14 +19,14 @@ import argparse
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 
-from mmdet_vanillanet.deploy.onnx_export import OPSET, PARTS, ExportMismatchError, export_onnx
-from mmdet_vanillanet.errors import InputError
-from mmdet_vanillanet.toolkit.cli import (
+from mmdet_runsafe.cli import (
     force_weights_only_loading,
     interruptible,
     one_line_errors,
 )
-from mmdet_vanillanet.toolkit.units import readable
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.units import readable
+from mmdet_vanillanet.deploy.onnx_export import OPSET, PARTS, ExportMismatchError, export_onnx
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,11 +8,11 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 
-from mmdet_vanillanet.deploy.build import load_config
+from mmdet_runsafe.cli import one_line_errors
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.units import readable
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit.cli import one_line_errors
 from mmdet_vanillanet.toolkit.complexity import detector_complexity
-from mmdet_vanillanet.toolkit.units import readable
 
 
 def build_parser() -> argparse.ArgumentParser:

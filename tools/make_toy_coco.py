@@ -8,8 +8,8 @@ the command line alone. An existing non-empty output dir is refused unless --for
 """
 import argparse
 
-from mmdet_vanillanet.toolkit.cli import one_line_errors
-from mmdet_vanillanet.toolkit.toy_data import SPLITS, describe_split, make_toy_coco
+from mmdet_runsafe.cli import one_line_errors
+from mmdet_runsafe.toy_data import SPLITS, describe_split, make_toy_coco
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import sys
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 
-from mmdet_vanillanet.toolkit.cli import force_weights_only_loading, one_line_errors
+from mmdet_runsafe.cli import force_weights_only_loading, one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:

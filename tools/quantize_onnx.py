@@ -18,9 +18,9 @@ import argparse
 from mmdet.utils import register_all_modules
 from mmengine.config import DictAction
 
+from mmdet_runsafe.cli import interruptible, one_line_errors
 from mmdet_vanillanet.deploy.calibration import SPLITS
 from mmdet_vanillanet.deploy.quantize import FLOAT_GROUPS, METHODS, TARGETS, quantize_onnx
-from mmdet_vanillanet.toolkit.cli import interruptible, one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_test_runner).
 """
 import argparse
 
-from mmdet_vanillanet.toolkit.cli import (
+from mmdet_runsafe.cli import (
     TEST_INTERRUPTED,
     add_runner_args,
     force_weights_only_loading,

@@ -15,8 +15,7 @@ The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_train_runner).
 """
 import argparse
 
-from mmdet_vanillanet.engine import NonFiniteError
-from mmdet_vanillanet.toolkit.cli import (
+from mmdet_runsafe.cli import (
     TRAINING_INTERRUPTED,
     TRAINING_REMEDY,
     add_runner_args,
@@ -25,6 +24,7 @@ from mmdet_vanillanet.toolkit.cli import (
     one_line_errors,
     parse,
 )
+from mmdet_runsafe.hooks import NonFiniteError
 from mmdet_vanillanet.toolkit.runs import build_train_runner
 
 

@@ -16,8 +16,8 @@ from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 from mmengine.utils import ProgressBar
 
-from ..errors import Argument, InputError
-from ..input_paths import check_input_file
+from mmdet_runsafe.errors import Argument, InputError
+from mmdet_runsafe.input_paths import check_input_file
 
 SPLITS = ('train', 'val', 'test')
 

@@ -19,7 +19,11 @@ from typing import Tuple, Union
 import torch
 from mmengine.config import Config
 
-from ..errors import Argument, CheckpointError, InputError, output_exists
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.errors import Argument, CheckpointError, InputError, output_exists
+from mmdet_runsafe.output_paths import check_output_file, is_same_file, new_file_for
+from mmdet_runsafe.serialization import load_trusted, safe_load
+
 from ..models.arch_settings import ARCH_SETTINGS
 from ..models.checkpoint.backbone_weights import (
     check_same_norm,
@@ -39,9 +43,6 @@ from ..models.checkpoint.forms import (
     layout_of,
 )
 from ..models.vanillanet import VanillaNet
-from ..output_paths import check_output_file, is_same_file, new_file_for
-from ..serialization import load_trusted, safe_load
-from .build import load_config
 
 # What the authors' code builds every norm layer with (nn.BatchNorm2d(dim, eps=1e-6)).
 RELEASED_NORM = dict(type='BN', eps=1e-6)
@@ -121,7 +122,7 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
 
     Example::
 
-        from mmdet_vanillanet.apis import convert_checkpoint
+        from ..apis import convert_checkpoint
 
         before, after = convert_checkpoint('vanillanet_13_act_num_4_kd_pretrain.pth',
                                            'vn13_deploy.pth')

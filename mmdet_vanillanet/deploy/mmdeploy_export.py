@@ -32,8 +32,10 @@ from mmdeploy.utils import load_config as load_deploy_config
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.config import Config
 
-from ..errors import Argument, InputError, output_exists
-from .build import build_detector, load_config
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.errors import Argument, InputError, output_exists
+
+from .build import build_detector
 from .mmdeploy_compat import restore_torch_for_mmdeploy
 
 

@@ -23,12 +23,14 @@ import torch.nn as nn
 from mmengine.config import Config
 from torch.onnx import _constants as onnx_constants
 
-from ..class_order import config_classes
-from ..errors import Argument, InputError, output_exists
+from mmdet_runsafe.class_order import config_classes
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.errors import Argument, InputError, output_exists
+from mmdet_runsafe.output_paths import check_output_file, new_file_for
+
 from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
-from ..output_paths import check_output_file, new_file_for
-from .build import build_detector, load_config
+from .build import build_detector
 from .memory import check_memory
 
 PARTS = ('backbone', 'neck', 'raw')
@@ -85,7 +87,7 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
 
     Example::
 
-        from mmdet_vanillanet.apis import export_onnx
+        from ..apis import export_onnx
 
         result = export_onnx('configs/retinanet_vanillanet13_coco.py', 'epoch_12.pth',
                              'retina.onnx', part='raw')

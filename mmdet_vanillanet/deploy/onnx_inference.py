@@ -26,11 +26,12 @@ from mmengine.dataset import pseudo_collate
 from mmengine.logging import print_log
 from mmengine.registry import init_default_scope
 
-from ..class_order import check_saved_classes, config_classes
-from ..errors import Argument, InputError
-from ..input_paths import check_input_file
+from mmdet_runsafe.class_order import check_saved_classes, config_classes
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.errors import Argument, InputError
+from mmdet_runsafe.input_paths import check_input_file
+
 from ..models.checkpoint.detector_weights import load_detector_weights
-from .build import load_config
 from .equivalence import max_rel_diff
 from .onnx_export import (
     GENERATED,
@@ -79,7 +80,7 @@ class OnnxDetector:
 
     Example::
 
-        from mmdet_vanillanet.apis import OnnxDetector
+        from ..apis import OnnxDetector
 
         # toy.onnx: tools/export_onnx.py configs/mask_rcnn_vanillanet_toy.py epoch_40.pth
         #           toy.onnx --part raw (or export_onnx(..., part='raw'))

@@ -31,10 +31,11 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from mmengine.config import Config
 
-from ..errors import Argument, InputError
-from ..input_paths import check_input_file
-from ..output_paths import new_file_for
-from .build import load_config
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.errors import Argument, InputError
+from mmdet_runsafe.input_paths import check_input_file
+from mmdet_runsafe.output_paths import new_file_for
+
 from .calibration import CalibrationReader, calibration_inputs, split_dataset_cfg
 from .onnx_export import PARTS, check_output_path, onnx_packages
 from .quantized_file import (
@@ -185,7 +186,7 @@ def quantize_onnx(config: Union[str, Config], onnx_file: str, out: str, split: s
 
     Example::
 
-        from mmdet_vanillanet.apis import quantize_onnx
+        from ..apis import quantize_onnx
 
         # raw.onnx: tools/export_onnx.py configs/mask_rcnn_vanillanet_toy.py epoch_40.pth
         #           raw.onnx --part raw

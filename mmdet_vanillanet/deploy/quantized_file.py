@@ -18,7 +18,8 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from ..errors import InputError
+from mmdet_runsafe.errors import InputError
+
 from .onnx_export import backbone_metadata, onnx_packages
 
 QUANTIZATION_KEY = 'quantization'  # the metadata entry quantize_onnx writes (JSON)

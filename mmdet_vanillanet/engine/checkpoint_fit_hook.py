@@ -11,12 +11,13 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from ..class_order import check_checkpoint_classes
-from ..errors import InputError
+from mmdet_runsafe.class_order import check_checkpoint_classes
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.hooks.class_order_hook import run_classes
+from mmdet_runsafe.hooks.runner_state import load_source, resuming
+
 from ..models.checkpoint.detector_weights import check_detector_fits, check_detector_norm
 from ..models.checkpoint.forms import adopt_meta_act_learn
-from .class_order_hook import run_classes
-from .runner_state import load_source, resuming
 
 
 @HOOKS.register_module()

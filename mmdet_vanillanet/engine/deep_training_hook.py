@@ -12,8 +12,8 @@ import math
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
-from ..errors import InputError
-from ..models.detector import unwrap_model
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.hooks.runner_state import unwrap_model
 
 
 @HOOKS.register_module()

@@ -2,7 +2,8 @@
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
-from ..errors import InputError
+from mmdet_runsafe.errors import InputError
+
 from ..models.detector import fuse_detector
 
 

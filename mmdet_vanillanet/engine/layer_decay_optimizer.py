@@ -12,7 +12,8 @@ from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
-from ..errors import InputError
+from mmdet_runsafe.errors import InputError
+
 from ..models.detector import vanillanets_of
 
 KEYS = ('decay_rate', 'num_layers')

@@ -6,7 +6,7 @@ An arch is a stem (a 4x4 patchify conv) followed by one block per stage; stage `
 from dataclasses import dataclass, fields
 from typing import Optional, Tuple, Union
 
-from ..errors import InputError
+from ..config_error import ConfigError
 
 STEM = 'stem'  # the name of the stem output in ``out_indices``
 
@@ -26,15 +26,15 @@ class ArchSpec:
         if self.ada_pool is not None:
             object.__setattr__(self, 'ada_pool', tuple(int(k) for k in self.ada_pool))
         if len(self.strides) < 1 or len(self.dims) != len(self.strides) + 1:
-            raise InputError(
+            raise ConfigError(
                 f'arch needs one more width than strides (the stem width, then one per stage); '
                 f'got {len(self.dims)} dims {self.dims} and {len(self.strides)} strides '
                 f'{self.strides}')
         if min(self.dims) < 1 or min(self.strides) < 1:
-            raise InputError(f'arch widths and strides must be positive, got dims {self.dims} '
+            raise ConfigError(f'arch widths and strides must be positive, got dims {self.dims} '
                              f'and strides {self.strides}')
         if self.ada_pool is not None and len(self.ada_pool) != len(self.strides):
-            raise InputError(f'arch ada_pool needs one entry per stage ({len(self.strides)}), '
+            raise ConfigError(f'arch ada_pool needs one entry per stage ({len(self.strides)}), '
                              f'got {self.ada_pool}')
 
     @property
@@ -101,10 +101,10 @@ def resolve_arch(arch: Union[str, int, dict, ArchSpec]) -> ArchSpec:
         unknown = sorted(set(arch) - known)
         missing = sorted({'dims', 'strides'} - set(arch))
         if unknown or missing:
-            raise InputError(f'custom arch dict: unknown keys {unknown}, missing keys {missing}; '
+            raise ConfigError(f'custom arch dict: unknown keys {unknown}, missing keys {missing}; '
                              f'allowed keys are {sorted(known)} (dims and strides required)')
         return ArchSpec(**arch)
     if str(arch) not in ARCH_SETTINGS:
-        raise InputError(f"unknown VanillaNet arch '{arch}'; choose one of "
+        raise ConfigError(f"unknown VanillaNet arch '{arch}'; choose one of "
                          f'{list(ARCH_SETTINGS)} or give a dict with dims and strides')
     return ARCH_SETTINGS[str(arch)]

@@ -6,19 +6,12 @@ from typing import List
 
 import torch.nn as nn
 from mmengine.logging import print_log
-from mmengine.model import BaseTTAModel, is_model_wrapper
 
-from ..errors import InputError
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.hooks.runner_state import unwrap_model
+
 from .checkpoint.forms import count_params
 from .vanillanet import VanillaNet
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside a DDP/FSDP (or other MMEngine) wrapper or a test-time-augmentation
-    model (``--tta``; both, under distributed testing), or the model itself."""
-    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-        model = model.module
-    return model
 
 
 def vanillanets_of(model: nn.Module) -> List[VanillaNet]:
@@ -40,7 +33,7 @@ def fuse_detector(model: nn.Module, inplace: bool = True) -> nn.Module:
     Example::
 
         from mmdet.apis import init_detector
-        from mmdet_vanillanet.apis import fuse_detector
+        from ..apis import fuse_detector
 
         model = init_detector('configs/mask_rcnn_vanillanet13_coco.py', 'epoch_12.pth')
         deployed = fuse_detector(model, inplace=False)  # model itself stays trainable

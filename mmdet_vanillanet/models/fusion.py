@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import InputError
+from ..config_error import ConfigError
 
 Tensor = torch.Tensor
 
@@ -60,10 +60,10 @@ def merge_1x1(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tuple[Tensor, T
 def bn_of(module: nn.Module) -> BN:
     """The folding view of a BN layer; any other normalisation cannot be folded."""
     if not isinstance(module, _BatchNorm):
-        raise InputError(f'cannot fuse {type(module).__name__}: only BatchNorm folds into the '
+        raise ConfigError(f'cannot fuse {type(module).__name__}: only BatchNorm folds into the '
                          f'conv before it (use norm_cfg=dict(type="BN") or "SyncBN")')
     if module.running_var is None:
-        raise InputError(f'cannot fuse {module}: it keeps no running statistics')
+        raise ConfigError(f'cannot fuse {module}: it keeps no running statistics')
     return BN(module.weight, module.bias, module.running_mean, module.running_var, module.eps)
 
 

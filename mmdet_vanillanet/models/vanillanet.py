@@ -30,7 +30,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from ..errors import InputError
+from ..config_error import ConfigError
 from ..ops.activation_kernel import check_act_impl
 from ..ops.gradient_checkpoint import checkpoint_stage
 from ..ops.lean_training import conv_norm_act, pool
@@ -48,10 +48,10 @@ def check_norm_cfg(norm_cfg: dict, channels: int) -> dict:
     try:
         layer = build_norm_layer(copy.deepcopy(norm_cfg), channels)[1]
     except (KeyError, TypeError, ValueError, AssertionError) as err:
-        raise InputError(f'norm_cfg={norm_cfg!r} does not build a norm layer of {channels} '
+        raise ConfigError(f'norm_cfg={norm_cfg!r} does not build a norm layer of {channels} '
                          f'channels ({err})') from None
     if not isinstance(layer, (_BatchNorm, nn.GroupNorm, _InstanceNorm)):
-        raise InputError(f'norm_cfg type {norm_cfg.get("type")!r}: VanillaNet normalises NCHW '
+        raise ConfigError(f'norm_cfg type {norm_cfg.get("type")!r}: VanillaNet normalises NCHW '
                          f'maps per channel after each conv; use BN (SyncBN for multi-GPU), GN '
                          f'or IN (only BN and SyncBN fuse for deployment)')
     return norm_cfg
@@ -79,17 +79,17 @@ def _load_act_learn(module, state_dict, prefix, local_metadata, strict, missing_
         return
     try:
         module.act_learn = 1.0 if value is None else float(value)
-    except (InputError, TypeError, ValueError, RuntimeError) as error:
-        raise InputError(f'loading {prefix}{ACT_LEARN}: {error}') from None
+    except (ConfigError, TypeError, ValueError, RuntimeError) as error:
+        raise ConfigError(f'loading {prefix}{ACT_LEARN}: {error}') from None
 
 
 def _valid_act_learn(value, deploy: bool) -> float:
     """``value`` as a deep-training slope: in [0, 1], and 1 in a deployed network."""
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise InputError(f'act_learn must lie in [0, 1], got {value}')
+        raise ConfigError(f'act_learn must lie in [0, 1], got {value}')
     if deploy and value != 1.0:
-        raise InputError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
+        raise ConfigError(f'act_learn={value}: a deployed VanillaNet has merged its 1x1 convs, '
                          'which is exact only for act_learn=1; it cannot take another value')
     return value
 
@@ -175,7 +175,7 @@ class VanillaBlock(nn.Module):
         if self.deploy:
             return
         if self.act_learn != 1.0:
-            raise InputError(f'cannot fuse a VanillaBlock with act_learn={self.act_learn}: its '
+            raise ConfigError(f'cannot fuse a VanillaBlock with act_learn={self.act_learn}: its '
                              f'1x1 convs merge into one only when act_learn=1')
         self.conv = merge_conv_bn_modules(self.conv1, self.conv2)
         del self.conv1, self.conv2
@@ -255,25 +255,25 @@ class VanillaNet(BaseModule):
         self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
         self.arch = resolve_arch(arch)
         if not _is_int(act_num) or act_num < 0:
-            raise InputError(f'act_num must be an integer >= 0 (kernel 2*act_num+1), '
+            raise ConfigError(f'act_num must be an integer >= 0 (kernel 2*act_num+1), '
                              f'got {act_num!r}')
         num_stages = self.arch.num_stages
         if out_indices is None:
             out_indices = self.arch.default_out_indices()
         if not isinstance(out_indices, (list, tuple)):
-            raise InputError(f'out_indices must be a list or tuple of stage indices, e.g. '
+            raise ConfigError(f'out_indices must be a list or tuple of stage indices, e.g. '
                              f'out_indices=({out_indices!r}, ), got {out_indices!r}')
         out_indices = tuple(out_indices)
         valid = [STEM, *range(num_stages)]
         bad = [i for i in out_indices if not (_is_int(i) or i == STEM) or i not in valid]
         if bad or not out_indices:
-            raise InputError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
+            raise ConfigError(f'out_indices {out_indices}: {bad or "empty"} not allowed; this arch '
                              f'has stages 0..{num_stages - 1}, and {STEM!r} names the stem')
         if [valid.index(i) for i in out_indices] != sorted({valid.index(i) for i in out_indices}):
-            raise InputError(f'out_indices {out_indices} must be in network order without '
+            raise ConfigError(f'out_indices {out_indices} must be in network order without '
                              f'repeats ({STEM!r} first), as the maps are returned in that order')
         if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
-            raise InputError(f'frozen_stages={frozen_stages!r} is not allowed: -1 freezes '
+            raise ConfigError(f'frozen_stages={frozen_stages!r} is not allowed: -1 freezes '
                              f'nothing, 0 the stem, k the stem and the first k stages, up to '
                              f'{num_stages} for this arch')
         self.act_num = act_num
@@ -379,7 +379,7 @@ class VanillaNet(BaseModule):
         act_learn = next((m.act_learn for m in self.modules() if isinstance(m, ConvNorm)
                           and m.act_learn not in (None, 1.0)), self._act_learn)
         if act_learn != 1.0:
-            raise InputError(
+            raise ConfigError(
                 f'cannot fuse VanillaNet with act_learn={act_learn}: its 1x1 conv pairs '
                 'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
                 'fusing now would change what the network computes. Finish the deep-training '
@@ -422,7 +422,7 @@ class VanillaNet(BaseModule):
                 '(deploy=False) from a training-mode checkpoint')
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
-            raise InputError(
+            raise ConfigError(
                 f'input {h}x{w} is too small for VanillaNet-{self.arch_name}: every side '
                 f'must be at least {self.min_input_size} pixels')
 

@@ -14,7 +14,7 @@ first, middle and last channel planes (``check_against_torch``). A binary that f
 launch, or differs beyond ``CHECK_TOLERANCE``, marks its variant failed for the rest of the
 process: under 'auto' one warning names the variant and the failure and PyTorch computes that
 call and every later one of the variant; under 'triton' every call of the variant is a one-line
-InputError. ``kernel_checks()`` reports what was found. A check needs a host synchronisation, so
+ConfigError. ``kernel_checks()`` reports what was found. A check needs a host synchronisation, so
 it cannot run while torch.compile traces the model or a CUDA graph is captured: there a variant
 not yet checked runs PyTorch ('auto') or is an error ('triton'), and a variant that passed runs
 its new specialisations unchecked.
@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..config_error import ConfigError
 from .depthwise import depthwise_conv
 
 ACT_IMPLS = ('auto', 'triton', 'torch')
@@ -48,7 +48,7 @@ TIMING_REPEATS = 3
 
 def check_act_impl(value) -> str:
     if value not in ACT_IMPLS:
-        raise InputError(f'act_impl={value!r}: choose one of {list(ACT_IMPLS)} (auto: the '
+        raise ConfigError(f'act_impl={value!r}: choose one of {list(ACT_IMPLS)} (auto: the '
                          f'Triton kernel for CUDA tensors where it runs, else PyTorch)')
     return value
 
@@ -204,7 +204,7 @@ def fused_activation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
             if y is not None:
                 return y
         elif act_impl == 'triton':
-            raise InputError(f"act_impl='triton' cannot run here: {why_not}; use "
+            raise ConfigError(f"act_impl='triton' cannot run here: {why_not}; use "
                              f"act_impl='auto' to fall back to PyTorch")
     return torch_activation(x, weight, bias, pool)
 
@@ -289,11 +289,11 @@ def _run_kernel(variant: Variant, x, weight, bias, pool: int, act_impl: str):
 
 
 def _fail(variant: Variant, record: _Record, failure: str, act_impl: str):
-    """Marks the variant failed, which happens once per variant: an InputError under
+    """Marks the variant failed, which happens once per variant: a ConfigError under
     'triton', a warning under 'auto' (and PyTorch from then on)."""
     record.failure = failure
     if act_impl == 'triton':
-        raise InputError(f"act_impl='triton': the kernel {variant} {failure}; use "
+        raise ConfigError(f"act_impl='triton': the kernel {variant} {failure}; use "
                          f"act_impl='auto' to fall back to PyTorch")
     warnings.warn(f'the Triton activation kernel {variant} {failure}; PyTorch computes '
                   f'this variant for the rest of the process')

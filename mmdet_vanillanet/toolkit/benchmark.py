@@ -17,19 +17,21 @@ from typing import Dict, Optional, Tuple
 import torch
 from mmengine.runner import Runner
 
-from ..deploy.build import build_detector, load_config
+from mmdet_runsafe.config import load_config
+from mmdet_runsafe.datasets import check_dataset_paths
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.output_paths import check_new_output_file, write_text
+from mmdet_runsafe.units import readable
+
+from ..deploy.build import build_detector
 from ..deploy.equivalence import max_rel_diff
-from ..errors import InputError, deploy_layout_error
-from ..models.checkpoint.backbone_weights import checkpoint_layout
+from ..models.checkpoint.backbone_weights import checkpoint_layout, deploy_layout_error
 from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
-from ..output_paths import check_new_output_file, write_text
 from .complexity import check_input_memory, pseudo_batch
-from .datasets import check_dataset_paths
 from .machine import machine_info, matmul_gflops
 from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
-from .units import readable
 
 # What the report's settings leave out: they are its own fields, or the config's.
 NOT_SETTINGS = ('config', 'checkpoint', 'cfg_options')

@@ -7,8 +7,9 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.analysis import get_model_complexity_info
 
+from mmdet_runsafe.errors import Argument, InputError
+
 from ..deploy.memory import check_memory
-from ..errors import Argument, InputError
 from ..models.series_activation import SeriesActivation
 
 

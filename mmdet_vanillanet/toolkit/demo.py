@@ -6,9 +6,10 @@ import os.path as osp
 import time
 from typing import List, NamedTuple, Optional, Tuple
 
+from mmdet_runsafe.toy_data import make_toy_coco
+
 from .paths import CONFIGS
 from .runs import build_test_runner, build_train_runner
-from .toy_data import make_toy_coco
 
 CONFIG = osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py')
 # Fused and unfused AP agree to this (they compute the same to 1e-4 of the outputs' magnitude).

@@ -11,7 +11,8 @@ from typing import Dict, Optional, Tuple
 
 from mmengine.config import Config
 
-from ..deploy.build import load_config
+from mmdet_runsafe.config import load_config
+
 from ..deploy.onnx_export import export_onnx, onnx_packages
 from .demo import toy_data_options
 from .runs import build_test_runner

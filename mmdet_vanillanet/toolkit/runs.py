@@ -1,11 +1,9 @@
-"""The Runners tools/train.py and tools/test.py build, and the demo runs: MMDetection's tools'
-flags applied to the config, and the config checked before anything runs (the dataset, the work
-dir and its run lock, the checkpoint's layout), so that bad input is one line before a Runner is
-built. The config decides how the run trains (a config without our runtime hooks runs, with a
-warning); these add command-line behaviour only (see the tools' docstrings)."""
-import argparse
-import os
-import os.path as osp
+"""The Runners tools/train.py and tools/test.py build, and the demo runs: the checks any
+MMDetection run gets (``mmdet_runsafe.preflight``, in the order each tool makes them), then
+VanillaNet's own (a checkpoint's layout; an exported file to test), so that bad input is one line
+before a Runner is built. The config decides how the run trains (a config without our runtime
+hooks runs, with a warning); these add command-line behaviour only (see the tools'
+docstrings)."""
 from typing import Optional, Union
 
 import torch.nn as nn
@@ -13,140 +11,61 @@ from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from ..deploy.build import load_config
+from mmdet_runsafe.cli import RUNSAFE, Runtime
+from mmdet_runsafe.errors import InputError
+from mmdet_runsafe.input_paths import check_input_file
+from mmdet_runsafe.preflight import prepare_test_run, prepare_train_run
+from mmdet_runsafe.serialization import ONNX, file_kind
+
 from ..deploy.onnx_inference import OnnxDetector
-from ..errors import InputError, deploy_layout_error
-from ..input_paths import check_input_file
-from ..models.checkpoint.backbone_weights import checkpoint_layout, require_training_layout
-from ..output_paths import check_new_output_file
-from ..run_lock import lock_work_dir
-from ..serialization import ONNX, file_kind, safe_load
-from .cli import set_work_dir, warn_missing_runtime_hooks
-from .datasets import check_dataset_paths
-from .launch import setup_launcher
-from .work_dir import guard_work_dir, refuse_links, require_writable, resume_checkpoint
+from ..models.checkpoint.backbone_weights import (
+    checkpoint_layout,
+    deploy_layout_error,
+    require_training_layout,
+)
+
+# configs/_base_/vanillanet_runtime.py's hooks: runsafe_runtime.py's, and VanillaNet's own.
+VANILLANET_RUNTIME = Runtime(
+    hooks={**RUNSAFE.hooks,
+           'CheckpointFitHook': 'a checkpoint that does not fit the model loads partially, '
+                                'with warnings only'},
+    test_hooks=(*RUNSAFE.test_hooks, 'CheckpointFitHook'),
+    base_file='configs/_base_/vanillanet_runtime.py')
 
 
-def build_train_runner(config: str, work_dir: Optional[str] = None,
-                       cfg_options: Optional[dict] = None, amp: bool = False,
-                       auto_scale_lr: bool = False, resume: Optional[str] = None,
-                       overwrite: bool = False, invalid_boxes: str = 'refuse',
-                       launcher: str = 'none') -> Runner:
-    """tools/train.py's Runner: ``resume`` is a checkpoint path or 'auto' (the run's newest
-    readable checkpoint), the rest as the tool's flags of the same names."""
-    cfg = load_config(config, cfg_options)
-    warn_missing_runtime_hooks(cfg, training=True)
-    set_work_dir(cfg, work_dir, config)
-    if amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
-    if auto_scale_lr:
-        if 'enable' not in cfg.get('auto_scale_lr', {}) or \
-                'base_batch_size' not in cfg.auto_scale_lr:
-            raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
-                               '"auto_scale_lr.base_batch_size" in your configuration file.')
-        cfg.auto_scale_lr.enable = True
-    require_writable(cfg.work_dir)
-    if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
-        lock_work_dir(cfg.work_dir)
-    refuse_links(cfg, training=True)
-    configure_resume(cfg, resume)
-    check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'),
-                        invalid_boxes=invalid_boxes)
-    guard_work_dir(cfg, resume, overwrite)
+def build_train_runner(config: str, **flags) -> Runner:
+    """tools/train.py's Runner, ``flags`` as ``mmdet_runsafe.preflight.prepare_train_run``
+    takes them (the tool's flags of the same names)."""
+    cfg = prepare_train_run(config, VANILLANET_RUNTIME, **flags)
     if cfg.get('load_from'):
         require_training_layout(cfg.load_from, 'start a training run',
                                 'use the training-mode checkpoint it was converted from')
-    setup_launcher(cfg, launcher)
     return runner_from_cfg(cfg)
 
 
-# Where each launcher says which process of the run this is, before MMEngine sets it up.
-RANK_VARIABLES = dict(pytorch='RANK', slurm='SLURM_PROCID', mpi='OMPI_COMM_WORLD_RANK')
-
-
-def first_process(launcher: str) -> bool:
-    """Whether this is the run's first process (rank 0), which holds its work_dir's lock."""
-    return launcher not in RANK_VARIABLES or os.environ.get(RANK_VARIABLES[launcher], '0') == '0'
-
-
-def configure_resume(cfg: Config, resume: Optional[str]):
-    """--resume: 'auto' continues from the run's newest readable checkpoint (a new run, from
-    load_from if any, when there is none yet); a path, from that file, read first so that a
-    truncated or unsafe one is named here."""
-    if resume == 'auto':
-        found = resume_checkpoint(cfg)
-        cfg.resume = found is not None
-        cfg.load_from = found or cfg.get('load_from')
-    elif resume is not None:
-        safe_load(resume, mmap=True)
-        cfg.resume = True
-        cfg.load_from = resume
-
-
-def check_show_dir(work_dir: str, show_dir: str):
-    """MMDetection's visualization hook paints each test image into
-    ``WORK_DIR/<the run's timestamp>/SHOW_DIR`` under the image's own file name: a new folder
-    for a relative SHOW_DIR, but an absolute one (or one that climbs out with ..) is taken as
-    it is, where the pictures would replace any file of those names (the dataset's own images,
-    when it is their folder). Such a folder must be new or empty."""
-    fresh = osp.join(osp.abspath(work_dir), '00000000_000000')  # a run's timestamp folder
-    target = osp.normpath(osp.join(fresh, show_dir))
-    if target == fresh or target.startswith(fresh + os.sep) or not osp.lexists(target):
-        return
-    if osp.islink(target) or not osp.isdir(target) or os.listdir(target):
-        raise InputError(f'--show-dir {show_dir}: the pictures are written under the test '
-                         f'images\' file names into {target}, which is not a new or empty folder '
-                         f'(they would replace its files; the dataset\'s images, if it is their '
-                         f'folder): give a new or empty folder, or a relative path (a new folder '
-                         f'in the run\'s log folder)')
-
-
-def build_test_runner(config: Union[str, Config], checkpoint: str,
-                      work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
-                      out: Optional[str] = None, deploy: bool = False, show: bool = False,
-                      show_dir: Optional[str] = None, wait_time: float = 2,
-                      launcher: str = 'none', onnx_checkpoint: Optional[str] = None,
-                      threads: Optional[int] = None) -> Runner:
-    """tools/test.py's Runner, its arguments as the tool's flags of the same names. An ONNX
-    ``checkpoint`` (an exported raw file, fp32 or INT8) is tested through ``OnnxDetector``,
-    with ``onnx_checkpoint`` (``--checkpoint``: the checkpoint it was exported from, which a
-    two-stage detector's RoI heads need) and onnxruntime's ``threads``; everything else (the
-    dataloader, the evaluator, ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
-    cfg = load_config(config, cfg_options)
-    warn_missing_runtime_hooks(cfg, training=False)
-    set_work_dir(cfg, work_dir, config if isinstance(config, str) else 'onnx_test')
-    if out is not None:
-        if not out.endswith(('.pkl', '.pickle')):
-            raise InputError(f'--out {out}: the dump file must be a .pkl file')
-        check_new_output_file(out, '--out', inputs=(config if isinstance(config, str) else None,
-                                                    checkpoint, onnx_checkpoint))
-    if '://' not in checkpoint:
-        check_input_file(checkpoint, 'checkpoint')
+def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool = False,
+                      onnx_checkpoint: Optional[str] = None, threads: Optional[int] = None,
+                      **flags) -> Runner:
+    """tools/test.py's Runner, ``flags`` as ``mmdet_runsafe.preflight.prepare_test_run`` takes
+    them (the tool's flags of the same names). An ONNX ``checkpoint`` (an exported raw file,
+    fp32 or INT8) is tested through ``OnnxDetector``, with ``onnx_checkpoint``
+    (``--checkpoint``: the checkpoint it was exported from, which a two-stage detector's RoI
+    heads need) and onnxruntime's ``threads``; everything else (the dataloader, the evaluator,
+    ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
+    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
+                           **flags)
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
-    check_onnx_request(onnx_file, onnx_checkpoint, deploy, launcher)
-    check_dataset_paths(cfg, ('test_dataloader', ), invalid_boxes='drop')
-    require_writable(cfg.work_dir)
-    refuse_links(cfg, training=False)
+    check_onnx_request(onnx_file, onnx_checkpoint, deploy, flags.get('launcher', 'none'))
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint
-    # MMDetection's engine and evaluation packages take a second to import: only --show and --out
-    # need them here (the Runner imports them itself, once the checks above have passed).
-    if show_dir:
-        check_show_dir(cfg.work_dir, show_dir)
-    if show or show_dir:
-        from mmdet.engine.hooks.utils import trigger_visualization_hook
-        shown = argparse.Namespace(show=show, show_dir=show_dir, wait_time=wait_time)
-        cfg = trigger_visualization_hook(cfg, shown)
-    setup_launcher(cfg, launcher)
     runner = runner_from_cfg(cfg)
     if onnx_file is not None:
         runner.model = OnnxTestModel(OnnxDetector(cfg, onnx_file, onnx_checkpoint,
                                                   threads=threads))
-    if out is not None:
+    if flags.get('out') is not None:
         from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=flags['out']))
     return runner
 
 

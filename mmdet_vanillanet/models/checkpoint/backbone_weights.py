@@ -17,8 +17,10 @@ import torch.nn as nn
 from mmengine.logging import print_log
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...errors import CheckpointError, InputError, deploy_layout_error
-from ...serialization import safe_load
+from mmdet_runsafe.errors import CheckpointError, InputError
+from mmdet_runsafe.serialization import safe_load
+
+from ...config_error import ConfigError
 from .fit import check_fits
 from .forms import (
     StateDict,
@@ -39,7 +41,7 @@ def training_network(backbone_type: type, cfg: dict, what: str) -> nn.Module:
     try:
         with torch.device('meta'):
             return backbone_type(**kwargs, deploy=False, init_cfg=None)
-    except (InputError, TypeError) as err:
+    except (ConfigError, TypeError) as err:
         raise InputError(f'{what}: its backbone config does not build a {backbone_type.__name__} '
                          f'({err})') from None
 
@@ -97,7 +99,7 @@ def fused_state(training: nn.Module, state: StateDict, source: str) -> StateDict
     training.load_state_dict(state, strict=False, assign=True)
     try:
         training.switch_to_deploy()
-    except InputError as err:
+    except ConfigError as err:
         raise CheckpointError(f'{source}: {err}') from None
     fused = training.state_dict()
     # Every tensor the fused network holds was computed from the file's (the BN counters a
@@ -149,3 +151,10 @@ def require_training_layout(filename: str, purpose: str, remedy: str):
     """Raise ``deploy_layout_error`` if ``filename`` holds a fused backbone."""
     if checkpoint_layout(filename) == 'deploy':
         raise deploy_layout_error(filename, purpose, remedy)
+
+
+def deploy_layout_error(filename: str, purpose: str, remedy: str) -> CheckpointError:
+    """The one message for a fused checkpoint where training-layout weights are needed."""
+    return CheckpointError(
+        f'{filename} holds a fused (deploy-layout) VanillaNet, whose BN statistics and separate '
+        f'1x1 convs were merged away, so it cannot {purpose}; {remedy}')

@@ -9,10 +9,11 @@ from typing import Dict, List, Sequence
 
 import torch.nn as nn
 
-from ...class_order import check_checkpoint_classes
-from ...errors import CheckpointError, InputError
-from ...serialization import safe_load
-from ..detector import unwrap_model
+from mmdet_runsafe.class_order import check_checkpoint_classes
+from mmdet_runsafe.errors import CheckpointError, InputError
+from mmdet_runsafe.hooks.runner_state import unwrap_model
+from mmdet_runsafe.serialization import safe_load
+
 from ..vanillanet import VanillaNet
 from .backbone_weights import check_same_norm, recorded_backbone
 from .fit import check_fits, key_differences

@@ -10,7 +10,8 @@ no second description of the network to keep in line with it.
 import re
 from typing import List
 
-from ...errors import CheckpointError
+from mmdet_runsafe.errors import CheckpointError
+
 from .forms import ACT_LEARN, StateDict, activation_keys, describe_backbone
 
 # Tensors a fitting file may lack: BN's counters are absent from files of old torch versions.

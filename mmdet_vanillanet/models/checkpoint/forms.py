@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ...errors import CheckpointError
+from mmdet_runsafe.errors import CheckpointError
+
 from ..arch_settings import ARCH_SETTINGS
 
 StateDict = Dict[str, torch.Tensor]

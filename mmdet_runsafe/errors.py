@@ -7,7 +7,7 @@ Every one is an :class:`InputError`; a checkpoint that cannot be read or does no
 A library function's message names its arguments as its caller wrote them (``part='neck'``,
 ``force=True``), never a command-line flag: it is built from text and :class:`Argument` parts,
 which ``str()`` words as ``name=value`` and our tools as the flag that sets the argument
-(``toolkit.cli.one_line_errors``: ``--part neck``, ``--force``).
+(``cli.one_line_errors``: ``--part neck``, ``--force``).
 """
 from typing import Any, Callable, NamedTuple
 
@@ -36,6 +36,14 @@ class NamesArguments:
 
 class InputError(NamesArguments, ValueError):
     """A bad argument, config value or file; the message names it and what is allowed."""
+    user_error = True
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether an exception is the user's to fix, printed on one line by the tools: an
+    :class:`InputError`, or any exception whose class sets ``user_error = True`` (how a package
+    that does not import this one marks its own: VanillaNet's network modules)."""
+    return getattr(type(err), 'user_error', False) is True
 
 
 class CheckpointError(InputError, RuntimeError):
@@ -55,9 +63,3 @@ def output_exists(path: str) -> OutputExistsError:
     return OutputExistsError(f'{path} exists; pass ', Argument('force', True),
                              ' to overwrite it')
 
-
-def deploy_layout_error(filename: str, purpose: str, remedy: str) -> CheckpointError:
-    """The one message for a fused checkpoint where training-layout weights are needed."""
-    return CheckpointError(
-        f'{filename} holds a fused (deploy-layout) VanillaNet, whose BN statistics and separate '
-        f'1x1 convs were merged away, so it cannot {purpose}; {remedy}')

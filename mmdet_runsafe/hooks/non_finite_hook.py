@@ -12,7 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from ..errors import InputError
-from ..models.detector import unwrap_model
+from .runner_state import unwrap_model
 
 # The bound on one step's growth of the parameters' L2 norm. Measured (python
 # benchmarks/weight_growth.py): at most 1.00006 over a toy run from scratch (warm-up and deep

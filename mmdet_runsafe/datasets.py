@@ -16,10 +16,10 @@ from mmdet.datasets import CocoDataset
 from mmdet.registry import MODELS
 from PIL import Image
 
-from ..class_order import check_evaluator_class_order, dataset_class, dataset_classes
-from ..errors import InputError
-from ..input_paths import check_input_file, not_a_regular_file
+from .class_order import check_evaluator_class_order, dataset_class, dataset_classes
 from .coco_annotations import Problems, check_coco_annotations, check_invalid_boxes_choice
+from .errors import InputError
+from .input_paths import check_input_file, not_a_regular_file
 
 COCO_HINT = ('Get COCO 2017 from https://cocodataset.org into data/coco/ (annotations/, '
              'train2017/, val2017/), point the config at your copy with --cfg-options '

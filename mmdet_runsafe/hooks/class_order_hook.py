@@ -1,5 +1,5 @@
 """Refuse, before a run trains or tests, a COCO file whose categories are in another order than
-the config's classes (see ``mmdet_vanillanet.class_order``): under any tool, MMDetection's own
+the config's classes (see ``mmdet_runsafe.class_order``): under any tool, MMDetection's own
 included, since the configs declare this hook."""
 from mmdet.datasets import CocoDataset
 from mmdet.registry import HOOKS

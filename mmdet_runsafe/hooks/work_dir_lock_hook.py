@@ -1,4 +1,4 @@
-"""One training run per work_dir (``mmdet_vanillanet.run_lock``), under any tool: the configs
+"""One training run per work_dir (``mmdet_runsafe.run_lock``), under any tool: the configs
 declare this hook, so MMDetection's own tools/train.py takes the lock too."""
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook

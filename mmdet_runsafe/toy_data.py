@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..errors import InputError
-from ..output_paths import new_file_for, write_text
+from .errors import InputError
+from .output_paths import new_file_for, write_text
 
 CLASSES = ('circle', 'square', 'triangle')
 

@@ -2,7 +2,10 @@
 property says whether a checkpoint is resumed, which file it came from, or which loops a run
 has built. These are plain attribute reads (``_resume``, ``_load_from``, ``_train_loop``,
 ``_val_loop``, ``_test_loop``), the same in every mmengine the package declares; the list and
-how it is tested: docs/getting_started.md (MMEngine versions)."""
+how it is tested: docs/getting_started.md (MMEngine versions). And the model a Runner trains,
+out of its wrappers."""
+import torch.nn as nn
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import BaseLoop
 
 
@@ -25,3 +28,11 @@ def built_loops(runner) -> list:
     training dataset."""
     loops = (runner._train_loop, runner._val_loop, runner._test_loop)
     return [loop for loop in loops if isinstance(loop, BaseLoop)]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DDP/FSDP (or other MMEngine) wrapper or a test-time-augmentation
+    model (``--tta``; both, under distributed testing), or the model itself."""
+    while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+        model = model.module
+    return model

@@ -10,8 +10,8 @@ import tempfile
 
 from mmengine.logging import print_log
 
-from ..errors import InputError, TruncatedCheckpointError
-from ..run_files import (
+from .errors import InputError, TruncatedCheckpointError
+from .run_files import (
     RECORD_NAME,
     WORK_DIR,
     last_checkpoint,
@@ -19,7 +19,7 @@ from ..run_files import (
     refuse_link,
     written_by_runs,
 )
-from ..serialization import safe_load
+from .serialization import safe_load
 
 RESUMABLE = re.compile(r'(epoch|iter)_(\d+)\.pth')
 
@@ -177,3 +177,17 @@ def resume_checkpoint(cfg):
                          f'({", ".join(candidates[:4])}); pass --overwrite to start the run '
                          f'again')
     return None
+
+
+def configure_resume(cfg, resume):
+    """--resume: 'auto' continues from the run's newest readable checkpoint (a new run, from
+    load_from if any, when there is none yet); a path, from that file, read first so that a
+    truncated or unsafe one is named here."""
+    if resume == 'auto':
+        found = resume_checkpoint(cfg)
+        cfg.resume = found is not None
+        cfg.load_from = found or cfg.get('load_from')
+    elif resume is not None:
+        safe_load(resume, mmap=True)
+        cfg.resume = True
+        cfg.load_from = resume

@@ -7,7 +7,7 @@ previous best checkpoint before writing the new one). This hook writes each file
 temporary name and renames it into place once it is complete (a rename is atomic on POSIX file
 systems), and deletes outdated files only after the new one is in place. It writes nothing
 through a symbolic link it did not create, and records each file it writes as the run's
-(``mmdet_vanillanet.run_files``: what ``tools/train.py --overwrite`` may remove).
+(``mmdet_runsafe.run_files``: what ``tools/train.py --overwrite`` may remove).
 """
 import contextlib
 import os

@@ -10,7 +10,7 @@ from ..serialization import WeightsOnlyHistoryBuffer
 @HOOKS.register_module()
 class WeightsOnlyCheckpointHook(Hook):
     """Writes the message hub's history buffers of every checkpoint as
-    :class:`~mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer`: their data only, where
+    :class:`~mmdet_runsafe.serialization.WeightsOnlyHistoryBuffer`: their data only, where
     MMEngine's HistoryBuffer would also write its statistics methods as ``getattr`` calls, which
     a weights_only load refuses. MMEngine's class is not allow-listed for loading (unpickling
     it changes that class for the whole process); ours is, and after ``--resume`` the loaded

@@ -119,3 +119,21 @@ def _link_new(partial: str, path: str):
             raise FileExistsError(f'{path} appeared while it was being written; it was kept, '
                                   f'and the result was not written') from None
         os.replace(partial, path)
+
+
+def check_show_dir(work_dir: str, show_dir: str):
+    """MMDetection's visualization hook paints each test image into
+    ``WORK_DIR/<the run's timestamp>/SHOW_DIR`` under the image's own file name: a new folder
+    for a relative SHOW_DIR, but an absolute one (or one that climbs out with ..) is taken as
+    it is, where the pictures would replace any file of those names (the dataset's own images,
+    when it is their folder). Such a folder must be new or empty."""
+    fresh = osp.join(osp.abspath(work_dir), '00000000_000000')  # a run's timestamp folder
+    target = osp.normpath(osp.join(fresh, show_dir))
+    if target == fresh or target.startswith(fresh + os.sep) or not osp.lexists(target):
+        return
+    if osp.islink(target) or not osp.isdir(target) or os.listdir(target):
+        raise InputError(f'--show-dir {show_dir}: the pictures are written under the test '
+                         f'images\' file names into {target}, which is not a new or empty folder '
+                         f'(they would replace its files; the dataset\'s images, if it is their '
+                         f'folder): give a new or empty folder, or a relative path (a new folder '
+                         f'in the run\'s log folder)')

@@ -15,8 +15,8 @@ import math
 
 from mmengine.logging import print_log
 
-from ..class_order import check_class_order, missing_classes_error
-from ..errors import InputError
+from .class_order import check_class_order, missing_classes_error
+from .errors import InputError
 
 INVALID_BOX_CHOICES = ('refuse', 'drop')
 

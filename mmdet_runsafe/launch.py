@@ -16,7 +16,7 @@ import torch.distributed as dist
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
-from ..errors import InputError
+from .errors import InputError
 
 
 # In MMEngine's root registry: the Runner looks wrappers up there.
@@ -69,3 +69,12 @@ def setup_launcher(cfg, launcher: str):
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
     cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel', broadcast_buffers=False)
+
+
+# Where each launcher says which process of the run this is, before MMEngine sets it up.
+RANK_VARIABLES = dict(pytorch='RANK', slurm='SLURM_PROCID', mpi='OMPI_COMM_WORLD_RANK')
+
+
+def first_process(launcher: str) -> bool:
+    """Whether this is the run's first process (rank 0), which holds its work_dir's lock."""
+    return launcher not in RANK_VARIABLES or os.environ.get(RANK_VARIABLES[launcher], '0') == '0'

@@ -9,18 +9,18 @@ import os
 import os.path as osp
 import signal
 import sys
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
-from ..checkpoint_sources import HTTP, ZOO_PREFIXES
-from ..errors import Argument, InputError, NamesArguments
-from ..serialization import safe_load
+from .checkpoint_sources import HTTP, ZOO_PREFIXES
+from .errors import Argument, NamesArguments, is_user_error
 from .launch import die_with_launcher
+from .serialization import safe_load
 
-USER_ERRORS = (InputError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (FileNotFoundError, FileExistsError)
 # Files that cannot be written (or read) for lack of room or rights: a full disk or quota, a
 # file-size limit, a read-only or forbidden folder.
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
@@ -46,38 +46,46 @@ def parse(parser: argparse.ArgumentParser):
     return args
 
 
-# The hooks configs/_base_/vanillanet_runtime.py declares, and what a run under our tools loses
-# without each (a config of MMDetection's own runs, as under its tools, with one warning).
-RUNTIME_HOOKS = {
-    'AtomicCheckpointHook': 'a kill or a full disk during a save can leave no checkpoint to '
-                            'resume from',
-    'CheckpointFitHook': 'a checkpoint that does not fit the model loads partially, with '
-                         'warnings only',
-    'ClassOrderHook': 'MMDetection\'s own tools would not check the COCO files\' class order '
-                      '(ours do)',
-    'RandomStateHook': '--resume continues with another data order and random state',
-    'ResumeLrFromConfigHook': '--resume keeps the checkpoint\'s lr over the config\'s',
-    'StopOnNonFiniteHook': 'a NaN or a blow-up trains on and is checkpointed',
-    'WeightsOnlyCheckpointHook': 'its checkpoints hold MMEngine\'s HistoryBuffer, which '
-                                 'weights_only loading refuses (--resume and tools/test.py '
-                                 'then need tools/convert_checkpoint.py --unsafe-load)',
-    'WorkDirLockHook': 'MMDetection\'s own tools would not lock the work_dir (ours do)',
-}
-# The ones that act in a test run.
-TEST_HOOKS = ('CheckpointFitHook', 'ClassOrderHook')
+class Runtime(NamedTuple):
+    """The runtime hooks a family of configs declares (name -> what a run under our tools loses
+    without it), those of them that act in a test run, and the base file that declares them."""
+    hooks: Mapping[str, str]
+    test_hooks: Tuple[str, ...]
+    base_file: str
 
 
-def warn_missing_runtime_hooks(cfg: Config, training: bool):
+# configs/_base_/runsafe_runtime.py's hooks (a config of MMDetection's own runs without them, as
+# under its tools, with one warning).
+RUNSAFE = Runtime(
+    hooks={
+        'AtomicCheckpointHook': 'a kill or a full disk during a save can leave no checkpoint '
+                                'to resume from',
+        'ClassOrderHook': 'MMDetection\'s own tools would not check the COCO files\' class '
+                          'order (ours do)',
+        'RandomStateHook': '--resume continues with another data order and random state',
+        'ResumeLrFromConfigHook': '--resume keeps the checkpoint\'s lr over the config\'s',
+        'StopOnNonFiniteHook': 'a NaN or a blow-up trains on and is checkpointed',
+        'WeightsOnlyCheckpointHook': 'its checkpoints hold MMEngine\'s HistoryBuffer, which '
+                                     'weights_only loading refuses (--resume and tools/test.py '
+                                     'then need tools/convert_checkpoint.py --unsafe-load)',
+        'WorkDirLockHook': 'MMDetection\'s own tools would not lock the work_dir (ours do)',
+    },
+    test_hooks=('ClassOrderHook', ),
+    base_file='configs/_base_/runsafe_runtime.py')
+
+
+def warn_missing_runtime_hooks(cfg: Config, training: bool, runtime: Runtime = RUNSAFE):
     """One warning naming the runtime hooks a config does not declare, and what each one's
     absence costs: the config decides how it runs, as under MMDetection's own tools."""
     declared = {h.get('type') for h in (cfg.get('default_hooks') or {}).values()
                 if isinstance(h, dict)}
     declared |= {h.get('type') for h in cfg.get('custom_hooks') or [] if isinstance(h, dict)}
-    missing = [h for h in (RUNTIME_HOOKS if training else TEST_HOOKS) if h not in declared]
+    expected = runtime.hooks if training else runtime.test_hooks
+    missing = [h for h in expected if h not in declared]
     if missing:
-        costs = '; '.join(f'{h}: {RUNTIME_HOOKS[h]}' for h in missing)
+        costs = '; '.join(f'{h}: {runtime.hooks[h]}' for h in missing)
         print_log(f'the config does not declare {", ".join(missing)}, which '
-                  f'configs/_base_/vanillanet_runtime.py declares; running without them '
+                  f'{runtime.base_file} declares; running without them '
                   f'({costs}). Add that file to the config\'s _base_ files to have them',
                   logger='current', level=30)
 
@@ -89,6 +97,19 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str):
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def apply_train_flags(cfg: Config, amp: bool, auto_scale_lr: bool):
+    """--amp and --auto-scale-lr, as MMDetection's tools/train.py applies them."""
+    if amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if auto_scale_lr:
+        if 'enable' not in cfg.get('auto_scale_lr', {}) or \
+                'base_batch_size' not in cfg.auto_scale_lr:
+            raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
+                               '"auto_scale_lr.base_batch_size" in your configuration file.')
+        cfg.auto_scale_lr.enable = True
 
 
 def force_weights_only_loading():
@@ -160,22 +181,23 @@ class Interrupted(BaseException):
 def one_line_errors(*more, flags: Optional[Mapping[str, str]] = None,
                     remedy: str = 'free some space or fix its permissions, or choose another '
                                   'place to write'):
-    """Exit with 'error: <message>' for the user's errors (and ``more`` exception types), and
-    for writes that fail for lack of room or rights (naming the file, then ``remedy``: a
-    training tool's is TRAINING_REMEDY). The arguments a library error names are worded as the
-    tool's flags (``flags``: argument name -> flag, where the flag is not the argument's
-    name)."""
+    """Exit with 'error: <message>' for the user's errors (``errors.is_user_error``, files not
+    found or in the way, and ``more`` exception types), and for writes that fail for lack of
+    room or rights (naming the file, then ``remedy``: a training tool's is TRAINING_REMEDY).
+    The arguments a library error names are worded as the tool's flags (``flags``: argument
+    name -> flag, where the flag is not the argument's name)."""
     try:
         yield
-    except (*USER_ERRORS, *more) as err:
-        if isinstance(err, NamesArguments):
-            sys.exit(f'error: {err.worded(lambda a: flag_of(a, flags or {}))}')
-        sys.exit(f'error: {err}')
-    except OSError as err:
-        if err.errno not in WRITE_ERRORS:
-            raise
-        what = 'access' if err.errno in (errno.EACCES, errno.EPERM) else 'write'
-        sys.exit(f'error: cannot {what} {err.filename or "a file"} ({err.strerror}); {remedy}')
+    except Exception as err:
+        if is_user_error(err) or isinstance(err, (*USER_ERRORS, *more)):
+            worded = err.worded(lambda a: flag_of(a, flags or {})) \
+                if isinstance(err, NamesArguments) else str(err)
+            sys.exit(f'error: {worded}')
+        if isinstance(err, OSError) and err.errno in WRITE_ERRORS:
+            what = 'access' if err.errno in (errno.EACCES, errno.EPERM) else 'write'
+            sys.exit(f'error: cannot {what} {err.filename or "a file"} ({err.strerror}); '
+                     f'{remedy}')
+        raise
 
 
 # What a training or test run stopped by SIGTERM or Ctrl-C leaves (interruptible's outcome).
