@@ -19,7 +19,7 @@ from PIL import Image
 from .class_order import check_evaluator_class_order, dataset_class, dataset_classes
 from .coco_annotations import Problems, check_coco_annotations, check_invalid_boxes_choice
 from .errors import InputError
-from .input_paths import check_input_file, not_a_regular_file
+from .input_paths import check_input_file, special_file_kind
 
 COCO_HINT = ('Get COCO 2017 from https://cocodataset.org into data/coco/ (annotations/, '
              'train2017/, val2017/), point the config at your copy with --cfg-options '
@@ -154,7 +154,7 @@ def check_image_files(ann_path: str, images: list, img_dir: str, smallest_side):
 
 def _image_size(path: str):
     """(width, height) from the image's header, or why the file cannot be read."""
-    kind = not_a_regular_file(path)
+    kind = special_file_kind(path)
     if kind:  # a FIFO would block the read
         return f'is {kind}, not an image file'
     try:
