@@ -74,7 +74,7 @@ def check_detector_norm(model: nn.Module, checkpoint: dict, filename: str):
     if not isinstance(backbone, VanillaNet) or backbone.deploy:
         return
     try:
-        recorded = recorded_backbone(checkpoint, VanillaNet, filename)
+        recorded = recorded_backbone(checkpoint, filename)
     except InputError:
         # A record this version cannot build (another version's arguments, the authors'
         # MMDetection 2.x config) says nothing it can compare; the file's tensors are checked.
