@@ -55,8 +55,8 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
             continue
         for ds in _datasets(cfg, key):
             root = ds.get('data_root') or ''
-            ann = _path(root, ds.get('ann_file'))
-            img_dir = _path(root, (ds.get('data_prefix') or {}).get('img', ''))
+            ann = _under_data_root(root, ds.get('ann_file'))
+            img_dir = _under_data_root(root, (ds.get('data_prefix') or {}).get('img', ''))
             for kind, path in (('annotation file', ann), ('image folder', img_dir)):
                 if path and '://' not in path and not osp.exists(path):
                     raise FileNotFoundError(
@@ -84,7 +84,7 @@ def _check_evaluator_class_order(cfg, key: str):
     check_evaluator_class_order(evaluators, dataset_classes(datasets[0]), evaluator_key)
 
 
-def _path(root: str, rel):
+def _under_data_root(root: str, rel):
     """Where MMEngine's BaseDataset looks: ``rel`` under ``data_root`` unless absolute."""
     if rel is None:
         return None

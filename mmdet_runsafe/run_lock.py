@@ -64,7 +64,7 @@ OPEN_FLAGS = (os.O_RDWR | os.O_CREAT | getattr(os, 'O_NOFOLLOW', 0)
 WHAT = 'the run lock file a training run writes'
 
 
-def _lock_path(work_dir: str) -> str:
+def _path(work_dir: str) -> str:
     return osp.join(osp.abspath(work_dir), LOCK_NAME)
 
 
@@ -115,7 +115,7 @@ def lock_work_dir(work_dir: str) -> None:
     """Hold ``work_dir``'s run lock until :func:`unlock_work_dir` or the process ends; an
     InputError naming the holder when another live run holds it, or naming what is in the
     lock file's place when it is not a regular file."""
-    path = _lock_path(work_dir)
+    path = _path(work_dir)
     if path in _HELD:
         return
     fd = _open(path, work_dir)
@@ -152,7 +152,7 @@ def lock_work_dir(work_dir: str) -> None:
 
 def unlock_work_dir(work_dir: str) -> None:
     """Release the lock this process holds on ``work_dir`` (if any), leaving no details."""
-    fd = _HELD.pop(_lock_path(work_dir), None)
+    fd = _HELD.pop(_path(work_dir), None)
     if fd is None:
         return
     os.ftruncate(fd, LOCK_BYTES)
