@@ -50,6 +50,8 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
     InputError for the first kind of problem in a COCO file or its images (see the module).
     ``invalid_boxes``: 'refuse' or 'drop' the boxes MMDetection would drop from training."""
     check_invalid_boxes_choice(invalid_boxes)
+    # The backbone is the same for every dataset: built once (a VanillaNet, on the meta device).
+    min_side = _backbone_min_side((cfg.get('model') or {}).get('backbone') or {})
     for key in keys:
         if not cfg.get(key):
             continue
@@ -69,7 +71,7 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
                     ann, _load_json(ann), classes=dataset_classes(ds), with_mask=_loads_masks(ds),
                     training=not ds.get('test_mode', False), invalid_boxes=invalid_boxes)
                 if '://' not in img_dir:
-                    check_image_files(ann, images, img_dir, _smallest_side(cfg, ds))
+                    check_image_files(ann, images, img_dir, _smallest_side(cfg, ds, min_side))
         _check_evaluator_class_order(cfg, key)
 
 
@@ -174,18 +176,18 @@ def _image_size(path: str):
         return image.shape[1], image.shape[0]
 
 
-def _smallest_side(cfg, ds):
+def _smallest_side(cfg, ds, min_side: int):
     """A function of an image's (width, height): None if every resize the dataset's pipeline
     may draw and the backbone take it, else why not.
 
     A keep-ratio resize fits the long side to the scale's long edge, so a thin image's short
     side can round to 0 pixels (OpenCV's resize fails: toy config, 6401x20 pixels), or stay
     under the backbone's minimum input side after the data preprocessor's padding (VanillaNet
-    needs 32 pixels a side; padding to 32, as the shipped configs do, always reaches it)."""
+    needs 32 pixels a side, ``min_side``; padding to 32, as the shipped configs do, always
+    reaches it)."""
     names, corner, resizes = _smallest_scale(ds.get('pipeline') or [])
     model = cfg.get('model') or {}
     pad = (model.get('data_preprocessor') or {}).get('pad_size_divisor') or 1
-    min_side = _backbone_min_side(model.get('backbone') or {})
     # The smallest resized side that padding lifts to the backbone's minimum (and at least 1).
     need = pad * (math.ceil(min_side / pad) - 1) + 1
     reason = ('and OpenCV cannot resize to 0 pixels' if need == 1 else
