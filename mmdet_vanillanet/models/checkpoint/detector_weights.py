@@ -40,11 +40,11 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
     missing or of another shape; they are left at their initialisation. Returns the file's
     keys to drop for that (those of another shape). ``hint`` ends the message of a file that
     does not fit."""
-    return _check_fits(unwrap_model(model), state, filename, replaced, hint)
+    return _check_unwrapped_fits(unwrap_model(model), state, filename, replaced, hint)
 
 
-def _check_fits(model: nn.Module, state: Dict, filename: str, replaced: Sequence[str] = (),
-                hint: str = REPLACED_HINT) -> List[str]:
+def _check_unwrapped_fits(model: nn.Module, state: Dict, filename: str,
+                          replaced: Sequence[str] = (), hint: str = REPLACED_HINT) -> List[str]:
     """``check_detector_fits`` for a model out of its wrappers."""
     expected = model.state_dict()
     file_keys = dict(zip(without_module_prefix(state), state))
@@ -74,10 +74,10 @@ def check_detector_norm(model: nn.Module, checkpoint: dict, filename: str):
     (a converted file is refused alike, deploy/convert.py). A fused backbone has no norm left
     to compare; a file that records no config, or one this version cannot build, is not
     checked."""
-    _check_norm(unwrap_model(model), checkpoint, filename)
+    _check_unwrapped_norm(unwrap_model(model), checkpoint, filename)
 
 
-def _check_norm(model: nn.Module, checkpoint: dict, filename: str):
+def _check_unwrapped_norm(model: nn.Module, checkpoint: dict, filename: str):
     """``check_detector_norm`` for a model out of its wrappers."""
     backbone = getattr(model, 'backbone', None)
     if not isinstance(backbone, VanillaNet) or backbone.deploy:
@@ -104,9 +104,9 @@ def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu',
     loaded = load_checkpoint_of_classes(checkpoint, classes, map_location=device)
     adopt_meta_act_learn(loaded)
     state = loaded.get('state_dict', loaded)
-    _check_fits(model, state, checkpoint,
-                hint='Give the checkpoint of this config, or the config of this checkpoint')
-    _check_norm(model, loaded, checkpoint)
+    _check_unwrapped_fits(model, state, checkpoint, hint='Give the checkpoint of this config, or '
+                                                         'the config of this checkpoint')
+    _check_unwrapped_norm(model, loaded, checkpoint)
     # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
     # middle of deep training sets the backbone's act_learn as it loads (a key of its state
     # dict), so that fusing it is refused.
