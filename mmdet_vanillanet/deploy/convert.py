@@ -122,7 +122,7 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
 
     Example::
 
-        from ..apis import convert_checkpoint
+        from mmdet_vanillanet.apis import convert_checkpoint
 
         before, after = convert_checkpoint('vanillanet_13_act_num_4_kd_pretrain.pth',
                                            'vn13_deploy.pth')

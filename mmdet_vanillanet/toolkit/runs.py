@@ -4,6 +4,7 @@ VanillaNet's own (a checkpoint's layout; an exported file to test), so that bad 
 before a Runner is built. The config decides how the run trains (a config without our runtime
 hooks runs, with a warning); these add command-line behaviour only (see the tools'
 docstrings)."""
+import os.path as osp
 from typing import Optional, Union
 
 import torch.nn as nn
@@ -52,10 +53,10 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     (``--checkpoint``: the checkpoint it was exported from, which a two-stage detector's RoI
     heads need) and onnxruntime's ``threads``; everything else (the dataloader, the evaluator,
     ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
-    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
-                           **flags)
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
     check_onnx_request(onnx_file, onnx_checkpoint, deploy, flags.get('launcher', 'none'))
+    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
+                           **flags)
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint
@@ -70,8 +71,9 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
 
 
 def is_onnx_file(path: str) -> bool:
-    """A local file that begins as an ONNX model does (see ``serialization.file_kind``)."""
-    return '://' not in path and file_kind(path) == ONNX
+    """A local regular file that begins as an ONNX model does (see
+    ``serialization.file_kind``); anything else is checked as a checkpoint."""
+    return '://' not in path and osp.isfile(path) and file_kind(path) == ONNX
 
 
 def check_onnx_request(onnx_file: Optional[str], onnx_checkpoint: Optional[str], deploy: bool,
