@@ -16,6 +16,7 @@ from helpers import CONFIG, ap, build_backbone, fused_copy, narrow, randomize, r
 from mmdet_vanillanet.deploy.convert import deploy_checkpoint
 from mmdet_vanillanet.errors import CheckpointError, InputError
 from mmdet_vanillanet.models import VanillaNet
+from mmdet_vanillanet.models.checkpoint import backbone_weights
 from mmdet_vanillanet.models.checkpoint.forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
 
@@ -225,3 +226,18 @@ def test_a_state_dict_with_a_wrong_number_of_slopes_is_refused():
     with pytest.raises(InputError, match=r'loading act_learn: holds \(2,\) values, where one, '
                                          r'or one per place \(4: the stem and each stage\)'):
         model.load_state_dict(state)
+
+
+def test_a_configured_act_learn_replaced_by_the_pretrained_files_is_said(tmp_path, monkeypatch):
+    """A config's act_learn is the value the network is built with; its init_cfg's weights then
+    set theirs (a released file: 1), which is logged rather than done silently."""
+    path = tmp_path / 'released.pth'
+    torch.save({'model': _backbone().state_dict()}, path)  # saved at 1: no act_learn key
+    logged = []
+    monkeypatch.setattr(backbone_weights, 'print_log', lambda message, **kw: logged.append(message))
+    model = build_backbone(**NARROW, act_learn=0.5,
+                           init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    assert model.act_learn == 1.0
+    assert logged[-1] == (f'VanillaNet-custom: act_learn=0.5 of the config is replaced by the '
+                          f'value {path} was saved at (1)')
