@@ -75,11 +75,13 @@ class VanillaNetDeepTrainingHook(Hook):
                                                                            runner.max_iters)
         final = self.value_at(length - 1)
         if final < 1.0:
+            shorter = (f"Set the hook's duration to at most {length - 1} {unit} "
+                       f'(custom_hooks.N.duration), or train longer' if length > 1 else
+                       f'Train for more than {self.duration} {unit}')
             print_log(f'VanillaNetDeepTrainingHook: act_learn reaches 1 after {self.duration} '
                       f'{unit}, but training stops after {length}, at act_learn={final:g}: the '
-                      f'last checkpoint cannot be fused for deployment. Set the hook\'s duration '
-                      f'to at most {length - 1} {unit} (custom_hooks.N.duration), or train '
-                      f'longer', logger='current', level=logging.WARNING)
+                      f'last checkpoint cannot be fused for deployment. {shorter}',
+                      logger='current', level=logging.WARNING)
 
     def before_train_epoch(self, runner) -> None:
         if self.by_epoch:
