@@ -170,3 +170,17 @@ def test_the_deployed_block_is_built_whole(arch):
                       for name, m in network.named_modules())
 
     assert tree(model) == tree(built)
+
+
+def test_forward_hooks_on_the_conv_and_bn_pairs_see_their_calls():
+    """The pairs hold no state, but they are still the modules that compute: a feature
+    recorder on ``stages[i].conv1`` (as on the authors' network) sees each call."""
+    model = build_backbone(arch=narrow('5')).eval()
+    seen = []
+    for name in ('stem1', 'stem2', 'stages.0.conv1', 'stages.0.conv2'):
+        model.get_submodule(name).register_forward_hook(
+            lambda m, args, out, name=name: seen.append((name, tuple(out.shape[1:2]))))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert seen == [('stem1', (8, )), ('stem2', (8, )), ('stages.0.conv1', (8, )),
+                    ('stages.0.conv2', (16, ))]

@@ -10,8 +10,8 @@ an activation that applies the block's max pool.
 
 The modules run the lean training ops of ``ops.lean_training`` (``lean_training=True``): a
 training step keeps each 1x1 conv's output for backward and recomputes the rest, exactly.
-``conv_norm_act(x, conv, bn, slope)`` is leaky_relu(bn(conv(x)), slope), no leaky_relu without
-a slope.
+Each conv and BN pair (``ConvBN``) computes leaky_relu(bn(conv(x)), slope) with the slope its
+caller gives, none without one.
 
 Each slope is owned by the place it acts in: the stem's by the backbone (``stem_act_learn``, the
 authors' model-level ``act_learn``), each block's by the block. Setting the backbone's
@@ -112,12 +112,19 @@ def _valid_act_learn(value, deploy: bool) -> float:
     return value
 
 
-def conv_bn(in_channels: int, out_channels: int, norm_cfg: dict, *activation: nn.Module,
-            **conv_args) -> nn.Sequential:
-    """A conv and its norm layer (keys ``.0.*``, ``.1.*``, as released), and an activation after
-    them where one is given (``.2.*``)."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, **{'kernel_size': 1, **conv_args}),
+class ConvBN(nn.Sequential):
+    """A conv and its norm layer (keys ``.0.*``, ``.1.*``, as released), then the activation
+    module where one is given (``.2.*``). It holds no state of its own: the caller gives the
+    slope of the leaky_relu after the norm (None: none) and whether to run the lean ops."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict,
+                 *activation: nn.Module, kernel_size: int = 1, **conv_args):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, **conv_args),
                          build_norm_layer(norm_cfg, out_channels)[1], *activation)
+
+    def forward(self, x: torch.Tensor, slope: float = None, lean: bool = True) -> torch.Tensor:
+        x = conv_norm_act(x, self[0], self[1], slope, lean)  # leaky_relu(BN(conv(x)), slope)
+        return x if len(self) == 2 else self[2](x)
 
 
 class VanillaBlock(nn.Module):
@@ -146,8 +153,8 @@ class VanillaBlock(nn.Module):
         if deploy:
             self.conv = nn.Conv2d(in_channels, out_channels, 1)
         else:
-            self.conv1 = conv_bn(in_channels, in_channels, norm_cfg)
-            self.conv2 = conv_bn(in_channels, out_channels, norm_cfg)
+            self.conv1 = ConvBN(in_channels, in_channels, norm_cfg)
+            self.conv2 = ConvBN(in_channels, out_channels, norm_cfg)
         downsample = stride > 1
         self.act = SeriesActivation(
             out_channels, act_num, norm_cfg, deploy, pool=stride if downsample and not ada_pool
@@ -157,12 +164,9 @@ class VanillaBlock(nn.Module):
         if self.deploy:
             return self.act(self.conv(x))  # the merged 1x1 convs; max pool, relu, dwconv
         lean = self.implementation.lean
-        # 1x1 conv, BN, leaky_relu(act_learn)
-        x = conv_norm_act(x, *self.conv1, slope=self.act_learn, lean=lean)
-        # 1x1 conv, BN
-        x = conv_norm_act(x, *self.conv2, lean=lean)
-        # max pool, relu, depthwise conv, BN
-        return self.act(x)
+        x = self.conv1(x, slope=self.act_learn, lean=lean)  # 1x1 conv, BN, leaky_relu
+        x = self.conv2(x, lean=lean)  # 1x1 conv, BN
+        return self.act(x)  # max pool, relu, depthwise conv, BN
 
     @property
     def act_learn(self) -> float:
@@ -301,9 +305,9 @@ class VanillaNet(BaseModule):
                 nn.Conv2d(3, d0, 4, stride=arch.stem_stride, padding=arch.stem_padding),
                 SeriesActivation(d0, act_num, deploy=True, implementation=self.implementation))
         else:
-            self.stem1 = conv_bn(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
-                                 padding=arch.stem_padding)
-            self.stem2 = conv_bn(d0, d0, norm_cfg, SeriesActivation(
+            self.stem1 = ConvBN(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
+                                padding=arch.stem_padding)
+            self.stem2 = ConvBN(d0, d0, norm_cfg, SeriesActivation(
                 d0, act_num, norm_cfg, implementation=self.implementation))
         self.stem_act_learn = act_learn
         self.stages = nn.ModuleList(
@@ -320,13 +324,8 @@ class VanillaNet(BaseModule):
         if self.deploy:
             return self.stem(x)  # the merged convs, series activation
         lean = self.implementation.lean
-        # 4x4 conv, BN, leaky_relu(act_learn)
-        x = conv_norm_act(x, *self.stem1, slope=self.stem_act_learn, lean=lean)
-        # 1x1 conv, BN
-        conv, bn, activation = self.stem2
-        x = conv_norm_act(x, conv, bn, lean=lean)
-        # relu, depthwise conv, BN
-        return activation(x)
+        x = self.stem1(x, slope=self.stem_act_learn, lean=lean)  # 4x4 conv, BN, leaky_relu
+        return self.stem2(x, lean=lean)  # 1x1 conv, BN, series activation
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self._check_input(x)
