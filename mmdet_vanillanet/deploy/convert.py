@@ -16,7 +16,6 @@ import os.path as osp
 from collections import OrderedDict
 from typing import Tuple, Union
 
-import torch
 from mmengine.config import Config
 
 from ..errors import Argument, CheckpointError, InputError, output_exists
@@ -40,7 +39,7 @@ from ..models.checkpoint.forms import (
 )
 from ..models.vanillanet import VanillaNet
 from ..output_paths import check_output_file, is_same_file, new_file_for
-from ..serialization import load_trusted, safe_load
+from ..serialization import load_trusted, safe_load, save
 from .build import load_config
 
 # What the authors' code builds every norm layer with (nn.BatchNorm2d(dim, eps=1e-6)).
@@ -141,5 +140,5 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
     checkpoint = (load_trusted if unsafe_load else safe_load)(src)
     out, before, after = deploy_checkpoint(checkpoint, src, config)
     with new_file_for(dst, replace=force) as partial:
-        torch.save(out, partial)
+        save(out, partial)
     return before, after
