@@ -17,14 +17,18 @@ import numpy as np
 import pytest
 import torch
 from mmdet.registry import HOOKS
-from mmengine.config import Config
 from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from helpers import CONFIG, REPO_ROOT, first_logged_iter_of_last_run, run, toy_options
+from helpers import (
+    REPO_ROOT,
+    config_without_runtime_hooks,
+    first_logged_iter_of_last_run,
+    run,
+    toy_options,
+)
 from mmdet_vanillanet.errors import CheckpointError
 from mmdet_vanillanet.serialization import WeightsOnlyHistoryBuffer, safe_load
-from mmdet_vanillanet.toolkit.cli import RUNTIME_HOOKS
 
 MULTIARRAY = (getattr(np, '_core', None) or np.core).multiarray  # numpy 2 renamed core
 
@@ -308,18 +312,6 @@ def test_a_file_that_is_no_checkpoint_is_named_as_what_it_is(tmp_path, content, 
     assert 'unsafe-load' not in str(err.value)
 
 
-def config_without_our_hooks(path) -> str:
-    """The toy config without the hooks configs/_base_/vanillanet_runtime.py declares, written
-    to ``path``: MMEngine's own CheckpointHook writes the checkpoints."""
-    cfg = Config.fromfile(CONFIG)
-    for name, hook in list(cfg.default_hooks.items()):
-        if name != 'checkpoint' and hook['type'] in RUNTIME_HOOKS:
-            del cfg.default_hooks[name]
-    cfg.default_hooks.checkpoint.type = 'CheckpointHook'
-    cfg.dump(str(path))
-    return str(path)
-
-
 def losses(checkpoint: str) -> int:
     """How many training losses the checkpoint's message hub holds."""
     return len(safe_load(checkpoint)['message_hub']['log_scalars']['train/loss'].data[0])
@@ -331,7 +323,7 @@ def test_mmdetections_own_checkpoints_are_tested_resumed_and_converted(data_root
     writes checkpoints whose message hub buffers MMEngine pickles with getattr; our
     tools/test.py, --resume and the converter refused them as unsafe."""
     work_dir, options = tmp_path / 'run', toy_options(data_root, epochs=2)
-    config = config_without_our_hooks(tmp_path / 'stock.py')
+    config = config_without_runtime_hooks(tmp_path)
     mmdet_train = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
     run(mmdet_train, config, '--work-dir', str(work_dir), '--cfg-options', *options)
     first, last = str(work_dir / 'epoch_1.pth'), str(work_dir / 'epoch_2.pth')
