@@ -33,10 +33,25 @@ VANILLANET_RUNTIME = Runtime(
     base_file='configs/_base_/vanillanet_runtime.py')
 
 
+def runtime_of(cfg: Config) -> Runtime:
+    """The runtime hooks our tools expect a config to declare: vanillanet_runtime.py's for a
+    VanillaNet config (one whose custom_imports loads the plugin, or whose backbone is
+    VanillaNet: our tools register it even for a config that does not import it), else
+    runsafe_runtime.py's. CheckpointFitHook is the plugin's: a config of MMDetection's own (a
+    ResNet one, on runsafe_runtime.py) cannot declare it without importing VanillaNet."""
+    imports = (cfg.get('custom_imports') or {}).get('imports') or []
+    imports = [imports] if isinstance(imports, str) else imports
+    backbone = ((cfg.get('model') or {}).get('backbone') or {}).get('type', '')
+    if any(i.split('.')[0] == 'mmdet_vanillanet' for i in imports) or \
+            str(backbone).rsplit('.', 1)[-1] == 'VanillaNet':
+        return VANILLANET_RUNTIME
+    return RUNSAFE
+
+
 def build_train_runner(config: str, **flags) -> Runner:
     """tools/train.py's Runner, ``flags`` as ``mmdet_runsafe.preflight.prepare_train_run``
     takes them (the tool's flags of the same names)."""
-    cfg = prepare_train_run(config, VANILLANET_RUNTIME, **flags)
+    cfg = prepare_train_run(config, runtime_of, **flags)
     if cfg.get('load_from'):
         require_training_layout(cfg.load_from, 'start a training run',
                                 'use the training-mode checkpoint it was converted from')
@@ -52,7 +67,7 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     (``--checkpoint``: the checkpoint it was exported from, which a two-stage detector's RoI
     heads need) and onnxruntime's ``threads``; everything else (the dataloader, the evaluator,
     ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
-    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
+    cfg = prepare_test_run(config, checkpoint, runtime_of, inputs=(onnx_checkpoint, ),
                            **flags)
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
     check_onnx_request(onnx_file, onnx_checkpoint, deploy, flags.get('launcher', 'none'))
