@@ -35,11 +35,13 @@ HOLD = ('import sys; from mmdet_runsafe.run_lock import lock_work_dir; '
 
 
 def r18_options(data_root, epochs=2, seed=0):
-    """toy_options (without the VanillaNet toy's deep-training hook) on 4 training images of
-    64 px, 2 per batch (two iterations an epoch), no validation, 2 test images."""
+    """toy_options (without the VanillaNet toy's deep-training hook) on 2 training images of
+    64 px, one batch an epoch, smaller RoI samples, no validation, 2 test images."""
     return [o for o in toy_options(data_root, epochs, seed) if not o.startswith('custom_hooks')
-            ] + ['train_dataloader.dataset.indices=4', 'train_dataloader.batch_size=2',
+            ] + ['train_dataloader.dataset.indices=2', 'train_dataloader.batch_size=2',
                  f'train_cfg.val_interval={epochs + 1}', 'test_dataloader.dataset.indices=2',
+                 'model.train_cfg.rpn_proposal.max_per_img=100',
+                 'model.train_cfg.rcnn.sampler.num=32',
                  *(f'{split}_dataloader.dataset.pipeline.{i}.scale=(64,64)'
                    for split, i in (('train', 2), ('val', 1), ('test', 1)))]
 
@@ -258,3 +260,15 @@ def test_our_tools_run_the_resnet_config_without_a_runtime_warning(data_root, br
         f'error: annotation file {root}annotations/instances_train.json: image {image_id} '
         f'({missing}) does not exist; restore the file')
     assert 'Traceback' not in output and not (tmp_path / 'b' / 'epoch_1.pth').exists()
+
+
+def test_the_inline_settings_in_the_docs_are_the_runtime_bases():
+    """docs/reliability.md lists custom_imports and the hooks for a config without the base
+    file: merged onto MMDetection's default runtime they equal runsafe_runtime.py."""
+    text = open(osp.join(REPO_ROOT, 'docs', 'reliability.md')).read()
+    block = next(b for b in re.findall(r'```python\n(.*?)```', text, re.S)
+                 if 'custom_imports' in b and 'default_hooks' in b)
+    inline = Config.fromstring("_base_ = ['mmdet::_base_/default_runtime.py']\n" + block, '.py')
+    base = Config.fromfile(osp.join(REPO_ROOT, 'configs', '_base_', 'runsafe_runtime.py'))
+    for key in ('custom_imports', 'default_hooks'):
+        assert inline[key].to_dict() == base[key].to_dict()
