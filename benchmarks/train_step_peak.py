@@ -16,15 +16,15 @@ optimizer's state, that is the maps kept for backward, the backward pass's trans
 FPN's and heads' work and the gradients (MMEngine's optimizer wrapper frees them after each
 step, so each step allocates them again). It is resident memory: pages the allocator got from
 the system, not bytes of tensors (``torch.cuda.max_memory_allocated`` in
-benchmarks/gpu_backbones.py counts those on a card). Each model is measured twice:
-- with glibc's allocator as it comes: what the process takes on a CPU, which includes what the
-  allocator holds on to within the step (it reuses freed blocks of the sizes it saw, and maps
-  larger ones alone only above a threshold it raises as it goes);
-- with every allocation of 64 KiB or more mapped alone and unmapped when freed
-  (MALLOC_MMAP_THRESHOLD_=65536): resident memory then follows the live tensors' bytes, the
-  figure to set beside torch.cuda.max_memory_allocated.
-Time does not matter here and is not measured (the processes run one at a time; on shared cores
-they only take longer). Writes benchmarks/results/train_step_peak.{json,md}.
+benchmarks/gpu_backbones.py counts those on a card). With glibc's allocator as it comes, the
+figure includes what the allocator holds on to within the step (it reuses freed blocks of the
+sizes it saw, and maps larger ones alone only above a threshold it raises as it goes); with
+MALLOC_MMAP_THRESHOLD_=65536 in the environment every allocation of 64 KiB or more is mapped
+alone and unmapped when freed, and resident memory follows the live tensors' bytes (the report
+records the MALLOC_ settings it ran with). Time does not matter here and is not measured (the
+processes run one at a time; on shared cores they only take longer).
+Writes benchmarks/results/train_step_peak.{json,md}; --one NAME measures one model in the
+running process and prints its figures as JSON (what each fresh process runs).
 """
 import argparse
 import ctypes
@@ -59,9 +59,6 @@ MODELS_TIMED = {  # name: (config, changes to its backbone)
     'ResNet-50': (osp.join(MMDET_CONFIGS, 'mask_rcnn', 'mask-rcnn_r50_fpn_1x_coco.py'), {}),
     'Swin-T': (osp.join(MMDET_CONFIGS, 'swin', 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'), {}),
 }
-# How the allocator runs (environment of the measuring process): its defaults, and large
-# allocations mapped alone.
-ALLOCATORS = {'default': {}, 'mapped': {'MALLOC_MMAP_THRESHOLD_': str(64 * 2 ** 10)}}
 GIB = 2 ** 30
 
 
@@ -74,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=list(MODELS_TIMED), metavar='NAME',
                         help='of: ' + ', '.join(MODELS_TIMED))
     parser.add_argument('--out-dir', default=osp.join(REPO_ROOT, 'benchmarks', 'results'))
-    parser.add_argument('--one', choices=list(MODELS_TIMED), help=argparse.SUPPRESS)
+    parser.add_argument('--one', choices=list(MODELS_TIMED), metavar='NAME',
+                        help='measure NAME in this process and print its figures as JSON')
     return parser
 
 
@@ -146,37 +144,29 @@ def measure_one(name: str, shape) -> dict:
 def table(report) -> str:
     h, w = report['shape']
     lines = [f'| Mask R-CNN training step, {h}x{w}, batch 1 | peak above the warm state, GiB '
-             '(glibc\'s allocator as it comes) | the same, allocations of 64 KiB or more mapped '
-             'alone (close to the tensors\' bytes) | of which gradients, GiB | warm state, GiB '
-             '| optimizer |', '|---|---|---|---|---|---|']
+             '| of which gradients, GiB | warm state (weights, optimizer state, libraries), '
+             'GiB | optimizer |', '|---|---|---|---|---|']
     for r in report['rows']:
-        peak = r['peak_above_warm_gib']
-        lines.append(f'| {r["model"]} | {peak["default"]:.2f} | {peak["mapped"]:.2f} | '
+        lines.append(f'| {r["model"]} | {r["peak_above_warm_gib"]:.2f} | '
                      f'{r["gradients_gib"]:.2f} | {r["warm_rss_gib"]:.2f} | {r["optimizer"]} |')
     return '\n'.join(lines)
 
 
 def markdown(report) -> str:
     m = report['machine']
+    allocator = ', '.join(f'{k}={v}' for k, v in report['allocator_env'].items())
     return (f'Written by `python benchmarks/train_step_peak.py` on {m.get("cpu")} '
             f'({m["threads"]} threads), torch {m["torch"]}: each model in a fresh process, the '
             'peak resident memory of its second training step (MMEngine\'s train_step: '
             'forward, losses, backward, the config\'s optimizer step) above the resident '
-            'memory just before it (weights, optimizer state, libraries: the warm state, '
-            'measured with the allocator as it comes). The gradients are part of the peak: '
-            'MMEngine\'s optimizer wrapper frees them after each step.\n\n' + table(report)
-            + '\n')
+            'memory just before it. The gradients are part of the peak: MMEngine\'s optimizer '
+            'wrapper frees them after each step. Allocator: '
+            + (allocator or "glibc's as it comes") + '.\n\n' + table(report) + '\n')
 
 
-def measure_in_child(name: str, shape, allocator: str) -> dict:
-    """``measure_one`` in a fresh process with the allocator's settings."""
-    child = subprocess.run([sys.executable, __file__, '--one', name, '--shape', *map(str, shape)],
-                           stdout=subprocess.PIPE, text=True,
-                           env=dict(os.environ, **ALLOCATORS[allocator]))
-    if child.returncode != 0:
-        sys.exit(f'error: {name} ({allocator} allocator): the measuring process failed (exit '
-                 f'{child.returncode})')
-    return json.loads(child.stdout.strip().splitlines()[-1])
+def allocator_env() -> dict:
+    """The environment's settings of glibc's allocator (the measuring processes inherit them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith('MALLOC_')}
 
 
 def main():
@@ -187,17 +177,16 @@ def main():
         return
     rows = []
     for name in args.models:
-        peak = {}
-        for allocator in ALLOCATORS:
-            print(f'{name} ({allocator} allocator) ...', flush=True)
-            row = measure_in_child(name, args.shape, allocator)
-            peak[allocator] = row['peak_above_warm_gib']
-            if allocator == 'default':
-                rows.append(row)
-        rows[-1]['peak_above_warm_gib'] = peak
-        print(f'{name}: ' + ', '.join(f'{gib:.2f} GiB ({allocator})'
-                                      for allocator, gib in peak.items()), flush=True)
-    report = dict(machine=machine_info(), shape=args.shape, rows=rows)
+        print(f'{name} ...', flush=True)
+        child = subprocess.run([sys.executable, __file__, '--one', name, '--shape',
+                                *map(str, args.shape)], stdout=subprocess.PIPE, text=True)
+        if child.returncode != 0:
+            sys.exit(f'error: {name}: the measuring process failed (exit {child.returncode})')
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(f'{name}: {rows[-1]["peak_above_warm_gib"]:.2f} GiB above the warm state',
+              flush=True)
+    report = dict(machine=machine_info(), allocator_env=allocator_env(), shape=args.shape,
+                  rows=rows)
     stem = osp.join(args.out_dir, 'train_step_peak')
     with open(f'{stem}.json', 'w') as f:
         json.dump(report, f, indent=2)

@@ -243,3 +243,19 @@ def test_flops_are_counted_with_the_kernel_chosen_and_its_checks_reported(capsys
     printed = capsys.readouterr().out
     assert 'k=9 bad: FAILED its check (differs by 0.5), PyTorch ran instead' in printed
     assert printed.count('checked against PyTorch (max rel err') == len(checks)
+
+
+def test_the_training_peak_table_in_the_docs_is_the_measured_one():
+    """docs/training.md's table of a whole training step's peak is the one
+    benchmarks/train_step_peak.py built from the figures it wrote."""
+    script = runpy.run_path(osp.join(REPO_ROOT, 'benchmarks', 'train_step_peak.py'),
+                            run_name='benchmarks.train_step_peak')
+    with open(osp.join(REPO_ROOT, 'benchmarks', 'results', 'train_step_peak.json')) as f:
+        report = json.load(f)
+    with open(osp.join(REPO_ROOT, 'docs', 'training.md')) as f:
+        docs = f.read()
+    assert script['table'](report) in docs
+    assert [r['model'] for r in report['rows']] == list(script['MODELS_TIMED'])
+    # The gradients are allocated within the step; the figures are glibc's allocator as it comes.
+    assert all(r['peak_above_warm_gib'] > r['gradients_gib'] > 0 for r in report['rows'])
+    assert report['allocator_env'] == {}
