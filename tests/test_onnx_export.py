@@ -87,7 +87,6 @@ def test_a_mid_schedule_checkpoint_is_refused_by_export(tmp_path):
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'mid.pth')
     detector = build_detector(Config.fromfile(CONFIG), str(tmp_path / 'mid.pth'))
     assert detector.backbone.act_learn == 0.5
-    # The network's own error (a user's, printed on one line by the tools).
     with pytest.raises(ConfigError, match='cannot fuse VanillaNet with act_learn=0.5'):
         fuse_detector(detector)
 
