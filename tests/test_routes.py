@@ -20,9 +20,8 @@ between them leave it where it was); a climb is a change of that module to one o
 layer, whether by a return or by a call (the run-safety checks that build a backbone through
 MMDetection's registry call up into the network).
 
-- A config's way: ``toolkit.runs.build_train_runner`` on the toy config (and with a toy
-  checkpoint as ``load_from``), until MMEngine's Runner is built (``Runner.__init__``): what
-  follows is the Runner's, not the checks'.
+- A config's way: ``toolkit.runs.build_train_runner`` on the toy config, until MMEngine's
+  Runner is built (``Runner.__init__``): what follows is the Runner's, not the checks'.
 - A checkpoint's way through ``export_onnx``: from the call that hands the checkpoint to
   ``models/checkpoint/`` (where a checkpoint's checks live) until that call returns to the
   deploy function that made it (the climb back to it included). Building the detector from
@@ -33,7 +32,6 @@ import os.path as osp
 import sys
 from typing import Callable, List, NamedTuple
 
-import pytest
 from mmengine.config import DictAction
 from mmengine.runner import Runner
 
@@ -132,26 +130,22 @@ def given_a_checkpoint(path: str) -> Callable:
     return starts
 
 
-@pytest.mark.parametrize('load_from', [False, True])
-def test_a_config_goes_down_the_layers_and_climbs_back_at_most_4_times(data_root, tmp_path,
-                                                                       load_from):
-    """12 climbs (15 modules) before the two packages, 3 (5 with ``load_from``) after the
-    split: the train tool's checks are one call into the safety package
-    (``preflight.prepare_train_run``), which builds the backbone once for the dataset checks,
-    then the layout of the checkpoint ``load_from`` names."""
+def test_a_config_goes_down_the_layers_and_climbs_back_at_most_4_times(data_root, tmp_path):
+    """12 climbs (15 modules) before the two packages, 3 now: the train tool's
+    checks are one call into the safety package (``preflight.prepare_train_run``), which builds
+    the backbone once for the dataset checks and asks the tool which runtime hooks the config
+    should declare (``toolkit.runs.runtime_of``, a climb). A ``load_from`` adds the layout check
+    of its checkpoint, two climbs more."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     options = parser.parse_args(['--cfg-options', *toy_options(data_root)]).cfg_options
-    if load_from:
-        options['load_from'] = save_toy_checkpoint(str(tmp_path / 'toy.pth'))
     way = route(build_train_runner, CONFIG, work_dir=str(tmp_path / 'run'), cfg_options=options,
                 until=Runner.__init__)
     print(f'{way.climbs} climbs: {way}')
     assert way.modules[0] == way.modules[-1] == 'mmdet_vanillanet.toolkit.runs'
-    # The checks ran: the run lock, the dataset's annotations, the launcher, the file's layout.
+    # The checks ran: the run lock, the dataset's annotations, the launcher.
     for module in ('preflight', 'run_lock', 'coco_annotations', 'launch'):
         assert f'mmdet_runsafe.{module}' in way.modules
-    assert ('mmdet_vanillanet.models.checkpoint.backbone_weights' in way.modules) == load_from
     assert way.climbs <= 4
 
 
