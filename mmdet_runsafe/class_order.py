@@ -16,6 +16,7 @@ from mmdet.registry import DATASETS
 
 from .errors import InputError
 from .input_paths import check_input_file
+from .serialization import safe_load
 
 # (path, size, mtime) -> the file's category names in order: a run's check and its hook read
 # a file once, and COCO's train file takes seconds.
@@ -129,6 +130,16 @@ def check_checkpoint_classes(source: str, checkpoint: dict, classes: Sequence[st
     check_saved_classes(f'{source} was trained with', saved, classes,
                         ' (to fine-tune to other classes, use load_from with default_hooks.'
                         'checkpoint_fit.replaced=[...] naming the class layers)')
+
+
+def load_checkpoint_of_classes(filename: str, classes: Sequence[str],
+                               map_location='cpu') -> dict:
+    """The checkpoint ``filename`` read as data (``serialization.safe_load``), refused in one
+    line unless the classes it was trained with are ``classes`` (``check_checkpoint_classes``):
+    what a run of these classes may load its weights from."""
+    loaded = safe_load(filename, map_location=map_location)
+    check_checkpoint_classes(filename, loaded, classes)
+    return loaded
 
 
 def check_saved_classes(made_with: str, saved: Optional[Sequence[str]], classes: Sequence[str],

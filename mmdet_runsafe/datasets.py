@@ -19,7 +19,7 @@ from PIL import Image
 from .class_order import check_evaluator_class_order, dataset_class, dataset_classes
 from .coco_annotations import Problems, check_coco_annotations, check_invalid_boxes_choice
 from .errors import InputError
-from .input_paths import check_input_file, not_a_regular_file
+from .input_paths import check_input_file, special_file_kind
 
 COCO_HINT = ('Get COCO 2017 from https://cocodataset.org into data/coco/ (annotations/, '
              'train2017/, val2017/), point the config at your copy with --cfg-options '
@@ -50,13 +50,15 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
     InputError for the first kind of problem in a COCO file or its images (see the module).
     ``invalid_boxes``: 'refuse' or 'drop' the boxes MMDetection would drop from training."""
     check_invalid_boxes_choice(invalid_boxes)
+    # The backbone is the same for every dataset: built once (a VanillaNet, on the meta device).
+    min_side = _backbone_min_side((cfg.get('model') or {}).get('backbone') or {})
     for key in keys:
         if not cfg.get(key):
             continue
         for ds in _datasets(cfg, key):
             root = ds.get('data_root') or ''
-            ann = _path(root, ds.get('ann_file'))
-            img_dir = _path(root, (ds.get('data_prefix') or {}).get('img', ''))
+            ann = _under_data_root(root, ds.get('ann_file'))
+            img_dir = _under_data_root(root, (ds.get('data_prefix') or {}).get('img', ''))
             for kind, path in (('annotation file', ann), ('image folder', img_dir)):
                 if path and '://' not in path and not osp.exists(path):
                     raise FileNotFoundError(
@@ -69,7 +71,7 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
                     ann, _load_json(ann), classes=dataset_classes(ds), with_mask=_loads_masks(ds),
                     training=not ds.get('test_mode', False), invalid_boxes=invalid_boxes)
                 if '://' not in img_dir:
-                    check_image_files(ann, images, img_dir, _smallest_side(cfg, ds))
+                    check_image_files(ann, images, img_dir, _smallest_side(cfg, ds, min_side))
         _check_evaluator_class_order(cfg, key)
 
 
@@ -84,7 +86,7 @@ def _check_evaluator_class_order(cfg, key: str):
     check_evaluator_class_order(evaluators, dataset_classes(datasets[0]), evaluator_key)
 
 
-def _path(root: str, rel):
+def _under_data_root(root: str, rel):
     """Where MMEngine's BaseDataset looks: ``rel`` under ``data_root`` unless absolute."""
     if rel is None:
         return None
@@ -154,7 +156,7 @@ def check_image_files(ann_path: str, images: list, img_dir: str, smallest_side):
 
 def _image_size(path: str):
     """(width, height) from the image's header, or why the file cannot be read."""
-    kind = not_a_regular_file(path)
+    kind = special_file_kind(path)
     if kind:  # a FIFO would block the read
         return f'is {kind}, not an image file'
     try:
@@ -174,18 +176,18 @@ def _image_size(path: str):
         return image.shape[1], image.shape[0]
 
 
-def _smallest_side(cfg, ds):
+def _smallest_side(cfg, ds, min_side: int):
     """A function of an image's (width, height): None if every resize the dataset's pipeline
     may draw and the backbone take it, else why not.
 
     A keep-ratio resize fits the long side to the scale's long edge, so a thin image's short
     side can round to 0 pixels (OpenCV's resize fails: toy config, 6401x20 pixels), or stay
     under the backbone's minimum input side after the data preprocessor's padding (VanillaNet
-    needs 32 pixels a side; padding to 32, as the shipped configs do, always reaches it)."""
+    needs 32 pixels a side, ``min_side``; padding to 32, as the shipped configs do, always
+    reaches it)."""
     names, corner, resizes = _smallest_scale(ds.get('pipeline') or [])
     model = cfg.get('model') or {}
     pad = (model.get('data_preprocessor') or {}).get('pad_size_divisor') or 1
-    min_side = _backbone_min_side(model.get('backbone') or {})
     # The smallest resized side that padding lifts to the backbone's minimum (and at least 1).
     need = pad * (math.ceil(min_side / pad) - 1) + 1
     reason = ('and OpenCV cannot resize to 0 pixels' if need == 1 else

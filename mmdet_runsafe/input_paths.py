@@ -13,7 +13,7 @@ KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a character dev
          (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'), (stat.S_ISDIR, 'a folder'))
 
 
-def not_a_regular_file(path: str) -> Optional[str]:
+def special_file_kind(path: str) -> Optional[str]:
     """What ``path`` is ('a FIFO (named pipe)', ...) when it exists and is not a regular file
     (links followed), else None."""
     try:
@@ -28,6 +28,6 @@ def check_input_file(path: str, what: str):
     it is not a regular file."""
     if not osp.exists(path):
         raise FileNotFoundError(f'{what} not found: {path}')
-    kind = not_a_regular_file(path)
+    kind = special_file_kind(path)
     if kind:
         raise InputError(f'{what} {path} is {kind}, not a regular file; give a file')

@@ -32,7 +32,7 @@ def prepare_train_run(config: str, runtime: RuntimeOf = RUNSAFE, work_dir: Optio
     a checkpoint path or 'auto' (the run's newest readable checkpoint), the rest as the tool's
     flags of the same names."""
     cfg = load_config(config, cfg_options)
-    warn_missing_runtime_hooks(cfg, training=True, runtime=runtime_of(cfg, runtime))
+    warn_missing_runtime_hooks(cfg, training=True, runtime=_resolved_runtime(cfg, runtime))
     set_work_dir(cfg, work_dir, config)
     apply_train_flags(cfg, amp, auto_scale_lr)
     require_writable(cfg.work_dir)
@@ -55,7 +55,7 @@ def prepare_test_run(config: Union[str, Config], checkpoint: str, runtime: Runti
     """tools/test.py's config, checked, its arguments as the tool's flags of the same names;
     ``inputs``: other files the test reads, which ``out`` must not be."""
     cfg = load_config(config, cfg_options)
-    warn_missing_runtime_hooks(cfg, training=False, runtime=runtime_of(cfg, runtime))
+    warn_missing_runtime_hooks(cfg, training=False, runtime=_resolved_runtime(cfg, runtime))
     set_work_dir(cfg, work_dir, config if isinstance(config, str) else 'test')
     if out is not None:
         check_dump_file(out, inputs=(config if isinstance(config, str) else None, checkpoint,
@@ -77,7 +77,8 @@ def prepare_test_run(config: Union[str, Config], checkpoint: str, runtime: Runti
     return cfg
 
 
-def runtime_of(cfg: Config, runtime: RuntimeOf) -> Runtime:
+def _resolved_runtime(cfg: Config, runtime: RuntimeOf) -> Runtime:
+    """``runtime``, or what it gives for ``cfg`` where it is a function of the config."""
     return runtime(cfg) if callable(runtime) else runtime
 
 

@@ -25,7 +25,7 @@ KINDS = ((stat.S_ISLNK, 'a symbolic link'), (stat.S_ISDIR, 'a folder'), (stat.S_
 NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
 
 
-def not_a_regular_file(path: str, mode: int, what: str) -> InputError:
+def foreign_file_error(path: str, mode: int, what: str) -> InputError:
     """The error for a path where a run writes a file of its own but finds something else (a
     link, a folder, a FIFO): it was not made by a run, and a run writes neither into it nor
     through it."""
@@ -36,14 +36,14 @@ def not_a_regular_file(path: str, mode: int, what: str) -> InputError:
 
 
 def refuse_link(path: str, what: str) -> None:
-    """Raise :func:`not_a_regular_file` when something other than a regular file (a symbolic
+    """Raise :func:`foreign_file_error` when something other than a regular file (a symbolic
     link above all) is at ``path``, where the run will write ``what``."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISREG(mode):
-        raise not_a_regular_file(path, mode, what)
+        raise foreign_file_error(path, mode, what)
 
 
 def last_checkpoint(work_dir: str) -> str:

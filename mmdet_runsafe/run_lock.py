@@ -15,6 +15,18 @@ the run trains without one, with a warning.
 
 The lock file is opened without following a symbolic link and must be a regular file: in a
 work dir shared with others, a link there could point at someone else's file.
+
+Why not filelock's ``FileLock`` as it is (filelock 4.3, judged for issue 28): it gives two of
+the three guarantees, not the third, and changes a fourth. It does lock with ``flock`` (dropped
+when the holder dies) on a file opened with ``O_NOFOLLOW``. But it records no holder with a
+native lock (its ``pid`` is the soft fallback's marker only; its ``Timeout`` names the lock
+file), so the one line a second run gets could not say which run holds the work dir, and
+writing and reading the holder's details would stay ours, on its file, beside it. And where
+the file system has no ``flock`` it falls back to a soft lock, a marker file that outlives a
+killed run, which would refuse the next run in that work dir until someone deletes it; here a
+run trains without a lock and says so. Nor does it refuse a lock file that is not a regular
+file. The OS lock itself is filelock's (``lock_descriptor``); what is ours is opening the file,
+the holder's details and the message.
 """
 import errno
 import json
@@ -29,7 +41,7 @@ import warnings
 from mmengine.logging import print_log
 
 from .errors import Argument, InputError
-from .run_files import WORK_DIR, not_a_regular_file, refuse_link
+from .run_files import WORK_DIR, foreign_file_error, refuse_link
 
 with warnings.catch_warnings():
     # Where fcntl is missing outside Windows, filelock warns on import that its FileLock falls
@@ -67,13 +79,13 @@ def _open(path: str, work_dir: str) -> int:
         fd = os.open(path, OPEN_FLAGS, 0o666)  # leads elsewhere nor blocks
     except OSError as err:
         if err.errno == errno.ELOOP:
-            raise not_a_regular_file(path, stat.S_IFLNK, WHAT) from None
+            raise foreign_file_error(path, stat.S_IFLNK, WHAT) from None
         raise InputError(f'cannot write the run lock {path} ({err.strerror}); fix the work '
                          f'dir\'s permissions or choose another ', WORK_DIR) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise not_a_regular_file(path, mode, WHAT)
+        raise foreign_file_error(path, mode, WHAT)
     return fd
 
 

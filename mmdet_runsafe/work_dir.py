@@ -14,8 +14,8 @@ from .errors import InputError, TruncatedCheckpointError
 from .run_files import (
     RECORD_NAME,
     WORK_DIR,
+    foreign_file_error,
     last_checkpoint,
-    not_a_regular_file,
     refuse_link,
     written_by_runs,
 )
@@ -83,7 +83,8 @@ def files_read(cfg) -> set:
     return found
 
 
-def _names(paths) -> str:
+def _some_paths(paths) -> str:
+    """The first four ``paths``, joined, and '...' for the rest."""
     return ', '.join(paths[:4]) + (', ...' if len(paths) > 4 else '')
 
 
@@ -98,8 +99,8 @@ def guard_work_dir(cfg, resume, overwrite: bool):
         return
     if not overwrite:
         raise FileExistsError(
-            f'an earlier run left checkpoints ({_names(found)}). Pass --resume to continue that '
-            f'run, --work-dir to train elsewhere, or --overwrite to replace them.')
+            f'an earlier run left checkpoints ({_some_paths(found)}). Pass --resume to continue '
+            f'that run, --work-dir to train elsewhere, or --overwrite to replace them.')
     ours = set().union(*map(written_by_runs, checkpoint_dirs(cfg)))
     read = files_read(cfg)
     removed = [p for p in found if p in ours and osp.realpath(p) not in read]
@@ -110,13 +111,13 @@ def guard_work_dir(cfg, resume, overwrite: bool):
                            'no run recorded writing it') + ')' for p in replaced]
         raise FileExistsError(
             f'--overwrite removes only the files runs recorded writing in {RECORD_NAME}, and '
-            f'none the command reads; the new run would replace {_names(why)}: move them out '
+            f'none the command reads; the new run would replace {_some_paths(why)}: move them out '
             f'of the work dir, or choose another --work-dir')
     for path in removed:
         os.remove(path)
-    done = [f'removed the earlier run\'s files ({_names(removed)})'] if removed else []
+    done = [f'removed the earlier run\'s files ({_some_paths(removed)})'] if removed else []
     if kept:  # files of the earlier run, at names the new run does not write
-        done.append(f'kept {_names(kept)}, which this command reads')
+        done.append(f'kept {_some_paths(kept)}, which this command reads')
     print_log(f'--overwrite: {"; ".join(done)}', logger='current', level=30)
 
 
@@ -143,7 +144,7 @@ def refuse_links(cfg, training: bool):
     for name in os.listdir(work_dir):
         path = osp.join(work_dir, name)
         if LOG_FOLDER.fullmatch(name) and osp.islink(path):
-            raise not_a_regular_file(path, stat.S_IFLNK, 'a log folder MMEngine writes')
+            raise foreign_file_error(path, stat.S_IFLNK, 'a log folder MMEngine writes')
 
 
 def resume_checkpoint(cfg):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from helpers import ARCHS, build_backbone, fused_copy, max_rel_diff, narrow, randomize
 from mmdet_vanillanet.config_error import ConfigError
-from mmdet_vanillanet.models import VanillaBlock, VanillaNet
+from mmdet_vanillanet.models import VanillaBlock
 from mmdet_vanillanet.models.checkpoint.backbone_weights import fused_state, training_network
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 
@@ -145,15 +145,14 @@ def test_a_file_is_fused_by_the_network_it_describes(eps):
     the file's tensors and switch it: the same numbers as the network fused in memory."""
     norm_cfg = dict(type='BN', eps=eps)
     model = randomize(build_backbone(arch=narrow('13'), act_num=4, norm_cfg=norm_cfg)).eval()
-    training = training_network(VanillaNet, dict(arch=model.arch, act_num=4, norm_cfg=norm_cfg),
-                                'the test')
+    training = training_network(dict(arch=model.arch, act_num=4, norm_cfg=norm_cfg), 'the test')
     assert all(t.is_meta for t in training.state_dict().values())
     fused = fused_state(training, model.state_dict(), 'x.pth')
     expected = fused_copy(model).state_dict()
     assert fused.keys() == expected.keys()
     assert all(torch.equal(fused[k], expected[k]) for k in expected)
     other_eps = 1e-2 if eps == 1e-6 else 1e-6
-    other = training_network(VanillaNet, dict(arch=model.arch, act_num=4,
-                                              norm_cfg=dict(type='BN', eps=other_eps)), 'test')
+    other = training_network(dict(arch=model.arch, act_num=4,
+                                  norm_cfg=dict(type='BN', eps=other_eps)), 'test')
     wrong = fused_state(other, model.state_dict(), 'x.pth')  # what the eps changes
     assert not torch.allclose(wrong['stem.0.weight'], expected['stem.0.weight'], rtol=1e-3)

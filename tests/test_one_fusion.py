@@ -13,7 +13,6 @@ from helpers import CONFIG, evaluate, max_rel_diff, run, toy_options
 from mmdet_runsafe.errors import CheckpointError
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx
 from mmdet_vanillanet.deploy.build import build_detector
-from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.checkpoint.backbone_weights import fused_state, training_network
 from mmdet_vanillanet.models.checkpoint.forms import backbone_state_dict
 
@@ -56,7 +55,7 @@ def test_convert_deploy_export_and_the_deploy_hook_give_one_result(trained, data
     # another eps gives other numbers, far beyond the agreement asked below.
     state = backbone_state_dict(torch.load(trained, weights_only=True))
     backbone = {k: v for k, v in _config().model.backbone.items() if k != 'norm_cfg'}
-    released = training_network(VanillaNet, backbone, 'released eps')  # BN eps 1e-6
+    released = training_network(backbone, 'released eps')  # BN eps 1e-6
     wrong = build_detector(_config(deploy=True)).backbone
     wrong.load_state_dict(fused_state(released, state, 'released eps'))
     with torch.no_grad():

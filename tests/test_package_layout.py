@@ -144,6 +144,25 @@ def test_no_module_name_twice():
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
+# Top-level functions of one name in two modules of the packages, each with the reason both
+# names say what they do: none.
+SHARED_FUNCTION_NAMES = {}
+
+
+def test_no_two_functions_of_one_name():
+    """A name says what a function does, once in the two packages: input_paths' and run_files'
+    not_a_regular_file (what kind of file is at a path; the error for a file a run did not
+    write) were two things under one name."""
+    where = {}
+    for path in package_files():
+        for node in ast.parse(open(path).read()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                where.setdefault(node.name, []).append(module_name(path))
+    assert len(where) > 300
+    shared = {name: sorted(modules) for name, modules in where.items() if len(modules) > 1}
+    assert shared == SHARED_FUNCTION_NAMES
+
+
 def test_dependencies_go_one_way_between_the_two_packages():
     """Run safety knows nothing of VanillaNet; VanillaNet's network knows nothing of run safety
     nor of the tools (its own errors say they are the user's: config_error.ConfigError)."""

@@ -57,12 +57,12 @@ def released_arch(dims: Tuple[int, ...]):
 def training_backbone(checkpoint, state, source: str,
                       config: Union[str, Config, None] = None) -> VanillaNet:
     """The training-mode VanillaNet (meta device) that wrote ``state``: see the module's doc."""
-    recorded = recorded_backbone(checkpoint, VanillaNet, source)
+    recorded = recorded_backbone(checkpoint, source)
     if config is not None:
         cfg = vanillanet_cfg(load_config(config).get('model'))
         if cfg is None:
             raise InputError(Argument('config'), ': its model.backbone is not a VanillaNet')
-        given = training_network(VanillaNet, cfg, 'the config')
+        given = training_network(cfg, 'the config')
         if recorded is not None:
             check_same_norm(recorded, given, source, 'the config')
         return given
@@ -73,9 +73,8 @@ def training_backbone(checkpoint, state, source: str,
             f'{source} records no config of the VanillaNet it trained, so the norm its BN layers '
             f'computed with (eps), which every fused weight depends on, is unknown: give the '
             f'config it was trained with (', Argument('config'), ')')
-    return training_network(VanillaNet, dict(arch=released_arch(dims_of(state)),
-                                             act_num=act_num_of(state), norm_cfg=RELEASED_NORM),
-                            source)
+    return training_network(dict(arch=released_arch(dims_of(state)), act_num=act_num_of(state),
+                                 norm_cfg=RELEASED_NORM), source)
 
 
 def deploy_checkpoint(checkpoint, source: str = 'the checkpoint',

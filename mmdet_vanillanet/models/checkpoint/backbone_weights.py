@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from mmdet.registry import MODELS
 from mmengine.logging import print_log
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -32,17 +33,19 @@ from .forms import (
 from .recorded_config import recorded_model_cfg
 
 
-def training_network(backbone_type: type, cfg: dict, what: str) -> nn.Module:
-    """The training-mode backbone ``cfg`` describes (a backbone config; its ``type``, ``deploy``
-    and ``init_cfg`` are set here), of class ``backbone_type``, built on the meta device: keys
-    and shapes, no memory, no initialisation, until it is given tensors (``fused_state``).
-    ``what`` names the config in errors."""
+def training_network(cfg: dict, what: str) -> nn.Module:
+    """The training-mode VanillaNet ``cfg`` describes (a backbone config; its ``type``,
+    ``deploy`` and ``init_cfg`` are set here), built on the meta device: keys and shapes, no
+    memory, no initialisation, until it is given tensors (``fused_state``). ``what`` names the
+    config in errors. The class is the registry's ``VanillaNet``, as a config names it: the
+    backbone imports this module (its ``init_weights`` loads a file), so this module does not
+    import the backbone."""
     kwargs = {k: v for k, v in cfg.items() if k not in ('type', 'deploy', 'init_cfg')}
     try:
         with torch.device('meta'):
-            return backbone_type(**kwargs, deploy=False, init_cfg=None)
+            return MODELS.get('VanillaNet')(**kwargs, deploy=False, init_cfg=None)
     except (ConfigError, TypeError) as err:
-        raise InputError(f'{what}: its backbone config does not build a {backbone_type.__name__} '
+        raise InputError(f'{what}: its backbone config does not build a VanillaNet '
                          f'({err})') from None
 
 
@@ -72,12 +75,11 @@ def vanillanet_cfg(model_cfg) -> Optional[dict]:
     return None
 
 
-def recorded_backbone(checkpoint, backbone_type: type, source: str) -> Optional[nn.Module]:
+def recorded_backbone(checkpoint, source: str) -> Optional[nn.Module]:
     """The training-mode backbone (meta device) of the config ``checkpoint`` records, where it
     records one whose ``model.backbone`` is a VanillaNet; else None."""
     cfg = vanillanet_cfg(recorded_model_cfg(checkpoint))
-    return None if cfg is None else training_network(backbone_type, cfg,
-                                                     f'the config {source} records')
+    return None if cfg is None else training_network(cfg, f'the config {source} records')
 
 
 def check_same_norm(recorded: nn.Module, given: nn.Module, source: str, given_what: str):
@@ -125,9 +127,8 @@ def load_pretrained(model, filename: str, prefix: Optional[str] = None):
     source = describe_backbone(state)
     if fuse:
         training = training_network(
-            type(model), dict(arch=model.arch, act_num=model.act_num, norm_cfg=model.norm_cfg),
-            'the backbone')
-        recorded = recorded_backbone(checkpoint, type(model), filename)
+            dict(arch=model.arch, act_num=model.act_num, norm_cfg=model.norm_cfg), 'the backbone')
+        recorded = recorded_backbone(checkpoint, filename)
         if recorded is not None:
             check_same_norm(recorded, training, filename, "this backbone's norm_cfg")
         check_fits(training.state_dict(), state, filename)

@@ -9,10 +9,9 @@ from typing import Dict, List, Sequence
 
 import torch.nn as nn
 
-from mmdet_runsafe.class_order import check_checkpoint_classes
+from mmdet_runsafe.class_order import load_checkpoint_of_classes
 from mmdet_runsafe.errors import CheckpointError, InputError
 from mmdet_runsafe.hooks.runner_state import unwrap_model
-from mmdet_runsafe.serialization import safe_load
 
 from ..vanillanet import VanillaNet
 from .backbone_weights import check_same_norm, recorded_backbone
@@ -41,7 +40,12 @@ def check_detector_fits(model: nn.Module, state: Dict, filename: str,
     missing or of another shape; they are left at their initialisation. Returns the file's
     keys to drop for that (those of another shape). ``hint`` ends the message of a file that
     does not fit."""
-    model = unwrap_model(model)
+    return _check_unwrapped_fits(unwrap_model(model), state, filename, replaced, hint)
+
+
+def _check_unwrapped_fits(model: nn.Module, state: Dict, filename: str,
+                          replaced: Sequence[str] = (), hint: str = REPLACED_HINT) -> List[str]:
+    """``check_detector_fits`` for a model out of its wrappers."""
     expected = model.state_dict()
     file_keys = dict(zip(without_module_prefix(state), state))
     free = tuple(f'{name}.' for name in replaced)
@@ -70,11 +74,16 @@ def check_detector_norm(model: nn.Module, checkpoint: dict, filename: str):
     (a converted file is refused alike, deploy/convert.py). A fused backbone has no norm left
     to compare; a file that records no config, or one this version cannot build, is not
     checked."""
-    backbone = getattr(unwrap_model(model), 'backbone', None)
+    _check_unwrapped_norm(unwrap_model(model), checkpoint, filename)
+
+
+def _check_unwrapped_norm(model: nn.Module, checkpoint: dict, filename: str):
+    """``check_detector_norm`` for a model out of its wrappers."""
+    backbone = getattr(model, 'backbone', None)
     if not isinstance(backbone, VanillaNet) or backbone.deploy:
         return
     try:
-        recorded = recorded_backbone(checkpoint, VanillaNet, filename)
+        recorded = recorded_backbone(checkpoint, filename)
     except InputError:
         # A record this version cannot build (another version's arguments, the authors'
         # MMDetection 2.x config) says nothing it can compare; the file's tensors are checked.
@@ -85,17 +94,19 @@ def check_detector_norm(model: nn.Module, checkpoint: dict, filename: str):
 
 def load_detector_weights(model: nn.Module, checkpoint: str, device='cpu',
                           classes: Sequence[str] = ()):
-    """A detector checkpoint into ``model``, refused in one line unless it fits exactly, its
-    classes (``meta.dataset_meta.classes``, where it has them) are ``classes`` (the config's)
-    and its recorded norm is the model's, as a test's checkpoint is (CheckpointFitHook):
-    otherwise every label would name another class, or every output differ."""
-    loaded = safe_load(checkpoint, map_location=device)
-    check_checkpoint_classes(checkpoint, loaded, classes)
+    """A detector checkpoint into ``model`` (a bare detector, as the deploy functions build
+    it), refused in one line unless its classes (``meta.dataset_meta.classes``, where it has
+    them) are ``classes`` (the config's), it fits exactly and its recorded norm is the
+    model's, as a test's checkpoint is (CheckpointFitHook): otherwise every label would name
+    another class, or every output differ. All of a checkpoint's checks, in this order: read
+    as data and its classes (the safety package, in one call), then VanillaNet's (layout,
+    act_num and widths, the rest of the detector, the norm), then the load."""
+    loaded = load_checkpoint_of_classes(checkpoint, classes, map_location=device)
     adopt_meta_act_learn(loaded)
     state = loaded.get('state_dict', loaded)
-    check_detector_fits(model, state, checkpoint,
-                        hint='Give the checkpoint of this config, or the config of this checkpoint')
-    check_detector_norm(model, loaded, checkpoint)
+    _check_unwrapped_fits(model, state, checkpoint, hint='Give the checkpoint of this config, or '
+                                                         'the config of this checkpoint')
+    _check_unwrapped_norm(model, loaded, checkpoint)
     # Every tensor is there in its shape (bar BN counters of old files). A checkpoint from the
     # middle of deep training sets the backbone's act_learn as it loads (a key of its state
     # dict), so that fusing it is refused.
