@@ -15,6 +15,8 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
+from mmdet_runsafe_start import on_signals, report
+
 from .checkpoint_sources import HTTP, ZOO_PREFIXES
 from .errors import Argument, NamesArguments, is_user_error
 from .launch import die_with_launcher
@@ -147,21 +149,17 @@ def interruptible(outcome: str = 'no file was left half-written'):
     it through the exception path, so that what it was writing is removed (``new_file_for``)
     as on an error, then one line (``outcome`` says what is left) and the exit status of the
     signal, without a traceback. Python's default for SIGTERM ends the process without any
-    clean-up."""
-    def stop(signum, frame):
-        # A second signal while the clean-up runs must not cut it short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    clean-up. Only the tool's own process stops so; its DataLoader workers, which Ctrl-C
+    reaches too, are ended by its clean-up (``mmdet_runsafe_start.on_signals``)."""
+    def stop(signum):
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_signals(stop)
     try:
         yield
     except (Interrupted, KeyboardInterrupt) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        sys.stdout.flush()  # a progress bar may be mid-line: the error starts its own line
-        print(f'\nerror: interrupted by {signal.Signals(signum).name}; {outcome}',
-              file=sys.stderr)
+        report(signum, outcome)
         sys.exit(128 + signum)
     finally:
         for s, handler in previous.items():

@@ -10,6 +10,9 @@ BN statistics, so --check is meaningful); speed does not depend on them. Without
 input is one generated image of --shape, padded to 32 as the test pipeline would. The work is
 mmdet_vanillanet/toolkit/benchmark.py.
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 import torch

@@ -14,6 +14,9 @@ OUT and renamed into place once onnxruntime loads it and it matches PyTorch to 1
 output's magnitude: a failed or interrupted export leaves no file, and an existing OUT (--force)
 as it was. OUT is never the checkpoint or the config, nor a symbolic link.
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 from mmdet.utils import register_all_modules

@@ -18,6 +18,9 @@ partly other detections, as mmdeploy rewrites the post-processing: compare the A
 mmdeploy's tools/test.py). Other backends (TensorRT, ...) are built from end2end.onnx by
 mmdeploy's own tools (tools/onnx2tensorrt.py).
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 import sys
 
