@@ -12,13 +12,14 @@ import sys
 from typing import Mapping, NamedTuple, Optional, Tuple
 
 from mmengine.config import Config, DictAction
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
 from mmdet_runsafe_start import on_signals, report
 
 from .checkpoint_sources import HTTP, ZOO_PREFIXES
-from .errors import Argument, NamesArguments, is_user_error
+from .errors import Argument, InputError, NamesArguments, is_user_error
 from .launch import die_with_launcher
 from .serialization import safe_load
 
@@ -29,9 +30,21 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
                 errno.EPERM, errno.ENOTDIR}
 
 
+class CfgOptions(DictAction):
+    """MMEngine's DictAction for --cfg-options, with a KEY that has no =VALUE named in
+    argparse's error line, where DictAction raised a ValueError traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for pair in values:
+            if '=' not in pair:
+                raise argparse.ArgumentError(self, f'{pair} has no value: write {pair}=VALUE '
+                                                   f'(KEY=VALUE pairs, separated by spaces)')
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_runner_args(parser: argparse.ArgumentParser):
     """--cfg-options, --launcher and --local-rank, as in MMDetection's train and test tools."""
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                         help='override some settings in the used config, the key-value pair '
                         'in xxx=yyy format will be merged into config file.')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -112,6 +125,22 @@ def apply_train_flags(cfg: Config, amp: bool, auto_scale_lr: bool):
             raise RuntimeError('Can not find "auto_scale_lr" or "auto_scale_lr.enable" or '
                                '"auto_scale_lr.base_batch_size" in your configuration file.')
         cfg.auto_scale_lr.enable = True
+
+
+# Where MMEngine's AmpOptimWrapper trains (it asserts one of them).
+AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
+
+
+def require_amp_device(cfg: Config, amp: bool):
+    """Mixed precision (--amp, or a config's AmpOptimWrapper) needs a GPU, which MMEngine
+    asserts only once the Runner builds the optimizer, with a traceback."""
+    if cfg.get('optim_wrapper', {}).get('type') != 'AmpOptimWrapper' or \
+            get_device() in AMP_DEVICES:
+        return
+    what = '--amp' if amp else 'the config\'s optim_wrapper (type=\'AmpOptimWrapper\')'
+    raise InputError(f'{what}: automatic mixed precision trains on a GPU only (MMEngine\'s '
+                     f'AmpOptimWrapper: CUDA, NPU, MLU or MUSA), and this machine has '
+                     f'{get_device()} only; train without it')
 
 
 def force_weights_only_loading():

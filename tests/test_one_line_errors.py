@@ -4,6 +4,7 @@ and precisions this build cannot run; flags that cannot act; a conversion onto i
 The checks are tested here as functions, and each tool once as the user runs it. A library
 function's error names its arguments as the caller wrote them, never a command-line flag; the
 tools word them as their flags (issue 23)."""
+import argparse
 import ast
 import errno
 import glob
@@ -20,9 +21,11 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 
 from helpers import CONFIG, REPO_ROOT, RunsCode, randomize, run
-from mmdet_runsafe.cli import TRAINING_REMEDY, one_line_errors
+from mmdet_runsafe.cli import TRAINING_REMEDY, add_runner_args, one_line_errors
 from mmdet_runsafe.config import load_config
+from mmdet_runsafe.datasets import check_dataset_paths
 from mmdet_runsafe.errors import Argument, InputError, output_exists
+from mmdet_runsafe.preflight import prepare_train_run
 from mmdet_vanillanet.apis import OnnxDetector, convert_checkpoint, fuse_detector
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.toolkit.benchmark import check_request
@@ -313,3 +316,48 @@ def test_a_failed_write_is_worded_for_the_tool():
                          'free some space or fix its permissions, or choose another place to '
                          'write')
     assert '--resume continues from the last one' in printed(remedy=TRAINING_REMEDY)
+
+
+def test_cfg_options_without_a_value_is_argparses_error_line(capsys):
+    """Fails on 675fa6e: MMEngine's DictAction raised a ValueError traceback (not enough values
+    to unpack) for a KEY without =VALUE."""
+    parser = argparse.ArgumentParser(prog='train.py')
+    add_runner_args(parser)
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(['--cfg-options', 'model.backbone.lean_training'])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        'train.py: error: argument --cfg-options: model.backbone.lean_training has no value: '
+        'write model.backbone.lean_training=VALUE (KEY=VALUE pairs, separated by spaces)')
+    assert parser.parse_args(['--cfg-options', 'a.b=1']).cfg_options == {'a.b': 1}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='mixed precision trains on a GPU')
+def test_amp_on_a_machine_without_a_gpu_is_refused_before_the_run(tmp_path):
+    """Fails on 675fa6e: MMEngine's AssertionError traceback once the Runner built the
+    optimizer."""
+    with pytest.raises(InputError, match=r"^--amp: automatic mixed precision trains on a GPU "
+                                         r"only \(MMEngine's AmpOptimWrapper: CUDA, NPU, MLU or "
+                                         r"MUSA\), and this machine has cpu only; train without "
+                                         r"it$"):
+        prepare_train_run(CONFIG, work_dir=str(tmp_path / 'w'), amp=True)
+    assert not (tmp_path / 'w').exists()
+    with pytest.raises(InputError, match=r"^the config's optim_wrapper \(type='AmpOptimWrapper'"):
+        prepare_train_run(CONFIG, work_dir=str(tmp_path / 'w'),
+                          cfg_options={'optim_wrapper.type': 'AmpOptimWrapper'})
+
+
+def test_a_resize_scale_beyond_any_input_is_named_before_the_run():
+    """Fails on 675fa6e: a test-split Resize scale of 100000 failed in the test (a TypeError,
+    or OpenCV's failed allocation of 30 GB)."""
+    cfg = Config.fromfile(CONFIG)
+    cfg.test_dataloader.dataset.pipeline[1].scale = (100000, 100000)
+    with pytest.raises(InputError, match=r'^test_dataloader.dataset.pipeline.1 \(Resize\): '
+                                         r'scale=\(100000, 100000\) resizes images to sides '
+                                         r'outside 1 to 8192 pixels; set a scale in that range$'):
+        check_dataset_paths(cfg, ('test_dataloader', ))
+    cfg.train_dataloader.dataset.pipeline[2] = dict(type='RandomResize', scale=[(1333, 640),
+                                                    (1333, 800)], ratio_range=(0.1, 8.0))
+    with pytest.raises(InputError, match=r'pipeline.2 \(RandomResize\): .* with ratio_range up '
+                                         r'to 8.0 resizes'):
+        check_dataset_paths(cfg, ('train_dataloader', ))

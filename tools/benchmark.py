@@ -17,13 +17,8 @@ import argparse
 
 import torch
 from mmdet.utils import register_all_modules
-from mmengine.config import DictAction
 
-from mmdet_runsafe.cli import (
-    force_weights_only_loading,
-    interruptible,
-    one_line_errors,
-)
+from mmdet_runsafe.cli import CfgOptions, force_weights_only_loading, interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark, write_report
 
 
@@ -63,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'input) beside the fp32 one')
     parser.add_argument('--no-progress', action='store_true')
     parser.add_argument('--out', help='write every figure and setting to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions)
     return parser
 
 
