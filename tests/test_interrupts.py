@@ -76,6 +76,10 @@ def test_ctrl_c_ends_training_with_workers_at_once_and_resume_starts(data_root, 
         assert output.strip().splitlines()[-1] == TRAINING_LINE, output[-2000:]
         assert process.returncode == 130 and 'Traceback' not in output, output[-2000:]
         assert 'another run is training' not in output and 'no longer alive' not in output
+        # Nor the notices of every start (issue 29 item 12): three of pkg_resources, two of
+        # MMEngine's FileClient.
+        assert 'pkg_resources' not in output and 'FileClient' not in output
+        assert 'HardDiskBackend' not in output
     with open(osp.join(work_dir, 'run.lock')) as f:
         assert f.read().strip() == ''  # released by a run that ended: no holder named
 

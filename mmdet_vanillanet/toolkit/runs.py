@@ -55,7 +55,8 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
                            **flags)
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
-    check_onnx_request(onnx_file, onnx_checkpoint, deploy, flags.get('launcher', 'none'))
+    check_onnx_request(checkpoint, onnx_file, onnx_checkpoint, deploy,
+                       flags.get('launcher', 'none'))
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint
@@ -74,17 +75,20 @@ def is_onnx_file(path: str) -> bool:
     return '://' not in path and file_kind(path) == ONNX
 
 
-def check_onnx_request(onnx_file: Optional[str], onnx_checkpoint: Optional[str], deploy: bool,
-                       launcher: str):
-    """The test's checkpoint is read first (a missing or non-regular one named); --checkpoint
-    goes with an ONNX file only, which is the deployed network already and runs in one
-    process."""
+def check_onnx_request(tested: str, onnx_file: Optional[str], onnx_checkpoint: Optional[str],
+                       deploy: bool, launcher: str):
+    """The test's file (``tested``) is read first (a missing or non-regular one named); one
+    named .onnx, or given with --checkpoint, is an ONNX model; --checkpoint goes with an ONNX
+    file only, which is the deployed network already and runs in one process."""
     if onnx_file is None:
-        if onnx_checkpoint is not None:
-            raise InputError(f'--checkpoint {onnx_checkpoint}: it names the checkpoint an ONNX '
-                             f'file was exported from, for tools/test.py CONFIG FILE.onnx '
-                             f'--checkpoint CKPT; to test a checkpoint, give it in place of '
-                             f'FILE.onnx')
+        if tested.endswith('.onnx') or onnx_checkpoint is not None:
+            kind = 'not a local file' if '://' in tested else file_kind(tested) or \
+                'a PyTorch checkpoint'
+            with_checkpoint = f' with --checkpoint {onnx_checkpoint}' if onnx_checkpoint else ''
+            raise InputError(f'{tested} is {kind}, not an ONNX model: tools/test.py CONFIG '
+                             f'FILE.onnx --checkpoint CKPT tests a file exported by '
+                             f'tools/export_onnx.py --part raw; give an exported file'
+                             f'{with_checkpoint}, or a checkpoint without --checkpoint')
         return
     if deploy:
         raise InputError(f'--deploy: {onnx_file} is an exported (fused) network already; drop '
