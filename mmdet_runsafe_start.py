@@ -23,6 +23,7 @@ those two signals and that one warning filter.
 import os
 import signal
 import sys
+import threading
 import warnings
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -34,17 +35,25 @@ def on_signals(action):
     Ctrl-C reaches the whole process group: there SIGINT is ignored and SIGTERM ends it as by
     default, and this process's clean-up ends its workers. (A worker that stopped as its tool
     did, raising where it was with SIGTERM ignored, could not be ended, and the tool's exit
-    waited for it for minutes.)"""
+    waited for it for minutes.) After Ctrl-C, a worker's thread that was handing a tensor to
+    the stopping tool finds the connection broken: that says nothing, and prints nothing."""
     owner = os.getpid()
 
     def handler(signum, frame):
         if os.getpid() == owner:
             action(signum)
-        elif signum != signal.SIGINT:
+        elif signum == signal.SIGINT:
+            threading.excepthook = _quiet_broken_connections
+        else:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
     return {s: signal.signal(s, handler) for s in SIGNALS}
+
+
+def _quiet_broken_connections(args):
+    if not issubclass(args.exc_type, ConnectionError):
+        threading.__excepthook__(args)
 
 
 def report(signum, outcome: str = '') -> None:
