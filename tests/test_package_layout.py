@@ -42,7 +42,8 @@ SAFETY = 'mmdet_runsafe'
 TOOLKIT, DEPLOY = 'mmdet_vanillanet.toolkit', 'mmdet_vanillanet.deploy'
 # The run-safety modules only tools import (a config's custom_imports loads the hooks).
 SAFETY_TOOLS = tuple(f'{SAFETY}.{m}' for m in (
-    'cli', 'config', 'coco_annotations', 'datasets', 'launch', 'toy_data', 'units', 'work_dir'))
+    'cli', 'config', 'coco_annotations', 'datasets', 'launch', 'preflight', 'toy_data', 'units',
+    'work_dir'))
 # What the plugins (what configs' custom_imports load) never import: our tools' code, and what a
 # user calls to deploy.
 OUTSIDE_PLUGIN = (TOOLKIT, DEPLOY, 'mmdet_vanillanet.apis', *SAFETY_TOOLS)
