@@ -41,6 +41,8 @@ def on_signals(action):
 
     def handler(signum, frame):
         if os.getpid() == owner:
+            for s in SIGNALS:  # a second signal must not cut the clean-up or the exit short
+                signal.signal(s, signal.SIG_IGN)
             action(signum)
         elif signum == signal.SIGINT:
             threading.excepthook = _quiet_broken_connections
@@ -58,10 +60,7 @@ def _quiet_broken_connections(args):
 
 def report(signum, outcome: str = '') -> None:
     """The one line for a tool stopped by ``signum``, on a line of its own (a progress bar may
-    be mid-line); ``outcome`` says what is left. Signals are ignored from here on: a second one
-    must not cut the clean-up short."""
-    for s in SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
+    be mid-line); ``outcome`` says what is left."""
     sys.stdout.flush()
     print(f'\nerror: interrupted by {signal.Signals(signum).name}{outcome and "; " + outcome}',
           file=sys.stderr, flush=True)

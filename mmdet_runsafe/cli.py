@@ -187,12 +187,20 @@ def interruptible(outcome: str = 'no file was left half-written'):
     try:
         yield
     except (Interrupted, KeyboardInterrupt) as err:
+        # The signals stay ignored (``on_signals``): the exit, which ends the DataLoader
+        # workers, must not be cut short either.
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         report(signum, outcome)
         sys.exit(128 + signum)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    except BaseException:
+        _restore(previous)
+        raise
+    _restore(previous)
+
+
+def _restore(handlers):
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
 
 class Interrupted(BaseException):

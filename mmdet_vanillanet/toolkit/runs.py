@@ -52,11 +52,15 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     (``--checkpoint``: the checkpoint it was exported from, which a two-stage detector's RoI
     heads need) and onnxruntime's ``threads``; everything else (the dataloader, the evaluator,
     ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
-    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
-                           **flags)
+    if '://' not in checkpoint:  # named if missing, before its first bytes are read
+        check_input_file(checkpoint, 'checkpoint')
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
+    # Before the launcher is set up (prepare_test_run's last step): --launcher with an ONNX
+    # file is refused, not started.
     check_onnx_request(checkpoint, onnx_file, onnx_checkpoint, deploy,
                        flags.get('launcher', 'none'))
+    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
+                           **flags)
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
         cfg.load_from = checkpoint
@@ -77,9 +81,9 @@ def is_onnx_file(path: str) -> bool:
 
 def check_onnx_request(tested: str, onnx_file: Optional[str], onnx_checkpoint: Optional[str],
                        deploy: bool, launcher: str):
-    """The test's file (``tested``) is read first (a missing or non-regular one named); one
-    named .onnx, or given with --checkpoint, is an ONNX model; --checkpoint goes with an ONNX
-    file only, which is the deployed network already and runs in one process."""
+    """The test's file (``tested``, checked as an input file) named .onnx, or given with
+    --checkpoint, is an ONNX model; --checkpoint goes with an ONNX file only, which is the
+    deployed network already and runs in one process."""
     if onnx_file is None:
         if tested.endswith('.onnx') or onnx_checkpoint is not None:
             kind = 'not a local file' if '://' in tested else file_kind(tested) or \
