@@ -18,7 +18,8 @@ read its parser changes nothing)::
         start_tool()
 
 Importing the module changes nothing; ``start_tool`` changes only the process's handlers of
-those two signals and that one warning filter.
+those two signals, that one warning filter, and what its forked processes print of a broken
+connection to it.
 """
 import os
 import signal
@@ -35,18 +36,17 @@ def on_signals(action):
     Ctrl-C reaches the whole process group: there SIGINT is ignored and SIGTERM ends it as by
     default, and this process's clean-up ends its workers. (A worker that stopped as its tool
     did, raising where it was with SIGTERM ignored, could not be ended, and the tool's exit
-    waited for it for minutes.) After Ctrl-C, a worker's thread that was handing a tensor to
-    the stopping tool finds the connection broken: that says nothing, and prints nothing."""
+    waited for it for minutes.)"""
     owner = os.getpid()
 
     def handler(signum, frame):
         if os.getpid() == owner:
             for s in SIGNALS:  # a second signal must not cut the clean-up or the exit short
                 signal.signal(s, signal.SIG_IGN)
+            if hasattr(signal, 'SIGCHLD'):  # workers that a group's SIGTERM ended are no error
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # (PyTorch's handler raised one)
             action(signum)
-        elif signum == signal.SIGINT:
-            threading.excepthook = _quiet_broken_connections
-        else:
+        elif signum != signal.SIGINT:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
@@ -58,6 +58,13 @@ def _quiet_broken_connections(args):
         threading.__excepthook__(args)
 
 
+def _in_a_forked_process():
+    """A thread of a process forked from the tool (a DataLoader worker's, handing a tensor over
+    to the tool) finds its connection to the tool broken only when the tool has stopped, which
+    the tool says itself: its traceback (BrokenPipeError, ConnectionResetError) says nothing."""
+    threading.excepthook = _quiet_broken_connections
+
+
 def report(signum, outcome: str = '') -> None:
     """The one line for a tool stopped by ``signum``, on a line of its own (a progress bar may
     be mid-line); ``outcome`` says what is left."""
@@ -67,11 +74,14 @@ def report(signum, outcome: str = '') -> None:
 
 
 def start_tool():
-    """A tool's first call: the signals end it in one line, the import notices are not shown."""
+    """A tool's first call: the signals end it in one line, the import notices are not shown,
+    and its forked processes print no traceback of a broken connection to it."""
     def stop(signum):
         report(signum)
         raise SystemExit(128 + signum)  # through the finally blocks, without a traceback
 
     on_signals(stop)
+    if hasattr(os, 'register_at_fork'):
+        os.register_at_fork(after_in_child=_in_a_forked_process)
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated as an API',
                             category=UserWarning)
