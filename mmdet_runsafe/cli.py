@@ -81,8 +81,8 @@ RUNSAFE = Runtime(
         'ResumeLrFromConfigHook': '--resume keeps the checkpoint\'s lr over the config\'s',
         'StopOnNonFiniteHook': 'a NaN or a blow-up trains on and is checkpointed',
         'WeightsOnlyCheckpointHook': 'its checkpoints hold MMEngine\'s HistoryBuffer, which '
-                                     'weights_only loading refuses (--resume and tools/test.py '
-                                     'then need tools/convert_checkpoint.py --unsafe-load)',
+                                     'MMDetection\'s own tools cannot load under torch >= 2.6 '
+                                     '(ours read it safely)',
         'WorkDirLockHook': 'MMDetection\'s own tools would not lock the work_dir (ours do)',
     },
     test_hooks=('ClassOrderHook', ),

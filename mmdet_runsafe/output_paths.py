@@ -13,6 +13,9 @@ from typing import Iterator, Optional, Sequence
 
 from .errors import InputError
 
+# Writes that fail for lack of room: a full disk, a quota, a file-size limit.
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
 
 def check_output_file(path: str, what: str, inputs: Sequence[Optional[str]] = (),
                       link_replaced: bool = False):
@@ -80,7 +83,9 @@ def new_file_for(path: str, replace: bool = False) -> Iterator[str]:
     becomes ``path``: renamed over an existing file only with ``replace`` (the user's
     ``--force``), otherwise linked into place so that a file that appeared there meanwhile is
     kept (FileExistsError). However the block ends otherwise (an error, an interrupt the tool
-    turned into an exception), the file is removed."""
+    turned into an exception), the file is removed; an OSError naming ours, or a write that
+    failed for lack of room naming none (a full disk, a quota, a file-size limit), names
+    ``path``."""
     folder, name = osp.split(osp.abspath(path))
     for _ in range(100):
         partial = osp.join(folder, f'{name}.{secrets.token_hex(4)}.partial')
@@ -99,6 +104,10 @@ def new_file_for(path: str, replace: bool = False) -> Iterator[str]:
             os.replace(partial, path)
         else:
             _link_new(partial, path)
+    except OSError as err:
+        if err.filename == partial or (err.filename is None and err.errno in NO_ROOM):
+            raise OSError(err.errno, err.strerror, path) from None
+        raise
     finally:
         if osp.lexists(partial):
             os.remove(partial)

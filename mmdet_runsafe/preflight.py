@@ -4,7 +4,7 @@ one line before anything runs and nothing the user made is touched. MMDetection'
 are applied as its tools apply them; the config decides how the run trains (a config without
 the runtime hooks runs, with one warning)."""
 import argparse
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from mmengine.config import Config
 
@@ -25,17 +25,21 @@ from .output_paths import check_new_output_file, check_show_dir
 from .run_lock import lock_work_dir
 from .work_dir import configure_resume, guard_work_dir, refuse_links, require_writable
 
+# The runtime hooks a tool's configs declare, or a function of the loaded config that says
+# which (a tool for one family of configs also runs configs of MMDetection's own).
+RuntimeOf = Union[Runtime, Callable[[Config], Runtime]]
 
-def prepare_train_run(config: str, runtime: Runtime = RUNSAFE, work_dir: Optional[str] = None,
+
+def prepare_train_run(config: str, runtime: RuntimeOf = RUNSAFE, work_dir: Optional[str] = None,
                       cfg_options: Optional[dict] = None, amp: bool = False,
                       auto_scale_lr: bool = False, resume: Optional[str] = None,
                       overwrite: bool = False, invalid_boxes: str = 'refuse',
                       launcher: str = 'none') -> Config:
-    """tools/train.py's config, checked: ``runtime`` the hooks its configs declare, ``resume``
+    """tools/train.py's config, checked: ``runtime`` the hooks it should declare, ``resume``
     a checkpoint path or 'auto' (the run's newest readable checkpoint), the rest as the tool's
     flags of the same names."""
     cfg = load_config(config, cfg_options)
-    warn_missing_runtime_hooks(cfg, training=True, runtime=runtime)
+    warn_missing_runtime_hooks(cfg, training=True, runtime=runtime_of(cfg, runtime))
     set_work_dir(cfg, work_dir, config)
     apply_train_flags(cfg, amp, auto_scale_lr)
     require_amp_device(cfg, amp)
@@ -51,7 +55,7 @@ def prepare_train_run(config: str, runtime: Runtime = RUNSAFE, work_dir: Optiona
     return cfg
 
 
-def prepare_test_run(config: Union[str, Config], checkpoint: str, runtime: Runtime = RUNSAFE,
+def prepare_test_run(config: Union[str, Config], checkpoint: str, runtime: RuntimeOf = RUNSAFE,
                      work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
                      out: Optional[str] = None, show: bool = False,
                      show_dir: Optional[str] = None, wait_time: float = 2,
@@ -59,7 +63,7 @@ def prepare_test_run(config: Union[str, Config], checkpoint: str, runtime: Runti
     """tools/test.py's config, checked, its arguments as the tool's flags of the same names;
     ``inputs``: other files the test reads, which ``out`` must not be."""
     cfg = load_config(config, cfg_options)
-    warn_missing_runtime_hooks(cfg, training=False, runtime=runtime)
+    warn_missing_runtime_hooks(cfg, training=False, runtime=runtime_of(cfg, runtime))
     set_work_dir(cfg, work_dir, config if isinstance(config, str) else 'test')
     if out is not None:
         check_dump_file(out, inputs=(config if isinstance(config, str) else None, checkpoint,
@@ -79,6 +83,10 @@ def prepare_test_run(config: Union[str, Config], checkpoint: str, runtime: Runti
         cfg = trigger_visualization_hook(cfg, shown)
     setup_launcher(cfg, launcher)
     return cfg
+
+
+def runtime_of(cfg: Config, runtime: RuntimeOf) -> Runtime:
+    return runtime(cfg) if callable(runtime) else runtime
 
 
 def check_dump_file(out: str, inputs: Sequence[Optional[str]]):

@@ -1,30 +1,48 @@
 """Checkpoint reading that never runs code from the file and never changes anything in the
-loading process but the objects it returns (``safe_load``), and, apart and named for it, the
-reading of a trusted file with full unpickling (``load_trusted``).
+loading process but the objects it returns (``safe_load``), apart and named for it the reading
+of a trusted file with full unpickling (``load_trusted``), and writing that reports a failed
+write as the OSError it is (``save``).
 
-Every ``safe_load`` goes through ``torch.load(weights_only=True)``. MMEngine's Runner writes a few
-non-tensor objects into its checkpoints: its message hub's HistoryBuffers, and numpy arrays and
-scalars (the buffers' histories, the ``eta``). Importing the plugin allow-lists, for every
-weights_only load in the process (torch's list is global), what reads exactly those back:
+Every ``safe_load`` is ``torch.load(weights_only=True)``: torch's restricted unpickler, which
+builds tensors and plain containers and resolves every other name a file gives through torch's
+allow-list (``torch.serialization.add_safe_globals``, ``safe_globals``). That list admits a
+*name*; an allowed function is then called with whatever arguments the file gives, an allowed
+class's ``__setstate__`` with whatever state. MMEngine's Runner writes a few objects besides
+tensors whose own classes cannot be admitted so:
 
-- numpy's names (``numpy.dtype``, ``numpy.ndarray``, ``numpy.core.multiarray._reconstruct`` and
-  ``scalar``, also under ``numpy._core``) resolve to the stand-ins below, not to numpy. They
-  take plain numeric data only (bool, integer, float, complex; any shape and byte order) and
-  build new arrays and scalars from the file's bytes. numpy's own classes cannot be allowed: a
-  pickled dtype's state sets its flags and fields unchecked, so a crafted file could declare an
-  object field over raw bytes, pointers of its choosing (tried: the process crashes).
-- The message hub's buffers load as :class:`WeightsOnlyHistoryBuffer`, which accepts its three
-  data attributes and nothing else, and never writes to HistoryBuffer's class-wide registry of
-  statistics methods. MMEngine's HistoryBuffer is not allowed: unpickling it merges the file's
-  methods into that registry (a file could replace ``mean`` for the whole process), and
-  MMEngine pickles the methods as ``getattr(HistoryBuffer, 'min')``, which a weights_only load
-  refuses anyway (allowing ``getattr`` would let a file reach any attribute of any allowed
-  object). ``WeightsOnlyCheckpointHook`` writes every checkpoint's buffers as this class.
+- numpy's ``dtype`` (and ``ndarray``, ``_reconstruct``, ``scalar``, for the message hub's
+  histories and the ``eta``): a pickled dtype's state sets its flags and fields unchecked, so a
+  crafted file could declare an object field over raw bytes, pointers of its choosing (tried:
+  the process crashes).
+- MMEngine's ``HistoryBuffer`` (the message hub's buffers): unpickling it merges the file's
+  statistics methods into that class's registry (a file could replace ``mean`` for the whole
+  process); and it writes those methods as ``getattr(HistoryBuffer, 'min')`` calls, where
+  admitting ``builtins.getattr`` would let a file reach any attribute of any allowed object.
 
-Whatever a file holds, loading it creates new objects only: no class attribute, no registry and
-no shared numpy dtype changes (tests/test_safe_loading.py tries). Anything else in a file is
-refused with the reason.
+What is hand-written here is only what the allow-list cannot do, checking the arguments and
+state a file gives: those names resolve to stand-ins that take plain data only and build new
+objects from it. numpy's to ``_NumpyDtype``, ``_NumpyArray``, ``_reconstruct`` and ``_scalar``
+(bool, integer, float, complex; any shape and byte order); the buffers to
+:class:`WeightsOnlyHistoryBuffer` (its three data attributes, never the registry);
+``getattr`` to ``_statistics_method`` (MMEngine's four default statistics methods of the buffer
+class, read and dropped; nothing else).
+
+Which list, when. Importing the plugin adds what our runs' checkpoints hold (the numpy
+stand-ins, and ``WeightsOnlyHistoryBuffer`` under its own name, which
+``WeightsOnlyCheckpointHook`` writes) to torch's process-wide list
+(``allow_runner_checkpoint_types``), because MMDetection's own tools (``tools/test.py``,
+``--resume``, ``init_detector``) must load our runs' checkpoints, through MMEngine's
+``torch.load`` with torch's default ``weights_only=True``, where no context can be given. What
+MMEngine's stock CheckpointHook writes (MMEngine's HistoryBuffer name, ``getattr``) is allowed
+around our own loads only, by torch's ``safe_globals`` context manager: a checkpoint of a config
+without our hooks is tested, resumed and converted by our tools, and no other load in the
+process sees ``getattr`` mean anything.
+
+Whatever a file holds, loading it creates new objects only: no class attribute, no registry,
+no shared numpy dtype and no allow-list changes (tests/test_safe_loading.py tries). Anything
+else in a file is refused with the reason.
 """
+import contextlib
 import math
 import pickle
 import reprlib
@@ -42,7 +60,7 @@ from .errors import Argument, CheckpointError, TruncatedCheckpointError
 def _refused(what: str) -> pickle.UnpicklingError:
     # An UnpicklingError, so that torch.load and safe_load report it as a refused file.
     return pickle.UnpicklingError(f'{what} is refused: only plain numeric numpy data and '
-                                  f'the message hub buffers our runs write load')
+                                  f'the message hub buffers MMEngine\'s runs write load')
 
 
 def _exact(value, expected) -> bool:
@@ -147,7 +165,9 @@ class WeightsOnlyHistoryBuffer(HistoryBuffer):
     HistoryBuffer keeps its statistics methods in one dict for the whole class, which its
     pickling writes and its unpickling updates. This class reads them without writing: MMEngine's
     four defaults, then whatever code registered on HistoryBuffer (registration is done by code,
-    at import, so a resumed process has them without the file)."""
+    at import, so a resumed process has them without the file). It is also what MMEngine's
+    HistoryBuffer in a file loads as (our loaders), its state's statistics methods checked to
+    be the four defaults and dropped."""
 
     @property
     def _statistics_methods(self) -> dict:
@@ -159,6 +179,16 @@ class WeightsOnlyHistoryBuffer(HistoryBuffer):
         return dict(zip(_HISTORY_STATE, (self.max_length, *self.data)))
 
     def __setstate__(self, state) -> None:
+        if type(state) is dict and 'statistics_methods' in state:
+            # MMEngine's own pickling adds the class's statistics methods: its four defaults
+            # (read by _statistics_method) are dropped, as registering them changes nothing.
+            methods = state['statistics_methods']
+            if not (type(methods) is dict and all(
+                    type(name) is str and _DEFAULT_STATISTICS.get(name) is method
+                    for name, method in methods.items())):
+                raise _refused(f'a message hub buffer with statistics methods '
+                               f'{reprlib.repr(methods)}')
+            state = {k: v for k, v in state.items() if k != 'statistics_methods'}
         if not (type(state) is dict and len(state) == len(_HISTORY_STATE)
                 and all(type(name) is str for name in state)
                 and set(state) == set(_HISTORY_STATE)):
@@ -172,33 +202,64 @@ class WeightsOnlyHistoryBuffer(HistoryBuffer):
         HistoryBuffer.__init__(self, np.array(log), np.array(count), max_length)
 
 
+def _statistics_method(owner, name):
+    """What ``builtins.getattr`` in a file resolves to: MMEngine writes a buffer's statistics
+    methods as ``getattr(HistoryBuffer, 'min')``; those four reads of the buffer class (whose
+    name resolves to WeightsOnlyHistoryBuffer) are answered, with MMEngine's function, which
+    the buffer's ``__setstate__`` then drops; any other is refused."""
+    if not (owner is WeightsOnlyHistoryBuffer and type(name) is str
+            and name in _DEFAULT_STATISTICS):
+        raise _refused(f'getattr({reprlib.repr(owner)}, {reprlib.repr(name)})')
+    return _DEFAULT_STATISTICS[name]
+
+
+# What our runs' checkpoints hold (see the module's doc): allowed process-wide on import.
 RUNNER_CHECKPOINT_TYPES = [
     WeightsOnlyHistoryBuffer, (_NumpyDtype, 'numpy.dtype'), (_NumpyArray, 'numpy.ndarray'),
+    # The name our checkpoints carry, kept wherever the class is defined.
+    (WeightsOnlyHistoryBuffer, 'mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer'),
     # numpy 2 writes its functions' module as numpy._core.multiarray, numpy 1 as numpy.core.
     *[(function, f'numpy.{core}.multiarray.{name}') for core in ('core', '_core')
       for name, function in (('_reconstruct', _reconstruct), ('scalar', _scalar))]]
+# What MMEngine's own CheckpointHook adds: allowed around our loads only.
+MMENGINE_CHECKPOINT_TYPES = [
+    (WeightsOnlyHistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
+    (_statistics_method, 'builtins.getattr')]
 
 
 def allow_runner_checkpoint_types():
     """Allow-list, for every weights_only load in this process (torch's list is global), what
-    reads back the objects MMEngine's Runner writes into checkpoints (above). The plugin does
-    this on import, so that MMDetection's own tools can resume and test our runs' checkpoints
-    under torch >= 2.6."""
+    reads back the objects our runs write into checkpoints (above). The plugin does this on
+    import: MMDetection's own tools, which load through MMEngine's ``torch.load`` with torch's
+    default ``weights_only=True`` under torch >= 2.6, must resume and test our runs."""
     torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_TYPES)
 
 
+@contextlib.contextmanager
+def _allowed(types):
+    """torch's ``safe_globals`` context for those of ``types`` not allowed already: on exit it
+    removes what it was given, which must not take process-wide entries away."""
+    allowed = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([t for t in types if t not in allowed]):
+        yield
+
+
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
-    """The unpickler's own first sentence, from torch's message around it (which opens with
-    advice on loading unsafely)."""
-    text = str(err).split('WeightsUnpickler error:', 1)[-1]
+    """The unpickler's own first sentence: torch.load raises its error again inside advice on
+    loading unsafely (the original kept as the context), which words some errors (a blocked
+    module: ``os.system``) without the 'WeightsUnpickler error:' mark."""
+    inner = err.__context__
+    text = str(inner) if isinstance(inner, pickle.UnpicklingError) else \
+        str(err).split('WeightsUnpickler error:', 1)[-1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0].split('. ')[0].rstrip('.') if lines else type(err).__name__
 
 
 def safe_load(filename: str, map_location='cpu', mmap: bool = False):
     """Read a checkpoint (a path, URL or model-zoo name) without unpickling arbitrary objects:
-    tensors, plain numpy data and the message hub buffers our runs write; anything else is a
-    CheckpointError naming the file. ``mmap``: map a local file instead of reading it."""
+    tensors, plain numpy data and the message hub buffers our runs and MMEngine's own
+    CheckpointHook write; anything else is a CheckpointError naming the file. ``mmap``: map a
+    local file instead of reading it."""
     return _load(filename, map_location, weights_only=True, mmap=mmap)
 
 
@@ -207,6 +268,39 @@ def load_trusted(filename: str, map_location='cpu'):
     files you trust, to rewrite them as plain tensors (``tools/convert_checkpoint.py
     --unsafe-load``)."""
     return _load(filename, map_location, weights_only=False, mmap=False)
+
+
+
+def save(obj, path: str):
+    """``torch.save(obj, path)``, through a Python file: a write that fails (a full disk) raises
+    its OSError, where torch's own file writer says "enforce fail at inline_container.cc" and
+    loses the cause."""
+    with open(path, 'wb') as f:
+        writes = _Writes(f)
+        try:
+            torch.save(obj, writes)
+        except RuntimeError:
+            if writes.error is None:
+                raise
+            raise writes.error from None
+
+
+class _Writes:
+    """A file's ``write`` and ``flush`` for torch.save, keeping the OSError a write raised
+    (torch's writer replaces it by a RuntimeError of its own)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 ONNX = 'an ONNX model'
@@ -234,8 +328,8 @@ def _load(filename: str, map_location, weights_only: bool, mmap: bool):
     """torch.load with each failure as one CheckpointError: a refused object, a file that cannot
     be read, a truncated or corrupt one, a file of another kind (an ONNX model, an image)."""
     source = open_checkpoint(filename)
-    # What reads back the objects MMEngine writes was allow-listed when the plugin was
-    # imported (before this module could be).
+    allowed = _allowed(RUNNER_CHECKPOINT_TYPES + MMENGINE_CHECKPOINT_TYPES) if weights_only \
+        else contextlib.nullcontext()
     try:
         kind = file_kind(source) if isinstance(source, str) else None
         if kind is not None:
@@ -243,21 +337,23 @@ def _load(filename: str, map_location, weights_only: bool, mmap: bool):
                     'checkpoint (with the checkpoint it was exported from), and run by '
                     'OnnxDetector' if kind == ONNX else '')
             raise CheckpointError(f'{filename} is {kind}, not a PyTorch checkpoint{hint}')
-        try:
-            return torch.load(source, map_location=map_location, weights_only=weights_only,
-                              mmap=mmap and isinstance(source, str))
-        except RuntimeError as err:
-            if not (mmap and 'mmap can only be used' in str(err)):
-                raise
-            # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
-            return torch.load(source, map_location=map_location, weights_only=weights_only)
+        with allowed:
+            try:
+                return torch.load(source, map_location=map_location, weights_only=weights_only,
+                                  mmap=mmap and isinstance(source, str))
+            except RuntimeError as err:
+                if not (mmap and 'mmap can only be used' in str(err)):
+                    raise
+                # A file in torch's legacy (pre-zip) format: it loads, only not memory-mapped.
+                return torch.load(source, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f'{filename} holds Python objects beyond tensors, plain numpy data and the message '
-            f'hub buffers our runs write, so loading it could run code from the file or change '
-            f'the loading process; it was not loaded. If you trust the file, rewrite it as '
-            f'plain tensors: convert it (convert_checkpoint, tools/convert_checkpoint.py) with ',
-            Argument('unsafe_load', True), f'. (torch said: {_unpickler_reason(err)})') from None
+            f'hub buffers MMEngine\'s runs write, so loading it could run code from the file or '
+            f'change the loading process; it was not loaded. If you trust the file, write its '
+            f'fused weights as plain tensors: convert it (convert_checkpoint, '
+            f'tools/convert_checkpoint.py) with ', Argument('unsafe_load', True),
+            f'. (torch said: {_unpickler_reason(err)})') from None
     except PermissionError as err:  # not a damaged file: --resume must not pass over it
         raise CheckpointError(f'cannot read {filename} ({err.strerror}); fix its '
                               f'permissions') from None

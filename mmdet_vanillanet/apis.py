@@ -1,7 +1,7 @@
 """The user API: what a user of the VanillaNet backbone calls beyond a config, as MMDetection
 gathers its own in ``mmdet.apis``.
 
-    from .apis import (OnnxDetector, convert_checkpoint, export_onnx,
+    from mmdet_vanillanet.apis import (OnnxDetector, convert_checkpoint, export_onnx,
                                        fuse_detector, quantize_onnx)
 
 - ``fuse_detector(model, inplace=True)``: fuse every VanillaNet in a (wrapped) detector for

@@ -6,6 +6,8 @@ import json
 import os
 import os.path as osp
 import re
+import resource
+import signal
 import subprocess
 import sys
 
@@ -52,6 +54,33 @@ class RunsCode:
         return (open, (self.marker, 'w'))
 
 
+# A config on MMDetection's own default hooks: none of configs/_base_/vanillanet_runtime.py's.
+WITHOUT_RUNTIME_HOOKS = """_base_ = [{config!r}]
+default_hooks = dict(
+    _delete_=True, timer=dict(type='IterTimerHook'), logger=dict(type='LoggerHook'),
+    param_scheduler=dict(type='ParamSchedulerHook'), checkpoint=dict(type='CheckpointHook'),
+    sampler_seed=dict(type='DistSamplerSeedHook'),
+    visualization=dict(type='DetVisualizationHook'))
+"""
+
+
+def config_without_runtime_hooks(folder) -> str:
+    """The toy config on MMDetection's own default hooks, written into ``folder``."""
+    path = osp.join(folder, 'without_runtime_hooks.py')
+    with open(path, 'w') as f:
+        f.write(WITHOUT_RUNTIME_HOOKS.format(config=CONFIG))
+    return path
+
+
+def file_size_limit(limit):
+    """A subprocess's preexec_fn: a disk that takes ``limit`` bytes per file (writes beyond it
+    fail with EFBIG, as writes to a full disk fail with ENOSPC)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
 def toy_options(data_root, epochs=2, seed=0):
     """16 images, 4 per batch, `epochs` epochs with act_learn reaching 1 after the first;
     seeded unless ``seed`` is None (the shipped configs set no seed)."""
@@ -86,14 +115,14 @@ def scale_options(scale: int) -> dict:
             'test_dataloader.dataset.pipeline.1.scale': (scale, scale)}
 
 
-def run(*argv, expect_ok=True, launcher=None, env=None, timeout=600):
+def run(*argv, expect_ok=True, launcher=None, env=None, timeout=600, preexec_fn=None):
     """Run a command in the repo root; check its exit status and return its output."""
     env = {**{k: v for k, v in os.environ.items()
               if k not in ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'TRITON_INTERPRET')},
            **(env or {})}
     cmd = launcher or [sys.executable]
     done = subprocess.run([*cmd, *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=preexec_fn)
     output = done.stdout + done.stderr
     assert (done.returncode == 0) == expect_ok, output[-3000:]
     return output

@@ -17,6 +17,7 @@ from mmdet_runsafe.errors import CheckpointError
 from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.deploy.convert import deploy_checkpoint
 from mmdet_vanillanet.models import VanillaNet
+from mmdet_vanillanet.models.checkpoint import backbone_weights
 from mmdet_vanillanet.models.checkpoint.forms import count_params
 from mmdet_vanillanet.models.detector import fuse_detector
 
@@ -168,7 +169,7 @@ def test_a_block_takes_act_learn_as_the_authors_change_act_sets_it():
         plain = model(x)[-1]
         for block in model.stages:
             block.act_learn = 0.3
-        model.stem1.act_learn = 0.3  # change_act's `self.act_learn = m`, the stem's slope
+        model.stem_act_learn = 0.3  # change_act's `self.act_learn = m`, the stem's slope
         per_block = model(x)[-1]
         model.act_learn = 0.3
         per_model = model(x)[-1]
@@ -180,3 +181,64 @@ def test_a_block_takes_act_learn_as_the_authors_change_act_sets_it():
     assert not model.deploy and hasattr(model.stages[0], 'conv1')  # nothing fused
     with pytest.raises(ConfigError, match=r'act_learn must lie in \[0, 1\], got 2.0'):
         model.stages[0].act_learn = 2
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _same(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize('slopes, refused', [
+    ((0.3, 0.3, 0.3, 0.3), 'act_learn=0.3'),
+    ((1.0, 0.3, 0.3, 0.3), 'act_learn=0.3 in stages.0'),
+    ((1.0, 1.0, 0.5, 0.2), 'act_learn=0.5 in stages.1'),
+    ((0.4, 1.0, 1.0, 1.0), 'act_learn=0.4 in the stem')])
+def test_slopes_set_block_by_block_are_saved_loaded_and_checked_by_fusion(slopes, refused,
+                                                                          tmp_path):
+    """Issue 28: the authors' change_act loop set the blocks' slopes, which state_dict did not
+    record (it held the backbone's own copy): a model loaded from it computed something else,
+    and fused without complaint. Each slope is owned by its place, and the state dict records
+    every one."""
+    model = randomize(build_backbone(arch=narrow('5'), act_num=1)).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.stem_act_learn = slopes[0]
+    for block, slope in zip(model.stages, slopes[1:]):  # the authors' change_act
+        block.act_learn = slope
+    trained = _outputs(model, x)
+    assert model.slopes == slopes and model.act_learn == min(slopes)
+    torch.save({'state_dict': model.state_dict()}, tmp_path / 'mid.pth')
+    loaded = build_backbone(arch=narrow('5'), act_num=1).eval()
+    load_checkpoint(loaded, str(tmp_path / 'mid.pth'), strict=True)
+    assert loaded.slopes == slopes and _same(_outputs(loaded, x), trained)
+    with pytest.raises(ConfigError, match=f'^cannot fuse VanillaNet with {refused}:'):
+        loaded.switch_to_deploy()
+    assert not loaded.deploy and hasattr(loaded.stages[0], 'conv1')  # nothing fused
+    loaded.act_learn = 1.0  # the backbone's setter sets every place
+    assert loaded.slopes == (1.0, ) * 4 and 'act_learn' not in loaded.state_dict()
+
+
+def test_a_state_dict_with_a_wrong_number_of_slopes_is_refused():
+    model = build_backbone(arch=narrow('5'))
+    state = {**model.state_dict(), 'act_learn': torch.tensor([0.5, 0.5], dtype=torch.float64)}
+    with pytest.raises(ConfigError, match=r'loading act_learn: holds \(2,\) values, where one, '
+                                         r'or one per place \(4: the stem and each stage\)'):
+        model.load_state_dict(state)
+
+
+def test_a_configured_act_learn_replaced_by_the_pretrained_files_is_said(tmp_path, monkeypatch):
+    """A config's act_learn is the value the network is built with; its init_cfg's weights then
+    set theirs (a released file: 1), which is logged rather than done silently."""
+    path = tmp_path / 'released.pth'
+    torch.save({'model': _backbone().state_dict()}, path)  # saved at 1: no act_learn key
+    logged = []
+    monkeypatch.setattr(backbone_weights, 'print_log', lambda message, **kw: logged.append(message))
+    model = build_backbone(**NARROW, act_learn=0.5,
+                           init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    assert model.act_learn == 1.0
+    assert logged[-1] == (f'VanillaNet-custom: act_learn=0.5 of the config is replaced by the '
+                          f'value {path} was saved at (1)')

@@ -1,10 +1,13 @@
 """Output strides and channels of every arch, and the argument checks."""
+import copy
+
 import pytest
 import torch
 
 from helpers import ARCHS, build_backbone, narrow
 from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.models import ARCH_SETTINGS, vanillanet
+from mmdet_vanillanet.models.series_activation import SeriesActivation
 
 
 @pytest.mark.parametrize('arch', [a for a in ARCHS if 'ada_pool' not in a])
@@ -67,6 +70,14 @@ def test_custom_out_indices_and_channels():
     (dict(arch='13', out_indices=(8, 1)), 'must be in network order without repeats'),
     (dict(arch='5', out_indices=(0, 'stem')), "'stem' first"),
     (dict(arch='5', out_indices=(1, 1)), 'without repeats'),
+    # Issue 29 item 4: a config's 'no' was taken for True, 'maybe' kept as it was.
+    (dict(arch='5', lean_training='no'), r"^lean_training='no': must be True or False$"),
+    (dict(arch='5', with_cp='maybe'), r"^with_cp='maybe': must be True or False$"),
+    (dict(arch='5', norm_eval=1), r'^norm_eval=1: must be True or False$'),
+    (dict(arch='5', deploy='yes'), r"^deploy='yes': must be True or False$"),
+    (dict(arch='5', act_learn=1.5), r'act_learn must lie in \[0, 1\], got 1.5'),
+    (dict(arch='5', act_learn='0.5'), r"act_learn='0.5': must be a number in \[0, 1\]"),
+    (dict(arch='5', act_learn=0.5, deploy=True), 'a deployed VanillaNet has merged its 1x1'),
 ])
 def test_bad_arguments_are_named(cfg, message):
     with pytest.raises(ValueError, match=message):
@@ -98,3 +109,78 @@ def test_with_cp_on_a_deploy_backbone_is_not_kept_as_if_it_acted(monkeypatch):
     assert not backbone.with_cp
     assert logged == ['VanillaNet: with_cp is ignored by a deploy (fused) backbone, which is '
                       'not trained']
+
+
+def test_lean_training_set_after_construction_is_checked_too():
+    model = build_backbone(arch=narrow('5'))
+    with pytest.raises(ConfigError, match=r"^lean_training='no': must be True or False$"):
+        model.lean_training = 'no'
+    assert model.lean_training is True
+
+
+def test_act_learn_is_a_config_key_that_builds_the_network_at_it():
+    """Issue 29 item 11: model.backbone.act_learn=0.5 was a TypeError (no such argument)."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    built = build_backbone(arch=narrow('5'), act_learn=0.5).eval()
+    set_after = build_backbone(arch=narrow('5')).eval()
+    set_after.load_state_dict({k: v for k, v in built.state_dict().items() if k != 'act_learn'})
+    set_after.act_learn = 0.5
+    assert built.act_learn == 0.5 and built.slopes == (0.5, ) * 4
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(built(x), set_after(x)))
+
+
+def test_one_implementation_setting_per_network():
+    """lean_training and act_impl are stored once, in the network's Implementation, which every
+    block and activation reads: set on the backbone or on one activation, the whole network
+    (and the backbone's attribute) follows. They were copies pushed down by attribute name."""
+    model = build_backbone(arch=narrow('5'), lean_training=False, act_impl='torch')
+    activations = [m for m in model.modules() if isinstance(m, SeriesActivation)]
+    owners = {id(m.implementation) for m in [*model.stages, *activations]}
+    assert owners == {id(model.implementation)}
+    assert (model.lean_training, model.act_impl) == (False, 'torch')
+    activations[-1].act_impl = 'auto'
+    assert model.act_impl == 'auto' and {m.act_impl for m in activations} == {'auto'}
+    model.lean_training = True
+    assert model.implementation.lean is True
+    copied = copy.deepcopy(model)  # an EMA copy: its own setting, shared inside it
+    copied.act_impl = 'torch'
+    assert model.act_impl == 'auto'
+    assert {m.act_impl for m in copied.modules() if isinstance(m, SeriesActivation)} == {'torch'}
+
+
+@pytest.mark.parametrize('arch', ['5', '13_x1_5_ada_pool'])
+def test_the_deployed_block_is_built_whole(arch):
+    """Issue 28 item 4: each activation is given its block's pool when it is made; fusing moves
+    no module (the pool was moved into the activation from __init__ and from switch_to_deploy),
+    so the fused network is the one deploy=True builds, module for module."""
+    model = build_backbone(arch=narrow(arch, 32))
+    spec = ARCH_SETTINGS[arch]
+    pools = [(s if s > 1 and not g else 1, g if s > 1 else 0)
+             for s, g in zip(spec.strides, spec.ada_pool or [0] * len(spec.strides))]
+    activations = [block.act for block in model.stages]
+    assert [(a.pool, a.grid) for a in activations] == pools
+    model.switch_to_deploy()
+    assert [block.act for block in model.stages] == activations  # the same modules
+    assert [(a.pool, a.grid) for a in activations] == pools
+    built = build_backbone(arch=narrow(arch, 32), deploy=True)
+
+    def tree(network):
+        return sorted((name, type(m).__name__, m.extra_repr())
+                      for name, m in network.named_modules())
+
+    assert tree(model) == tree(built)
+
+
+def test_forward_hooks_on_the_conv_and_bn_pairs_see_their_calls():
+    """The pairs hold no state, but they are still the modules that compute: a feature
+    recorder on ``stages[i].conv1`` (as on the authors' network) sees each call."""
+    model = build_backbone(arch=narrow('5')).eval()
+    seen = []
+    for name in ('stem1', 'stem2', 'stages.0.conv1', 'stages.0.conv2'):
+        model.get_submodule(name).register_forward_hook(
+            lambda m, args, out, name=name: seen.append((name, tuple(out.shape[1:2]))))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    assert seen == [('stem1', (8, )), ('stem2', (8, )), ('stages.0.conv1', (8, )),
+                    ('stages.0.conv2', (16, ))]

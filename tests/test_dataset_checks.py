@@ -1,4 +1,4 @@
-"""Dataset checks before a run (toolkit.datasets, toolkit.coco_annotations): every bad record is
+"""Dataset checks before a run (mmdet_runsafe.datasets, coco_annotations): every bad record is
 one line naming the file, the record and the problem, with how many more share it; boxes
 MMDetection would drop are refused or dropped as the user chooses; an unreadable image names its
 path; an image too thin for the pipeline's resize is refused exactly when the run would fail.

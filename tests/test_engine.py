@@ -51,6 +51,49 @@ def test_bad_schedules_are_named(cfg, message):
         HOOKS.build(dict(type='VanillaNetDeepTrainingHook', **cfg))
 
 
+class _TinyVanillaNetModel(BaseModel):
+    """A narrow VanillaNet as ``backbone`` (where the deep-training hook finds it), the mean of
+    its last map as the loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = MODELS.build(dict(type='VanillaNet', init_cfg=None,
+                                          arch=dict(dims=[8, 16], strides=[2])))
+
+    def forward(self, inputs, data_samples=None, mode='loss'):
+        return dict(loss=self.backbone(inputs)[-1].mean())
+
+
+@pytest.mark.parametrize('epochs, duration, warning', [
+    (2, 5, 'VanillaNetDeepTrainingHook: act_learn reaches 1 after 5 epochs, but training stops '
+           'after 2, at act_learn=0.2: the last checkpoint cannot be fused for deployment. Set '
+           "the hook's duration to at most 1 epochs (custom_hooks.N.duration), or train longer"),
+    (3, 2, None)])
+def test_a_schedule_the_run_cannot_finish_is_named_before_training(tmp_path, epochs, duration,
+                                                                   warning):
+    """Issue 29 item 7: a shortened run (train_cfg.max_epochs=4 on the toy config, duration 20)
+    ended at act_learn 0.15, unfusable, and nothing said so at the start."""
+    runner = Runner(
+        model=_TinyVanillaNetModel(), work_dir=str(tmp_path),
+        train_dataloader=dict(dataset=[dict(inputs=torch.zeros(3, 32, 32))], batch_size=1,
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=True, max_epochs=epochs),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.0)),
+        default_hooks=dict(checkpoint=None),
+        custom_hooks=[dict(type='VanillaNetDeepTrainingHook', duration=duration)],
+        default_scope='mmdet', experiment_name=f'deep_training_{epochs}_{duration}')
+    runner.train()
+    log = Path(runner.log_dir, f'{runner.timestamp}.log').read_text()
+    warned = [line for line in log.splitlines() if 'VanillaNetDeepTrainingHook:' in line]
+    if warning is None:
+        assert not warned and runner.model.backbone.act_learn == 1.0
+    else:
+        assert len(warned) == 1 and warned[0].endswith(warning)
+        assert log.index(warning) < log.index('Epoch(train) [1]')  # before training
+        assert runner.model.backbone.act_learn == 0.2  # as the warning said
+
+
 def _mmdet2_mask_rcnn_keys(num_stages=11, fpn_levels=4, mask_convs=4):
     """The state-dict keys of the authors' MMDetection 2.x Mask R-CNN with their Vanillanet:
     their backbone's names (stem1, stem2, stages.i.conv1/conv2/act, SyncBN) and mmdet 2.x's

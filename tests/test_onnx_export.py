@@ -8,6 +8,7 @@ from mmengine.config import Config
 
 from helpers import CONFIG, CONFIGS, narrow, randomize, run
 from mmdet_runsafe.errors import InputError
+from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.build import build_detector
 from mmdet_vanillanet.models.detector import fuse_detector
@@ -86,7 +87,7 @@ def test_a_mid_schedule_checkpoint_is_refused_by_export(tmp_path):
     torch.save({'state_dict': model.state_dict()}, tmp_path / 'mid.pth')
     detector = build_detector(Config.fromfile(CONFIG), str(tmp_path / 'mid.pth'))
     assert detector.backbone.act_learn == 0.5
-    with pytest.raises(InputError, match='cannot fuse VanillaNet with act_learn=0.5'):
+    with pytest.raises(ConfigError, match='cannot fuse VanillaNet with act_learn=0.5'):
         fuse_detector(detector)
 
 

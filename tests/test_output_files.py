@@ -13,7 +13,14 @@ import time
 import pytest
 from test_one_line_errors import benchmark_request
 
-from helpers import CONFIG, REPO_ROOT, run, save_toy_checkpoint, toy_options
+from helpers import (
+    CONFIG,
+    REPO_ROOT,
+    file_size_limit,
+    run,
+    save_toy_checkpoint,
+    toy_options,
+)
 from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.output_paths import (
     check_new_output_file,
@@ -175,6 +182,26 @@ def test_sigterm_and_ctrl_c_leave_no_file_and_print_one_line(exported, tmp_path,
     name = signal.Signals(signum).name
     assert output.strip().splitlines()[-1] == (f'error: interrupted by {name}; no file was left '
                                                f'half-written'), output[-2000:]
+    assert 'Traceback' not in output and os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('tool', ['convert', 'export', 'quantize'])
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_none(exported, tmp_path, data_root,
+                                                                 tool):
+    """Fails on main: the converter ended in torch's "[enforce fail at inline_container.cc:672]"
+    (7 frames), the exporter and the quantizer in "cannot write a file (...)"."""
+    _, checkpoint, raw = exported
+    out = tmp_path / ('deploy.pth' if tool == 'convert' else 'out.onnx')
+    argv = {'convert': ['tools/convert_checkpoint.py', checkpoint, str(out), '--config', CONFIG],
+            'export': ['tools/export_onnx.py', CONFIG, checkpoint, str(out), '--part', 'raw',
+                       '--shape', '96', '96'],
+            'quantize': ['tools/quantize_onnx.py', CONFIG, raw, str(out), '--num-images', '2',
+                         '--cfg-options', f'train_dataloader.dataset.data_root={data_root}']}
+    # Each output is over 1 MiB (the toy detector's weights); nothing else the tool writes is.
+    output = run(*argv[tool], expect_ok=False, preexec_fn=file_size_limit(2 ** 20))
+    assert output.strip().splitlines()[-1].startswith(
+        f'error: cannot write {out} (File too large); free some space'), output[-2000:]
     assert 'Traceback' not in output and os.listdir(tmp_path) == []
 
 

@@ -3,8 +3,6 @@ checkpoint, NaN losses and weights, a checkpoint that would run code, bad config
 unwritable work dir and a full disk."""
 import os.path as osp
 import re
-import resource
-import signal
 import subprocess
 import sys
 
@@ -19,6 +17,7 @@ from helpers import (
     RunsCode,
     build_backbone,
     evaluate,
+    file_size_limit,
     first_logged_iter_of_last_run,
     fused_copy,
     run,
@@ -146,20 +145,12 @@ def test_an_unwritable_work_dir_is_named_before_training(data_root, tmp_path):
                                        f'with --work-dir')
 
 
-def _file_size_limit(limit):
-    def apply():
-        # Writes beyond the limit fail with EFBIG, as writes to a full disk fail with ENOSPC.
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return apply
-
-
 @pytest.mark.slow
 def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_partial_file(data_root, tmp_path):
     done = subprocess.run([sys.executable, 'tools/train.py', CONFIG, '--work-dir',
                            str(tmp_path), '--cfg-options', *toy_options(data_root, 1)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                          preexec_fn=_file_size_limit(2 ** 20))
+                          preexec_fn=file_size_limit(2 ** 20))
     last = (done.stdout + done.stderr).strip().splitlines()[-1]
     assert done.returncode == 1 and last.startswith(
         f'error: cannot write {tmp_path}/epoch_1.pth (File too large)'), last

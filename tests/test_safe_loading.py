@@ -1,13 +1,18 @@
 """Loading a checkpoint changes nothing in the loading process but the objects it returns: the
 types the plugin allow-lists for weights_only loading (the message hub buffers, numpy data)
-load into new objects only, crafted files are refused, and resume still works."""
+load into new objects only, crafted files are refused, and resume still works; a checkpoint of
+MMEngine's own CheckpointHook (a config without our hooks) is tested, resumed and converted by
+our tools, without running anything from it."""
 import io
 import json
+import os
+import os.path as osp
 import pickle
 import subprocess
 import sys
 import zipfile
 
+import mmdet
 import numpy as np
 import pytest
 import torch
@@ -15,7 +20,13 @@ from mmdet.registry import HOOKS
 from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from helpers import REPO_ROOT
+from helpers import (
+    REPO_ROOT,
+    config_without_runtime_hooks,
+    first_logged_iter_of_last_run,
+    run,
+    toy_options,
+)
 from mmdet_runsafe.errors import CheckpointError
 from mmdet_runsafe.serialization import WeightsOnlyHistoryBuffer, safe_load
 
@@ -60,8 +71,17 @@ CRAFTED = {
     'array_beyond_its_bytes': Craft(MULTIARRAY._reconstruct, (np.ndarray, (0,), b'b'),
                                     (1, (1000,), np.dtype('f8'), False, b'A' * 8)),
     'numpy_dtype_class': Craft(np.dtypes.Float64DType, ()),
+    # MMEngine writes a buffer's statistics methods as getattr(HistoryBuffer, 'min'): that
+    # getattr reads those four methods of that class, nothing else.
+    'getattr_of_another_attribute': Craft(getattr, (HistoryBuffer, 'register_statistics')),
+    'getattr_of_another_object': Craft(getattr, (np.dtype, 'min')),
+    'mmengine_buffer_other_method': Craft(HistoryBuffer, (),
+                                          {**HISTORY, 'statistics_methods': {'mean': Craft(
+                                              getattr, (HistoryBuffer, 'max'))}}),
 }
 LOADED_FRESH = {'our_buffer_called', 'shared_dtype_byte_order'}
+# What MMEngine's own CheckpointHook writes loads through our loaders only (safe_load).
+LOADED_BY_OURS = {'written_by_mmengine'}
 
 
 def opcodes(obj) -> bytes:
@@ -95,7 +115,7 @@ def save_pickle(pickled: bytes, path):
 PROBE = '''
 import json, pickle, sys
 import numpy as np, torch
-import mmdet_vanillanet
+import mmdet_runsafe
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmdet_runsafe.errors import CheckpointError
 from mmdet_runsafe.serialization import safe_load
@@ -107,8 +127,10 @@ def state_of(obj):
 def snapshot():
     """Every allow-listed class and function, MMEngine's registry, numpy's shared dtypes."""
     allowed = [g[0] if isinstance(g, tuple) else g for g in torch.serialization.get_safe_globals()]
+    found = {'allow-list': sorted(map(repr, torch.serialization.get_safe_globals()))}
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith('DType')]
-    found = {repr(o): state_of(o) for o in [HistoryBuffer, np.ndarray, np.dtype, *dtypes, *allowed]}
+    found.update({repr(o): state_of(o)
+                  for o in [HistoryBuffer, np.ndarray, np.dtype, *dtypes, *allowed]})
     found['registry'] = [id(HistoryBuffer._statistics_methods),
                          repr(HistoryBuffer._statistics_methods)]
     for code in [*np.typecodes['All'], 'O', 'S', 'U', 'V', 'M', 'm']:
@@ -147,14 +169,17 @@ def probe(*paths):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def hub_checkpoint(name):
-    """A checkpoint's message hub as a run writes it: buffers and MMEngine's numpy eta."""
+def hub_checkpoint(name, ours=True):
+    """A checkpoint's message hub as a run writes it, with WeightsOnlyCheckpointHook (``ours``)
+    or MMEngine's CheckpointHook alone: buffers and MMEngine's numpy eta."""
     hub = MessageHub.get_instance(name)
     for value in (1.0, 3.0, 2.0):
         hub.update_scalar('train/loss', value)
     hub.update_info('eta', np.float64(12.5))
     checkpoint = {'message_hub': hub.state_dict()}
-    HOOKS.build(dict(type='WeightsOnlyCheckpointHook')).before_save_checkpoint(None, checkpoint)
+    if ours:
+        HOOKS.build(dict(type='WeightsOnlyCheckpointHook')).before_save_checkpoint(
+            None, checkpoint)
     return checkpoint
 
 
@@ -167,14 +192,40 @@ def test_a_crafted_file_changes_no_class_attribute_and_no_numpy_dtype(tmp_path):
     save_pickle(array_built_twice(), paths['array_built_twice'])
     paths['written_by_a_run'] = tmp_path / 'run.pth'
     torch.save(hub_checkpoint('test_crafted'), paths['written_by_a_run'])
+    paths['written_by_mmengine'] = tmp_path / 'mmengine.pth'
+    torch.save(hub_checkpoint('test_crafted_mmengine', ours=False), paths['written_by_mmengine'])
 
     found = probe(*paths.values())
-    assert found['changed'] == []
+    assert found['changed'] == []  # the allow-list included
     assert found['registry'] == '{}'  # not even MMEngine's defaults were registered
     outcomes = {name: found['results'][str(path)] for name, path in paths.items()}
     expected = {name: ['loaded' if name in LOADED_FRESH | {'written_by_a_run'} else 'refused'] * 2
                 for name in paths}
+    expected.update({name: ['loaded', 'refused'] for name in LOADED_BY_OURS})
     assert outcomes == expected
+
+
+class RunsShell:
+    """Pickles as os.system(command): unpickled without weights_only, it runs the command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_file_that_would_run_a_shell_command_is_refused_in_one_line(tmp_path):
+    marker = tmp_path / 'ran'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'message_hub': RunsShell(f'touch {marker}')}, path)
+    with pytest.raises(CheckpointError) as refused:
+        safe_load(str(path))
+    message = str(refused.value)
+    assert message.startswith(f'{path} holds Python objects beyond tensors')
+    assert f'(torch said: Trying to load unsupported GLOBAL {os.system.__module__}.system' \
+        in message
+    assert '\n' not in message and not marker.exists()
 
 
 def test_a_refused_file_is_one_line_naming_what_was_refused(tmp_path):
@@ -207,13 +258,16 @@ def test_plain_numpy_arrays_and_scalars_load_as_numpy_unpickles_them(array, tmp_
 RESUME = '''
 import json, sys
 import numpy as np, torch
-import mmdet_vanillanet
+import mmdet_runsafe
 from mmdet.registry import HOOKS
 from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmdet_runsafe.serialization import safe_load
 
+# As Runner.resume, under MMDetection's tools (torch.load) or ours (safe_load)
+load = safe_load if sys.argv[3] == 'safe_load' else lambda p: torch.load(p, weights_only=True)
 hub = MessageHub.get_instance('resumed')
-hub.load_state_dict(torch.load(sys.argv[1], weights_only=True)['message_hub'])  # as Runner.resume
+hub.load_state_dict(load(sys.argv[1])['message_hub'])
 loss = hub.get_scalar('train/loss')
 smoothed = [loss.mean(2), loss.statistics('mean', 10), loss.current()]  # as the LoggerHook
 hub.update_scalar('train/loss', 6.0)
@@ -227,14 +281,16 @@ print(json.dumps(dict(smoothed=[float(v) for v in smoothed], eta=repr(hub.get_in
 '''
 
 
-def test_a_resumed_message_hub_smooths_and_saves_again(tmp_path):
+@pytest.mark.parametrize('ours, loader', [(True, 'torch.load'), (False, 'safe_load')])
+def test_a_resumed_message_hub_smooths_and_saves_again(tmp_path, ours, loader):
     """In a fresh interpreter, where no HistoryBuffer was ever built (so MMEngine's class-wide
     registry of statistics methods is empty), the loaded buffers still compute the logger's
-    smoothed values, without registering anything."""
-    torch.save(hub_checkpoint('test_resumed'), tmp_path / 'epoch_1.pth')
+    smoothed values, without registering anything: our runs' checkpoints as MMDetection's own
+    tools load them, MMEngine's own CheckpointHook's as ours do."""
+    torch.save(hub_checkpoint(f'test_resumed_{ours}', ours), tmp_path / 'epoch_1.pth')
     done = subprocess.run([sys.executable, '-c', RESUME, str(tmp_path / 'epoch_1.pth'),
-                           str(tmp_path / 'epoch_2.pth')], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+                           str(tmp_path / 'epoch_2.pth'), loader], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found == dict(smoothed=[2.5, 2.0, 2.0], eta='np.float64(12.5)',
@@ -254,3 +310,35 @@ def test_a_file_that_is_no_checkpoint_is_named_as_what_it_is(tmp_path, content, 
         safe_load(str(path))
     assert ('scored by tools/test.py' in str(err.value)) == (kind == 'an ONNX model')
     assert 'unsafe-load' not in str(err.value)
+
+
+def losses(checkpoint: str) -> int:
+    """How many training losses the checkpoint's message hub holds."""
+    return len(safe_load(checkpoint)['message_hub']['log_scalars']['train/loss'].data[0])
+
+
+@pytest.mark.slow
+def test_mmdetections_own_checkpoints_are_tested_resumed_and_converted(data_root, tmp_path):
+    """Fails on main: MMDetection's own tools/train.py, on a config without our runtime hooks,
+    writes checkpoints whose message hub buffers MMEngine pickles with getattr; our
+    tools/test.py, --resume and the converter refused them as unsafe."""
+    work_dir, options = tmp_path / 'run', toy_options(data_root, epochs=2)
+    config = config_without_runtime_hooks(tmp_path)
+    mmdet_train = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    run(mmdet_train, config, '--work-dir', str(work_dir), '--cfg-options', *options)
+    first, last = str(work_dir / 'epoch_1.pth'), str(work_dir / 'epoch_2.pth')
+    with pytest.raises(pickle.UnpicklingError, match='GLOBAL mmengine.logging.history_buffer'):
+        torch.load(first, weights_only=True)  # what MMEngine's hook wrote, as torch reads it
+
+    tested = run('tools/test.py', config, last, '--work-dir', str(tmp_path / 'test'),
+                 '--cfg-options', *options)
+    assert 'coco/bbox_mAP' in tested
+    run('tools/convert_checkpoint.py', last, str(tmp_path / 'deploy.pth'))
+    assert 'backbone.stem.0.weight' in torch.load(tmp_path / 'deploy.pth',
+                                                  weights_only=True)['state_dict']
+
+    epoch = losses(first)
+    run('tools/train.py', config, '--work-dir', str(work_dir), '--resume', first,
+        '--cfg-options', *options)
+    assert first_logged_iter_of_last_run(work_dir) == epoch + 1
+    assert losses(last) == 2 * epoch  # the hub went on from the checkpoint's

@@ -106,11 +106,15 @@ def test_two_cpu_processes_train_the_same_weights(data_root, tmp_path):
 
 
 def test_the_plain_autograd_path_trains_the_same_run(data_root, tmp_path):
-    """Two processes, the lean path (the default) and the plain one: the same losses, and the
-    same weights but for the backbone's biases and BN running means. Those biases get gradients
-    that are zero but for rounding (each feeds a BN through linear layers only), which AdamW's
-    normalised steps turn into steps of full size in either path, and the running means follow
-    them."""
+    """Two processes, the lean path (the default) and the plain one, one epoch (4 logged
+    iterations): the losses agree to 1e-5 relative and the weights to 2e-3, but for the
+    backbone's biases and BN running means. Not bit for bit: each step's gradients agree to
+    rounding (the lean op sums the depthwise weights' gradient in another order), and rounding
+    differences grow over a run (grad_norm parts at the second or third iteration, by about
+    2e-5 relative); these bounds hold for this short run, not for a long one. The biases get
+    gradients that are zero but for rounding (each feeds a BN through linear layers only),
+    which AdamW's normalised steps turn into steps of full size in either path, and the
+    running means follow them."""
     lean = _train_two_processes(tmp_path / 'lean', data_root, port=29518)[0]
     plain = _train_two_processes(tmp_path / 'plain', data_root,
                                  'model.backbone.lean_training=False', port=29519)[0]

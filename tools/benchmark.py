@@ -5,8 +5,11 @@
 
 Times the whole ``test_step`` (preprocessing, forward, post-processing) as MMDetection users
 read FPS, or with --backbone-only the backbone (--with-neck: and the neck) on the preprocessed
-tensor; data loading is excluded. Without a checkpoint the weights are random (with non-trivial
-BN statistics, so --check is meaningful); speed does not depend on them. Without --dataset the
+tensor; data loading is excluded. Variants (--compare, --backend onnxruntime) are timed in
+alternating rounds and compared round by round: "fused is 1.77x faster than unfused" only where
+the median of the per-round ratios is above 1 with 95 % confidence, else "not conclusive".
+Without a checkpoint the weights are random (with non-trivial BN statistics, so --check is
+meaningful); speed does not depend on them. Without --dataset the
 input is one generated image of --shape, padded to 32 as the test pipeline would. The work is
 mmdet_vanillanet/toolkit/benchmark.py.
 """
@@ -38,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='time unfused and fused in one run, and their ratio')
     parser.add_argument('--check', action='store_true',
                         help='first confirm that fused and unfused outputs agree')
-    parser.add_argument('--iters', type=int, default=10, help='timed images')
-    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--iters', type=int, default=10,
+                        help='timed rounds: each times every variant on one image, in turn '
+                        '(a verdict needs 6 or more)')
+    parser.add_argument('--warmup', type=int, default=2,
+                        help='untimed calls of each variant first (1 or more with --compile)')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, help='torch CPU threads')
     parser.add_argument('--channels-last', action='store_true')
@@ -57,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         '(tools/quantize_onnx.py\'s default recipe, calibrated on the timed '
                         'input) beside the fp32 one')
     parser.add_argument('--no-progress', action='store_true')
+    parser.add_argument('--verbose', action='store_true',
+                        help="show the FLOPs counter's warnings (operators it does not count, "
+                        'modules its trace did not call)')
     parser.add_argument('--out', help='write every figure and setting to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptions)
     return parser

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--force', action='store_true', help='overwrite dst if it exists')
     parser.add_argument('--unsafe-load', action='store_true',
                         help='unpickle src without weights_only protection: only for files you '
-                        'trust; what is written holds plain tensors only')
+                        'trust that hold other objects (checkpoints of our runs and of '
+                        'MMEngine\'s own CheckpointHook load without it); what is written '
+                        'holds plain tensors only')
     return parser
 
 

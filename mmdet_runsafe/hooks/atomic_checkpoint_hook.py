@@ -37,17 +37,12 @@ class AtomicLocalBackend(LocalBackend):
         # A new file of our own beside it (NAME.XXXXXXXX.partial: not *.pth, never taken for a
         # checkpoint; created exclusively, never a file or link of the user's), renamed onto
         # filepath when complete: the rename replaces whatever is there, a link included.
-        try:
-            with new_file_for(filepath, replace=True) as partial:
-                fd = os.open(partial, OPEN_OURS)
-                with os.fdopen(fd, 'wb') as f:
-                    f.write(obj)
-                    f.flush()
-                    os.fsync(f.fileno())
-        except OSError as err:
-            if err.filename is None:  # name what could not be written
-                raise OSError(err.errno, err.strerror, filepath) from None
-            raise
+        with new_file_for(filepath, replace=True) as partial:
+            fd = os.open(partial, OPEN_OURS)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(obj)
+                f.flush()
+                os.fsync(f.fileno())
         record_written(filepath)
 
 

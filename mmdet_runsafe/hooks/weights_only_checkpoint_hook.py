@@ -1,5 +1,5 @@
 """Checkpoints that load with weights_only=True (torch >= 2.6's default), whoever loads them,
-without letting a file change the loading process."""
+MMDetection's own tools included, without letting a file change the loading process."""
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
@@ -11,10 +11,12 @@ from ..serialization import WeightsOnlyHistoryBuffer
 class WeightsOnlyCheckpointHook(Hook):
     """Writes the message hub's history buffers of every checkpoint as
     :class:`~mmdet_runsafe.serialization.WeightsOnlyHistoryBuffer`: their data only, where
-    MMEngine's HistoryBuffer would also write its statistics methods as ``getattr`` calls, which
-    a weights_only load refuses. MMEngine's class is not allow-listed for loading (unpickling
-    it changes that class for the whole process); ours is, and after ``--resume`` the loaded
-    buffers carry on as the run's own. Declared in ``configs/_base_/vanillanet_runtime.py``.
+    MMEngine's HistoryBuffer would also write its statistics methods as ``getattr`` calls.
+    Importing mmdet_runsafe allow-lists ours for every weights_only load, so MMDetection's own
+    tools resume and test these checkpoints; MMEngine's class and ``getattr`` are read by our
+    loaders only (``serialization``: allowing them process-wide would let any file in the
+    process reach ``getattr``). After ``--resume`` the loaded buffers carry on as the run's
+    own. Declared in ``configs/_base_/runsafe_runtime.py``.
 
     Example (in a config)::
 

@@ -16,13 +16,12 @@ import os.path as osp
 from collections import OrderedDict
 from typing import Tuple, Union
 
-import torch
 from mmengine.config import Config
 
 from mmdet_runsafe.config import load_config
 from mmdet_runsafe.errors import Argument, CheckpointError, InputError, output_exists
 from mmdet_runsafe.output_paths import check_output_file, is_same_file, new_file_for
-from mmdet_runsafe.serialization import load_trusted, safe_load
+from mmdet_runsafe.serialization import load_trusted, safe_load, save
 
 from ..models.arch_settings import ARCH_SETTINGS
 from ..models.checkpoint.backbone_weights import (
@@ -122,7 +121,7 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
 
     Example::
 
-        from ..apis import convert_checkpoint
+        from mmdet_vanillanet.apis import convert_checkpoint
 
         before, after = convert_checkpoint('vanillanet_13_act_num_4_kd_pretrain.pth',
                                            'vn13_deploy.pth')
@@ -142,5 +141,5 @@ def convert_checkpoint(src: str, dst: str, force: bool = False, unsafe_load: boo
     checkpoint = (load_trusted if unsafe_load else safe_load)(src)
     out, before, after = deploy_checkpoint(checkpoint, src, config)
     with new_file_for(dst, replace=force) as partial:
-        torch.save(out, partial)
+        save(out, partial)
     return before, after

@@ -87,7 +87,7 @@ def export_onnx(config: Union[str, Config], checkpoint: Optional[str], out: str,
 
     Example::
 
-        from ..apis import export_onnx
+        from mmdet_vanillanet.apis import export_onnx
 
         result = export_onnx('configs/retinanet_vanillanet13_coco.py', 'epoch_12.pth',
                              'retina.onnx', part='raw')

@@ -80,7 +80,7 @@ class OnnxDetector:
 
     Example::
 
-        from ..apis import OnnxDetector
+        from mmdet_vanillanet.apis import OnnxDetector
 
         # toy.onnx: tools/export_onnx.py configs/mask_rcnn_vanillanet_toy.py epoch_40.pth
         #           toy.onnx --part raw (or export_onnx(..., part='raw'))

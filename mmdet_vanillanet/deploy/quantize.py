@@ -186,7 +186,7 @@ def quantize_onnx(config: Union[str, Config], onnx_file: str, out: str, split: s
 
     Example::
 
-        from ..apis import quantize_onnx
+        from mmdet_vanillanet.apis import quantize_onnx
 
         # raw.onnx: tools/export_onnx.py configs/mask_rcnn_vanillanet_toy.py epoch_40.pth
         #           raw.onnx --part raw

@@ -6,14 +6,24 @@ takes the value the uninterrupted run would have had. Checkpoints need nothing f
 the backbone's state dict carries an act_learn below 1 (see models/vanillanet.py), so whoever
 loads a checkpoint from the middle of the schedule computes with the act_learn it was trained at
 (and cannot fuse it), with or without this hook in the config.
+
+The duration is the config's, also when the run is shortened (``train_cfg.max_epochs=4`` on the
+command line): a schedule that rose faster in a short run would train another network than the
+config describes, so that a quick trial would not show what the full run does. Where the run
+ends before act_learn reaches 1, the hook says so before training starts, with the value the
+last checkpoint will hold: that network cannot be fused for deployment.
 """
+import logging
 import math
 
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 
 from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.hooks.runner_state import unwrap_model
+
+from ..models.series_activation import check_bool
 
 
 @HOOKS.register_module()
@@ -41,6 +51,7 @@ class VanillaNetDeepTrainingHook(Hook):
                  schedule: str = 'linear'):
         if schedule not in ('linear', 'cosine'):
             raise InputError(f"schedule must be 'linear' or 'cosine', got {schedule!r}")
+        check_bool('by_epoch', by_epoch)
         if not 0.0 <= start <= 1.0 or duration < 1:
             raise InputError(f'need 0 <= start <= 1 and duration >= 1, got start={start}, '
                              f'duration={duration}')
@@ -57,6 +68,21 @@ class VanillaNetDeepTrainingHook(Hook):
     def backbone(runner):
         # Called every iteration: the detector's attribute, not a walk over its modules.
         return unwrap_model(runner.model).backbone
+
+    def before_train(self, runner) -> None:
+        """Warn where the run ends before act_learn reaches 1 (its last epoch or iteration
+        trains at ``value_at(length - 1)``)."""
+        unit, length = ('epochs', runner.max_epochs) if self.by_epoch else ('iterations',
+                                                                           runner.max_iters)
+        final = self.value_at(length - 1)
+        if final < 1.0:
+            shorter = (f"Set the hook's duration to at most {length - 1} {unit} "
+                       f'(custom_hooks.N.duration), or train longer' if length > 1 else
+                       f'Train for more than {self.duration} {unit}')
+            print_log(f'VanillaNetDeepTrainingHook: act_learn reaches 1 after {self.duration} '
+                      f'{unit}, but training stops after {length}, at act_learn={final:g}: the '
+                      f'last checkpoint cannot be fused for deployment. {shorter}',
+                      logger='current', level=logging.WARNING)
 
     def before_train_epoch(self, runner) -> None:
         if self.by_epoch:

@@ -33,7 +33,7 @@ def fuse_detector(model: nn.Module, inplace: bool = True) -> nn.Module:
     Example::
 
         from mmdet.apis import init_detector
-        from ..apis import fuse_detector
+        from mmdet_vanillanet.apis import fuse_detector
 
         model = init_detector('configs/mask_rcnn_vanillanet13_coco.py', 'epoch_12.pth')
         deployed = fuse_detector(model, inplace=False)  # model itself stays trainable

@@ -10,13 +10,19 @@ an activation that applies the block's max pool.
 
 The modules run the lean training ops of ``ops.lean_training`` (``lean_training=True``): a
 training step keeps each 1x1 conv's output for backward and recomputes the rest, exactly.
+Each conv and BN pair (``ConvBN``) computes leaky_relu(bn(conv(x)), slope) with the slope its
+caller gives, none without one.
 
-A backbone saved before deep training ends (act_learn < 1) carries its act_learn in its state
-dict, as the scalar ``act_learn`` (``backbone.act_learn`` in a detector), and loading that state
-dict sets it: whatever loads the weights (MMEngine's load_checkpoint, MMDetection's tools and
-DetInferencer, mmdeploy) computes what was trained, and fusing then refuses. At act_learn = 1 the
-key is absent, so the state dict has exactly the released key layout, and a state dict without
-it (the released checkpoints) loads at act_learn = 1.
+Each slope is owned by the place it acts in: the stem's by the backbone (``stem_act_learn``, the
+authors' model-level ``act_learn``), each block's by the block. Setting the backbone's
+``act_learn`` sets all of them (the deep-training hook does), and the authors' ``change_act``
+loop sets each block's. A backbone saved with any slope below 1 carries them in its state dict
+under ``act_learn`` (``backbone.act_learn`` in a detector): one number where they agree, one per
+place where they differ; loading that state dict sets them: whatever loads the weights
+(MMEngine's load_checkpoint, MMDetection's tools and DetInferencer, mmdeploy) computes what was
+trained, and fusing then refuses. With every slope at 1 the key is absent, so the state dict has
+exactly the released key layout, and a state dict without it (the released checkpoints) loads
+at 1.
 """
 import copy
 from typing import Sequence, Tuple, Union
@@ -31,14 +37,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..config_error import ConfigError
-from ..ops.activation_kernel import check_act_impl
 from ..ops.gradient_checkpoint import checkpoint_stage
-from ..ops.lean_training import conv_norm_act, pool
+from ..ops.lean_training import conv_norm_act
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .checkpoint.backbone_weights import load_pretrained
 from .checkpoint.forms import ACT_LEARN
 from .fusion import merge_conv_bn_modules
-from .series_activation import SeriesActivation
+from .series_activation import Implementation, SeriesActivation, check_bool
 
 
 def check_norm_cfg(norm_cfg: dict, channels: int) -> dict:
@@ -63,28 +68,41 @@ def _is_int(value) -> bool:
 
 
 def _save_act_learn(module, state_dict, prefix, local_metadata):
-    """State-dict post-hook: the key only where act_learn is not 1 (float64, so the value
-    reloads exactly)."""
-    if module.act_learn != 1.0:
-        state_dict[prefix + ACT_LEARN] = torch.tensor(module.act_learn, dtype=torch.float64)
+    """State-dict post-hook: the key only where a slope is not 1 (so that a finished network
+    has the released key layout): one number where the stem and every block agree, as deep
+    training sets them, else one per place in network order (``VanillaNet.slopes``); float64,
+    so that the values reload exactly."""
+    slopes = module.slopes
+    if any(slope != 1.0 for slope in slopes):
+        value = slopes[0] if len(set(slopes)) == 1 else slopes
+        state_dict[prefix + ACT_LEARN] = torch.tensor(value, dtype=torch.float64)
 
 
 def _load_act_learn(module, state_dict, prefix, local_metadata, strict, missing_keys,
                     unexpected_keys, error_msgs):
     """Load-state-dict pre-hook: consume the key (so that no loader reports it as unexpected)
-    and set act_learn; weights without it were saved at 1. A load that holds none of this
-    backbone's keys (a partial state dict) leaves act_learn as it is."""
+    and set every slope; weights without it were saved at 1. A load that holds none of this
+    backbone's keys (a partial state dict) leaves the slopes as they are."""
     value = state_dict.pop(prefix + ACT_LEARN, None)
     if value is None and not any(key.startswith(prefix) for key in state_dict):
         return
+    places = len(module.slopes)
     try:
-        module.act_learn = 1.0 if value is None else float(value)
-    except (ConfigError, TypeError, ValueError, RuntimeError) as error:
+        if value is None or value.dim() == 0:
+            module.act_learn = 1.0 if value is None else value.item()
+        elif tuple(value.shape) == (places, ):
+            module.slopes = value.tolist()
+        else:
+            raise ConfigError(f'holds {tuple(value.shape)} values, where one, or one per place '
+                             f'({places}: the stem and each stage), is expected')
+    except (ConfigError, AttributeError, TypeError, ValueError, RuntimeError) as error:
         raise ConfigError(f'loading {prefix}{ACT_LEARN}: {error}') from None
 
 
 def _valid_act_learn(value, deploy: bool) -> float:
-    """``value`` as a deep-training slope: in [0, 1], and 1 in a deployed network."""
+    """``value`` as a deep-training slope: a number in [0, 1], and 1 in a deployed network."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f'act_learn={value!r}: must be a number in [0, 1]')
     value = float(value)
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f'act_learn must lie in [0, 1], got {value}')
@@ -94,82 +112,70 @@ def _valid_act_learn(value, deploy: bool) -> float:
     return value
 
 
-class ConvNorm(nn.Sequential):
-    """A conv and its norm layer (keys ``.0.*`` and ``.1.*``, as released), then
-    leaky_relu(act_learn) where ``act_learn`` is set (the deep-training activation; None: none),
-    then the ``activation`` module where one is given (key ``.2``)."""
+class ConvBN(nn.Sequential):
+    """A conv and its norm layer (keys ``.0.*``, ``.1.*``, as released), then the activation
+    module where one is given (``.2.*``). It holds no state of its own: the caller gives the
+    slope of the leaky_relu after the norm (None: none) and whether to run the lean ops."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict, kernel_size: int = 1,
-                 stride: int = 1, padding: int = 0, act_learn: float = None,
-                 activation: nn.Module = None):
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding),
-            build_norm_layer(norm_cfg, out_channels)[1], *[activation] * (activation is not None))
-        self.act_learn = act_learn
-        self.lean = True
+    def __init__(self, in_channels: int, out_channels: int, norm_cfg: dict,
+                 *activation: nn.Module, kernel_size: int = 1, **conv_args):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, **conv_args),
+                         build_norm_layer(norm_cfg, out_channels)[1], *activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = conv_norm_act(x, self[0], self[1], self.act_learn, self.lean)
+    def forward(self, x: torch.Tensor, slope: float = None, lean: bool = True) -> torch.Tensor:
+        x = conv_norm_act(x, self[0], self[1], slope, lean)  # leaky_relu(BN(conv(x)), slope)
         return x if len(self) == 2 else self[2](x)
 
 
-class MaxPool(nn.Module):
-    """A block's downsampling: a max pool of kernel and stride ``stride``, or on the ada_pool
-    arch an adaptive max pool to a ``grid`` x ``grid`` map."""
-
-    def __init__(self, stride: int, grid: int = 0):
-        super().__init__()
-        self.kind, self.size = ('adaptive', grid) if grid else ('max', stride)
-        self.lean = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool(x, self.kind, self.size, self.lean)
-
-    def extra_repr(self) -> str:
-        return f'{self.kind}, {self.size}'
-
-
 class VanillaBlock(nn.Module):
-    """One block (a stage holds one): the paper's figure, 1x1 conv -> 1x1 conv -> pool ->
-    series activation. Keys: ``conv1``, ``conv2``, ``act`` (training); ``conv``, ``act``
-    (deploy, where the activation applies a plain max pool itself and ``pool`` is left for the
-    adaptive one)."""
+    """One block (a stage holds one), the paper's figure:
+
+        1x1 conv, BN -> leaky_relu(act_learn) -> 1x1 conv, BN -> max pool -> series activation
+
+    The series activation is given the max pool (of the block's stride, or the ada_pool archs'
+    adaptive one) when it is made and applies it first, so that the fused block is the same
+    modules: one 1x1 conv, then the activation, which pools as it reads the map. Keys:
+    ``conv1``, ``conv2``, ``act`` (training); ``conv``, ``act`` (deploy).
+
+    ``act_learn`` is this block's deep-training slope, owned here: the authors' ``change_act``
+    sets it block by block, the backbone's ``act_learn`` on every block, and the backbone's
+    state dict records each block's (see ``VanillaNet``).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, ada_pool: int = 0,
                  act_num: int = 3, norm_cfg: dict = dict(type='BN', eps=1e-6),
-                 deploy: bool = False):
+                 deploy: bool = False, act_learn: float = 1.0,
+                 implementation: Implementation = None):
         super().__init__()
         self.deploy = deploy
+        self.act_learn = act_learn
+        self.implementation = implementation or Implementation()
         if deploy:
             self.conv = nn.Conv2d(in_channels, out_channels, 1)
         else:
-            self.conv1 = ConvNorm(in_channels, in_channels, norm_cfg, act_learn=1.0)
-            self.conv2 = ConvNorm(in_channels, out_channels, norm_cfg)
-        self.pool = MaxPool(stride, ada_pool) if stride > 1 else nn.Identity()
-        self.act = SeriesActivation(out_channels, act_num, norm_cfg, deploy)
-        if deploy:
-            self._fold_pool()
+            self.conv1 = ConvBN(in_channels, in_channels, norm_cfg)
+            self.conv2 = ConvBN(in_channels, out_channels, norm_cfg)
+        downsample = stride > 1
+        self.act = SeriesActivation(
+            out_channels, act_num, norm_cfg, deploy, pool=stride if downsample and not ada_pool
+            else 1, grid=ada_pool if downsample else 0, implementation=self.implementation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
-            return self.act(self.pool(self.conv(x)))
-        x = self.conv1(x)  # 1x1 conv, BN, leaky_relu(act_learn)
-        x = self.conv2(x)  # 1x1 conv, BN
-        x = self.pool(x)
-        return self.act(x)  # relu, depthwise conv, BN
+            return self.act(self.conv(x))  # the merged 1x1 convs; max pool, relu, dwconv
+        lean = self.implementation.lean
+        x = self.conv1(x, slope=self.act_learn, lean=lean)  # 1x1 conv, BN, leaky_relu
+        x = self.conv2(x, lean=lean)  # 1x1 conv, BN
+        return self.act(x)  # max pool, relu, depthwise conv, BN
 
     @property
     def act_learn(self) -> float:
-        """The slope of the leaky_relu between the 1x1 convs (1 once deployed). The authors'
-        ``change_act`` sets it block by block; the backbone's ``act_learn`` sets it on every
-        block and the stem, and is what a checkpoint records."""
-        return 1.0 if self.deploy else self.conv1.act_learn
+        """The slope of the leaky_relu between the 1x1 convs (1 once deployed)."""
+        return self._act_learn
 
     @act_learn.setter
     def act_learn(self, value: float):
-        value = _valid_act_learn(value, self.deploy)
-        if not self.deploy:
-            self.conv1.act_learn = value
+        self._act_learn = _valid_act_learn(value, self.deploy)
 
     def switch_to_deploy(self):
         if self.deploy:
@@ -180,14 +186,7 @@ class VanillaBlock(nn.Module):
         self.conv = merge_conv_bn_modules(self.conv1, self.conv2)
         del self.conv1, self.conv2
         self.act.switch_to_deploy()
-        self._fold_pool()
         self.deploy = True
-
-    def _fold_pool(self):
-        """The deployed activation applies a plain max pool as it reads the map."""
-        if isinstance(self.pool, MaxPool) and self.pool.kind == 'max':
-            self.act.pool = self.pool.size
-            self.pool = nn.Identity()
 
 
 @MODELS.register_module()
@@ -209,6 +208,11 @@ class VanillaNet(BaseModule):
         norm_eval (bool): keep every BN layer in eval mode during training. Default: False.
         norm_cfg (dict): normalisation after each conv (BN with eps 1e-6 as released; SyncBN
             for multi-GPU training). Only BatchNorm can be fused for deployment.
+        act_learn (float): the deep-training slope of the leaky_relu in the stem and every
+            block, in [0, 1] (1: the identity, as released; a deployed network takes only 1).
+            The value the network is built with: loading weights sets the value they were saved
+            at (released checkpoints: 1), and ``VanillaNetDeepTrainingHook`` sets it during
+            training. Default: 1.
         lean_training (bool): train with the lean ops (``ops.lean_training``): a training step
             keeps each 1x1 conv's output for backward and recomputes the rest (BN, leaky_relu,
             pool, relu, the depthwise conv), with the plain path's outputs, gradients and BN
@@ -222,7 +226,7 @@ class VanillaNet(BaseModule):
         act_impl (str): how the fused network computes its activations: 'auto' (a Triton
             kernel for CUDA tensors in inference, PyTorch elsewhere), 'triton' (the kernel, an
             error where it cannot run) or 'torch'. Also settable after construction
-            (``model.act_impl``). Default: 'auto'.
+            (``model.act_impl``, as ``model.lean_training``). Default: 'auto'.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=...)`` loads a released
             ImageNet file or a detector checkpoint, checked key by key (see
             ``mmdet_vanillanet.models.checkpoint.backbone_weights``).
@@ -245,13 +249,17 @@ class VanillaNet(BaseModule):
                  frozen_stages: int = -1,
                  norm_eval: bool = False,
                  norm_cfg: dict = dict(type='BN', eps=1e-6, requires_grad=True),
+                 act_learn: float = 1.0,
                  lean_training: bool = True,
                  with_cp: bool = False,
                  deploy: bool = False,
                  act_impl: str = 'auto',
                  init_cfg=dict(type='TruncNormal', layer='Conv2d', std=.02, bias=0.)):
         super().__init__(init_cfg=init_cfg)
-        check_act_impl(act_impl)
+        # How the modules compute (not what): one object, which every block and activation reads.
+        self.implementation = Implementation(lean_training, act_impl)
+        self.deploy = check_bool('deploy', deploy)
+        act_learn = _valid_act_learn(act_learn, deploy)
         self.arch_name = 'custom' if isinstance(arch, (dict, ArchSpec)) else str(arch)
         self.arch = resolve_arch(arch)
         if not _is_int(act_num) or act_num < 0:
@@ -281,15 +289,13 @@ class VanillaNet(BaseModule):
         self.out_channels = tuple(self.arch.stage_channels(i) for i in out_indices)
         self.out_strides = tuple(self.arch.nominal_strides()[i] for i in out_indices)
         self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
+        self.norm_eval = check_bool('norm_eval', norm_eval)
         self.norm_cfg = copy.deepcopy(check_norm_cfg(norm_cfg, self.arch.dims[0]))
-        if with_cp and deploy:
+        if check_bool('with_cp', with_cp) and deploy:
             print_log('VanillaNet: with_cp is ignored by a deploy (fused) backbone, which is '
                       'not trained', logger='current', level=30)
             with_cp = False
         self.with_cp = with_cp
-        self.deploy = deploy
-        self._act_learn = 1.0
         self.min_input_size = self._smallest_valid_size()
 
         arch = self.arch
@@ -297,17 +303,17 @@ class VanillaNet(BaseModule):
         if deploy:
             self.stem = nn.Sequential(
                 nn.Conv2d(3, d0, 4, stride=arch.stem_stride, padding=arch.stem_padding),
-                SeriesActivation(d0, act_num, deploy=True))
+                SeriesActivation(d0, act_num, deploy=True, implementation=self.implementation))
         else:
-            self.stem1 = ConvNorm(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
-                                  padding=arch.stem_padding, act_learn=1.0)
-            self.stem2 = ConvNorm(d0, d0, norm_cfg,
-                                  activation=SeriesActivation(d0, act_num, norm_cfg))
+            self.stem1 = ConvBN(3, d0, norm_cfg, kernel_size=4, stride=arch.stem_stride,
+                                padding=arch.stem_padding)
+            self.stem2 = ConvBN(d0, d0, norm_cfg, SeriesActivation(
+                d0, act_num, norm_cfg, implementation=self.implementation))
+        self.stem_act_learn = act_learn
         self.stages = nn.ModuleList(
             VanillaBlock(arch.dims[i], arch.dims[i + 1], arch.strides[i], arch.pools[i], act_num,
-                         norm_cfg, deploy) for i in range(num_stages))
-        self.act_impl = act_impl
-        self.lean_training = lean_training
+                         norm_cfg, deploy, act_learn, self.implementation)
+            for i in range(num_stages))
         self._freeze_stages()
         self.register_state_dict_post_hook(_save_act_learn)
         self.register_load_state_dict_pre_hook(_load_act_learn)
@@ -316,8 +322,10 @@ class VanillaNet(BaseModule):
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.deploy:
-            return self.stem(x)
-        return self.stem2(self.stem1(x))
+            return self.stem(x)  # the merged convs, series activation
+        lean = self.implementation.lean
+        x = self.stem1(x, slope=self.stem_act_learn, lean=lean)  # 4x4 conv, BN, leaky_relu
+        return self.stem2(x, lean=lean)  # 1x1 conv, BN, series activation
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self._check_input(x)
@@ -335,52 +343,65 @@ class VanillaNet(BaseModule):
 
     @property
     def act_learn(self) -> float:
-        """Slope of the leaky_relu inside the stem and every block (the authors' change_act)."""
-        return self._act_learn
+        """The deep-training slope of the leaky_relu in the stem and every block. Set here, it
+        sets each of them (the authors' change_act); read here, it is the lowest of them, 1
+        only when every one is 1 and the network can be fused."""
+        return min(self.slopes)
 
     @act_learn.setter
     def act_learn(self, value: float):
-        value = _valid_act_learn(value, self.deploy)
-        self._act_learn = value
-        self._pass_down('act_learn', value)
+        self.slopes = [value] * (1 + len(self.stages))
+
+    @property
+    def stem_act_learn(self) -> float:
+        """The stem's slope (the authors' model-level ``act_learn``), owned here."""
+        return self._stem_act_learn
+
+    @stem_act_learn.setter
+    def stem_act_learn(self, value: float):
+        self._stem_act_learn = _valid_act_learn(value, self.deploy)
+
+    @property
+    def slopes(self) -> Tuple[float, ...]:
+        """Each place's slope, in network order: the stem's, then each block's."""
+        return (self.stem_act_learn, *(block.act_learn for block in self.stages))
+
+    @slopes.setter
+    def slopes(self, values: Sequence[float]):
+        values = [_valid_act_learn(v, self.deploy) for v in values]  # all or none
+        self.stem_act_learn = values[0]
+        for block, value in zip(self.stages, values[1:], strict=True):
+            block.act_learn = value
 
     @property
     def act_impl(self) -> str:
         """'auto', 'triton' or 'torch': how every series activation computes once fused."""
-        return self._act_impl
+        return self.implementation.act_impl
 
     @act_impl.setter
     def act_impl(self, value: str):
-        self._act_impl = check_act_impl(value)
-        self._pass_down('act_impl', value)
+        self.implementation.act_impl = value
 
     @property
     def lean_training(self) -> bool:
         """Whether training runs the lean ops (``ops.lean_training``)."""
-        return self._lean_training
+        return self.implementation.lean
 
     @lean_training.setter
     def lean_training(self, value: bool):
-        self._lean_training = bool(value)
-        self._pass_down('lean', self._lean_training)
-
-    def _pass_down(self, name: str, value):
-        """Set ``name`` on every module inside that computes with it (None: one that has no
-        such step, as a conv2 has no leaky_relu)."""
-        for module in self.modules():
-            if module is not self and getattr(module, name, None) is not None:
-                setattr(module, name, value)
+        self.implementation.lean = value
 
     def switch_to_deploy(self):
         """Fuse, in place, into the deployed network; a second call does nothing."""
         if self.deploy:
             return
-        # The backbone's slope, or a block's set on its own (the authors' change_act).
-        act_learn = next((m.act_learn for m in self.modules() if isinstance(m, ConvNorm)
-                          and m.act_learn not in (None, 1.0)), self._act_learn)
-        if act_learn != 1.0:
+        places = ['the stem', *(f'stages.{i}' for i in range(len(self.stages)))]
+        below = [(place, value) for place, value in zip(places, self.slopes) if value != 1.0]
+        if below:
+            place, value = below[0]
+            where = '' if len(set(self.slopes)) == 1 else f' in {place}'
             raise ConfigError(
-                f'cannot fuse VanillaNet with act_learn={act_learn}: its 1x1 conv pairs '
+                f'cannot fuse VanillaNet with act_learn={value}{where}: its 1x1 conv pairs '
                 'merge into one conv only when act_learn=1 (leaky_relu is then the identity), so '
                 'fusing now would change what the network computes. Finish the deep-training '
                 'schedule (act_learn reaches 1) before fusing.')

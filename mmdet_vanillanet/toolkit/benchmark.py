@@ -1,17 +1,22 @@
 """tools/benchmark.py's work: the request checked against the config and checkpoint, the
 detector and inputs it times, the variants (unfused, fused, onnxruntime), the fusion check, and
-the report (every figure and setting, the table printed).
+the report (every figure and setting, each comparison's verdict, the table printed).
 
 Times the whole ``test_step`` (preprocessing, forward, post-processing) as MMDetection users
 read FPS, or the backbone (with the neck) on the preprocessed tensor; data loading is excluded.
+The variants are timed in alternating rounds and compared round by round
+(``timing.compare``): a verdict ('faster', 'slower') only where the rounds agree, else 'not
+conclusive'.
 ``options`` is the tool's parsed command line (tools/benchmark.py --help names each field).
 """
 import copy
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
 import os
 import re
+import tempfile
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -29,9 +34,19 @@ from ..models.checkpoint.backbone_weights import checkpoint_layout, deploy_layou
 from ..models.detector import fuse_detector
 from ..models.series_activation import SeriesActivation
 from ..ops.activation_kernel import kernel_checks
-from .complexity import check_input_memory, pseudo_batch
+from .complexity import check_input_memory, counter_warnings, pseudo_batch
 from .machine import machine_info, matmul_gflops
-from .timing import Settings, autocast, measure, measure_onnxruntime, prepare
+from .timing import (
+    COMPLEXITY,
+    Settings,
+    autocast,
+    compare,
+    measure_all,
+    onnxruntime_calls,
+    prepare,
+    pytorch_call,
+    rounds_needed,
+)
 
 # What the report's settings leave out: they are its own fields, or the config's.
 NOT_SETTINGS = ('config', 'checkpoint', 'cfg_options')
@@ -92,6 +107,9 @@ def check_request(cfg, options):
     if options.iters < 1 or options.warmup < 0:
         raise InputError(f'--iters {options.iters} --warmup {options.warmup}: need at least '
                          f'one timed image and no negative warm-up')
+    if options.compile and options.warmup < 1:
+        raise InputError('--compile --warmup 0: the first call compiles the backbone, and would '
+                         'be timed; give --warmup 1 or more')
     if options.checkpoint and checkpoint_layout(options.checkpoint) == 'deploy':
         if options.compare or options.check:
             raise deploy_layout_error(options.checkpoint, 'be timed or checked against an '
@@ -161,7 +179,8 @@ def check_fusion(unfused, fused, tensor, tolerance: float = 1e-4) -> float:
 
 
 def run_benchmark(options) -> dict:
-    """Time the variants ``options`` asks for; the report (results, settings, machine)."""
+    """Time the variants ``options`` asks for; the report (results, comparisons, settings,
+    machine)."""
     cfg = load_config(options.config, options.cfg_options)
     check_request(cfg, options)
     if options.threads:
@@ -173,51 +192,64 @@ def run_benchmark(options) -> dict:
     report = dict(config=options.config, checkpoint=options.checkpoint, part=part,
                   settings={k: v for k, v in vars(options).items() if k not in NOT_SETTINGS},
                   act_impl=getattr(model.backbone, 'act_impl', None),
-                  triton=triton_version(), machine=machine_info(options.device), results={})
+                  triton=triton_version(), machine=machine_info(options.device))
     if options.check:
         tensor = model.data_preprocessor(batches[0], False)['inputs']
         report['check_max_rel_diff'] = check_fusion(model, fused, tensor)
         print(f'check: fused == unfused (max rel diff {report["check_max_rel_diff"]:.2e})')
     settings = Settings(options.iters, options.warmup, options.device, options.precision,
                         options.channels_last, options.compile, not options.no_progress)
-    for name, variant in timed.items():
-        print(f'{name}: timing {options.iters} images ...')
-        variant = prepare(variant, settings)
-        report['results'][name] = measure(variant, batches, part, settings)
-        report['results'][name]['activation'] = activation_used(variant, batches, settings)
+    with tempfile.TemporaryDirectory() as folder, counter_warnings(options.verbose):
+        calls, onnx = {}, {}
+        if options.backend == 'onnxruntime':  # exported from the CPU, before it is prepared
+            print(f'onnxruntime: exporting{", quantizing" if options.int8 else ""} ...')
+            if fused is None:
+                fused = fuse_detector(model, inplace=False)
+            onnx = onnxruntime_calls(fused, batches, part, settings, folder, options.int8)
+        activations = {}
+        for name, variant in timed.items():
+            variant = prepare(variant, settings)
+            calls[name] = pytorch_call(variant, batches, part, settings)
+            activations[name] = activation_used(variant, batches, settings)
+        if onnx:
+            cpu = dataclasses.replace(settings, device='cpu', precision='fp32',
+                                      channels_last=False)
+            fused_part = (calls['fused'] if 'fused' in calls
+                          else pytorch_call(fused, batches, part, cpu))[1]
+            complexity = {key: fused_part[key] for key in COMPLEXITY}
+            calls.update({name: (call, complexity) for name, call in onnx.items()})
+            activations.update({name: 'onnxruntime' for name in onnx})
+        print(f'timing {", ".join(calls)}: {options.iters} rounds'
+              + (' (alternating)' if len(calls) > 1 else '') + ' ...')
+        report['results'] = measure_all(calls, settings)
+    for name, activation in activations.items():
+        report['results'][name]['activation'] = activation
     # What the kernel's run-time check found for each variant timed above: a figure of a
     # kernel that failed its check is PyTorch's (under 'auto'), and the report must say so.
     report['kernel_checks'] = kernel_checks()
-    if options.backend == 'onnxruntime':
-        print(f'onnxruntime: exporting{", quantizing" if options.int8 else ""} and timing '
-              f'{options.iters} images ...')
-        if fused is None:
-            fused = fuse_detector(model, inplace=False)
-        results = report['results']
-        results['onnxruntime'] = measure_onnxruntime(fused, batches, part, settings,
-                                                     results.get('fused'), options.int8)
-        if options.int8:
-            results['onnxruntime_int8'] = results['onnxruntime'].pop('int8')
     add_rates(report, options.device)
     return report
 
 
+# Each comparison's report key: the variant, its baseline, and how the table names them.
+COMPARISONS = {'speedup': ('fused', 'unfused', 'fused', 'unfused'),
+               'onnxruntime_speedup': ('onnxruntime', 'fused', 'onnxruntime', 'PyTorch fused'),
+               'int8_speedup': ('onnxruntime_int8', 'onnxruntime', 'onnxruntime INT8',
+                                'onnxruntime fp32')}
+
+
 def add_rates(report: dict, device: str):
-    """The backbone's share of the machine's matrix-product rate, and the speedups."""
+    """The backbone's share of the machine's matrix-product rate, and each comparison of two
+    variants timed (``timing.compare`` of their per-round times)."""
     if report['part'] != 'detector':
         rate = matmul_gflops(device)
         report['matmul_gflop_s'] = rate
         for result in report['results'].values():
             result['efficiency'] = result['achieved_gflop_s'] / rate
     results = report['results']
-    if 'unfused' in results and 'fused' in results:
-        report['speedup'] = results['unfused']['median_ms'] / results['fused']['median_ms']
-    if 'onnxruntime' in results and 'fused' in results:
-        report['onnxruntime_speedup'] = (results['fused']['median_ms']
-                                         / results['onnxruntime']['median_ms'])
-    if 'onnxruntime_int8' in results:
-        report['int8_speedup'] = (results['onnxruntime']['median_ms']
-                                  / results['onnxruntime_int8']['median_ms'])
+    for key, (variant, baseline, _, _) in COMPARISONS.items():
+        if variant in results and baseline in results:
+            report[key] = compare(results[baseline]['round_ms'], results[variant]['round_ms'])
 
 
 def write_report(report: dict, out: str):
@@ -225,9 +257,28 @@ def write_report(report: dict, out: str):
     write_text(out, json.dumps(report, indent=2))
 
 
-def compared_speed(speedup: float) -> str:
-    """'2.38x faster than' or, below 1, '1.45x slower than' ('0.69x faster' misread)."""
-    return f'{speedup:.2f}x faster than' if speedup >= 1 else f'{1 / speedup:.2f}x slower than'
+def times(ratio: float) -> str:
+    """'2.38x faster' or, below 1, '1.45x slower' ('0.69x faster' misread)."""
+    return f'{ratio:.2f}x faster' if ratio >= 1 else f'{1 / ratio:.2f}x slower'
+
+
+def verdict_line(comparison: dict, variant: str, baseline: str) -> str:
+    """What ``timing.compare`` found, in words: the verdict with the speed ratio (the median over
+    the rounds of the baseline's time over the variant's) and the interval that holds it, or
+    'not conclusive' and why."""
+    rounds, median = comparison['rounds'], comparison['median']
+    if comparison['low'] is None:
+        return (f'{variant} against {baseline}: not conclusive ({rounds} rounds give no '
+                f'{comparison["confidence"]:.0%} interval for the median speed ratio '
+                f'({median:.2f} here); time {rounds_needed(comparison["confidence"])} or more '
+                f'with --iters)')
+    interval = (f'median of {rounds} rounds; {comparison["confidence"]:.0%} interval '
+                f'{comparison["low"]:.2f} to {comparison["high"]:.2f}')
+    if comparison['verdict'] == 'not conclusive':
+        return (f'{variant} against {baseline}: not conclusive (speed ratio {median:.2f}, '
+                f'{interval}, which holds 1: the rounds disagree by more than '
+                f'the difference; time more rounds with --iters, or on a quieter machine)')
+    return f'{variant} is {times(median)} than {baseline} (speed ratio {median:.2f}, {interval})'
 
 
 def triton_version():
@@ -263,11 +314,9 @@ def print_table(report):
         print(line)
     if 'matmul_gflop_s' in report:
         print(f'dense fp32 matmul on this machine: {report["matmul_gflop_s"]:.1f} GFLOP/s')
-    for key, faster, than in (('speedup', 'fused', 'unfused'),
-                              ('onnxruntime_speedup', 'onnxruntime', 'PyTorch fused'),
-                              ('int8_speedup', 'onnxruntime INT8', 'onnxruntime fp32')):
+    for key, (_, _, variant, baseline) in COMPARISONS.items():
         if key in report:
-            print(f'{faster} is {compared_speed(report[key])} {than}')
+            print(verdict_line(report[key], variant, baseline))
     for variant, check in report.get('kernel_checks', {}).items():
         print(f'activation kernel {variant}: ' + (
             f'FAILED its check ({check["failure"]}), PyTorch ran instead' if check['failure']

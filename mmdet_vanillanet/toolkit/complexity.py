@@ -1,11 +1,13 @@
 """Parameters and FLOPs of a detector at a given input size (MMEngine's complexity analysis),
 counted on one generated image, as MMDetection's get_flops does on a real one."""
 import contextlib
+import logging
 from typing import Tuple
 
 import torch
 from mmdet.structures import DetDataSample
 from mmengine.analysis import get_model_complexity_info
+from mmengine.logging import MMLogger
 
 from mmdet_runsafe.errors import Argument, InputError
 
@@ -30,6 +32,28 @@ def pseudo_batch(shape: Tuple[int, int]) -> dict:
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     return dict(inputs=[image], data_samples=[sample])
+
+
+class _CounterWarnings(logging.Filter):
+    """The counter's warnings of operators it does not count and of modules the trace did not
+    call (about 17 lines for a detector; its count is the published tables' convention)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(
+            ('Unsupported operator ', 'The following submodules of the model were never called'))
+
+
+@contextlib.contextmanager
+def counter_warnings(shown: bool):
+    """MMEngine's FLOPs counter with its warnings shown (``shown``: a tool's --verbose) or
+    left out; the counter logs them through MMEngine's current logger."""
+    logger, quiet = MMLogger.get_current_instance(), _CounterWarnings()
+    if not shown:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @contextlib.contextmanager

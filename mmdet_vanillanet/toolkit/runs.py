@@ -4,6 +4,7 @@ VanillaNet's own (a checkpoint's layout; an exported file to test), so that bad 
 before a Runner is built. The config decides how the run trains (a config without our runtime
 hooks runs, with a warning); these add command-line behaviour only (see the tools'
 docstrings)."""
+import os.path as osp
 from typing import Optional, Union
 
 import torch.nn as nn
@@ -33,11 +34,36 @@ VANILLANET_RUNTIME = Runtime(
     base_file='configs/_base_/vanillanet_runtime.py')
 
 
+def runtime_of(cfg: Config) -> Runtime:
+    """The runtime hooks our tools expect a config to declare: vanillanet_runtime.py's for a
+    config that loads the plugin (its custom_imports) or has a VanillaNet backbone (which our
+    tools register, imported or not), else runsafe_runtime.py's. CheckpointFitHook is the
+    plugin's: a config of MMDetection's own (a ResNet one, on runsafe_runtime.py) cannot
+    declare it without importing VanillaNet."""
+    imports = (cfg.get('custom_imports') or {}).get('imports') or []
+    imports = [imports] if isinstance(imports, str) else imports
+    if any(i.split('.')[0] == 'mmdet_vanillanet' for i in imports) or vanillanet_backbone(cfg):
+        return VANILLANET_RUNTIME
+    return RUNSAFE
+
+
+def vanillanet_backbone(cfg: Config) -> bool:
+    """Whether the config's detector has a VanillaNet backbone: only then are its checkpoints
+    VanillaNet's (a training or a deploy layout) and is there anything to fuse."""
+    return backbone_type(cfg) == 'VanillaNet'
+
+
+def backbone_type(cfg: Config) -> str:
+    """The registry name of the config's backbone ('' where it has none), without a scope."""
+    backbone = ((cfg.get('model') or {}).get('backbone') or {}).get('type', '')
+    return getattr(backbone, '__name__', str(backbone)).rsplit('.', 1)[-1]
+
+
 def build_train_runner(config: str, **flags) -> Runner:
     """tools/train.py's Runner, ``flags`` as ``mmdet_runsafe.preflight.prepare_train_run``
     takes them (the tool's flags of the same names)."""
-    cfg = prepare_train_run(config, VANILLANET_RUNTIME, **flags)
-    if cfg.get('load_from'):
+    cfg = prepare_train_run(config, runtime_of, **flags)
+    if cfg.get('load_from') and vanillanet_backbone(cfg):
         require_training_layout(cfg.load_from, 'start a training run',
                                 'use the training-mode checkpoint it was converted from')
     return runner_from_cfg(cfg)
@@ -59,7 +85,7 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     # file is refused, not started.
     check_onnx_request(checkpoint, onnx_file, onnx_checkpoint, deploy,
                        flags.get('launcher', 'none'))
-    cfg = prepare_test_run(config, checkpoint, VANILLANET_RUNTIME, inputs=(onnx_checkpoint, ),
+    cfg = prepare_test_run(config, checkpoint, runtime_of, inputs=(onnx_checkpoint, ),
                            **flags)
     if onnx_file is None:
         configure_deploy(cfg, checkpoint, deploy)
@@ -75,8 +101,9 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
 
 
 def is_onnx_file(path: str) -> bool:
-    """A local file that begins as an ONNX model does (see ``serialization.file_kind``)."""
-    return '://' not in path and file_kind(path) == ONNX
+    """A local regular file that begins as an ONNX model does (see
+    ``serialization.file_kind``); anything else is checked as a checkpoint."""
+    return '://' not in path and osp.isfile(path) and file_kind(path) == ONNX
 
 
 def check_onnx_request(tested: str, onnx_file: Optional[str], onnx_checkpoint: Optional[str],
@@ -119,7 +146,12 @@ class OnnxTestModel(nn.Module):
 def configure_deploy(cfg: Config, checkpoint: str, deploy: bool):
     """--deploy: fuse before testing, or build the deploy backbone for a deploy-layout
     checkpoint; a deploy-layout checkpoint without it, and with a config whose backbone is not
-    ``deploy=True``, is an error, not a partial load."""
+    ``deploy=True``, is an error, not a partial load. Another backbone has nothing to fuse."""
+    if not vanillanet_backbone(cfg):
+        if deploy:
+            raise InputError(f'--deploy fuses a VanillaNet backbone; the config\'s backbone is '
+                             f'{backbone_type(cfg) or "not set"}: test without --deploy')
+        return
     layout = checkpoint_layout(checkpoint)
     if layout == 'deploy' and cfg.model.backbone.get('deploy', False):
         return  # a deploy config for a converted file, as MMDetection's own test.py takes it

@@ -135,9 +135,14 @@ def load_pretrained(model, filename: str, prefix: Optional[str] = None):
     else:
         check_fits(model.state_dict(), state, filename)
     # check_fits has proved every key and shape, bar the optional num_batches_tracked.
+    configured = model.slopes
     model.load_state_dict(state, strict=False)
     print_log(f'VanillaNet-{model.arch_name}: loaded {len(state)} tensors from {filename} '
               f'({source}{", fused on load" if fuse else ""})', logger='current')
+    if model.slopes != configured:  # the file's are the slopes its weights were saved at
+        print_log(f'VanillaNet-{model.arch_name}: act_learn={min(configured):g} of the config is '
+                  f'replaced by the value {filename} was saved at ({model.act_learn:g})',
+                  logger='current', level=30)
 
 
 def checkpoint_layout(filename: str) -> str:

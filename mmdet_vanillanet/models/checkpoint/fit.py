@@ -22,13 +22,14 @@ def key_differences(expected: StateDict, state: StateDict) -> List[str]:
     """What keeps ``state`` from fitting ``expected``, one phrase per kind ('shape mismatches
     (2): a: file (..) vs model (..), ...', 'missing keys (7): c, d, e, f, ...', 'unexpected keys
     ...'); empty when every tensor is there in its shape and nothing else. The optional BN
-    counters may be missing, and act_learn is no tensor to fit: the load sets it from the file,
-    1 where the file has none."""
+    counters may be missing, and act_learn is no tensor to fit (one number, or one per place):
+    the load sets it from the file, 1 where the file has none."""
     missing = [k for k in expected if k not in state and not OPTIONAL_KEYS.match(k)
                and k != ACT_LEARN]
     unexpected = [k for k in state if k not in expected and k != ACT_LEARN]
     wrong = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+             for k, v in expected.items()
+             if k in state and k != ACT_LEARN and state[k].shape != v.shape]
     return [f'{label} ({len(keys)}): {", ".join(keys[:4])}' + (', ...' if len(keys) > 4 else '')
             for label, keys in (('shape mismatches', wrong), ('missing keys', missing),
                                 ('unexpected keys', unexpected)) if keys]
