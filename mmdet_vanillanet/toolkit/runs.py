@@ -78,8 +78,6 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     (``--checkpoint``: the checkpoint it was exported from, which a two-stage detector's RoI
     heads need) and onnxruntime's ``threads``; everything else (the dataloader, the evaluator,
     ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
-    if '://' not in checkpoint:  # named if missing, before its first bytes are read
-        check_input_file(checkpoint, 'checkpoint')
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
     # Before the launcher is set up (prepare_test_run's last step): --launcher with an ONNX
     # file is refused, not started.
@@ -108,13 +106,15 @@ def is_onnx_file(path: str) -> bool:
 
 def check_onnx_request(tested: str, onnx_file: Optional[str], onnx_checkpoint: Optional[str],
                        deploy: bool, launcher: str):
-    """The test's file (``tested``, checked as an input file) named .onnx, or given with
-    --checkpoint, is an ONNX model; --checkpoint goes with an ONNX file only, which is the
-    deployed network already and runs in one process."""
+    """The test's file (``tested``) named .onnx, or given with --checkpoint, is an ONNX model
+    (where it is a regular file or a URL: anything else is named as the checkpoint it then is,
+    by ``prepare_test_run``); --checkpoint goes with an ONNX file only, which is the deployed
+    network already and runs in one process."""
     if onnx_file is None:
-        if tested.endswith('.onnx') or onnx_checkpoint is not None:
-            kind = 'not a local file' if '://' in tested else file_kind(tested) or \
-                'a PyTorch checkpoint'
+        url = '://' in tested
+        if (tested.endswith('.onnx') or onnx_checkpoint is not None) and \
+                (url or osp.isfile(tested)):
+            kind = 'a URL' if url else file_kind(tested) or 'a PyTorch checkpoint'
             with_checkpoint = f' with --checkpoint {onnx_checkpoint}' if onnx_checkpoint else ''
             raise InputError(f'{tested} is {kind}, not an ONNX model: tools/test.py CONFIG '
                              f'FILE.onnx --checkpoint CKPT tests a file exported by '
