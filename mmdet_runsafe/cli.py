@@ -12,11 +12,14 @@ import sys
 from typing import Mapping, NamedTuple, Optional, Tuple
 
 from mmengine.config import Config, DictAction
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
+from mmdet_runsafe_start import on_signals, report
+
 from .checkpoint_sources import HTTP, ZOO_PREFIXES
-from .errors import Argument, NamesArguments, is_user_error
+from .errors import Argument, InputError, NamesArguments, is_user_error
 from .launch import die_with_launcher
 from .serialization import safe_load
 
@@ -27,9 +30,21 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
                 errno.EPERM, errno.ENOTDIR}
 
 
+class CfgOptions(DictAction):
+    """MMEngine's DictAction for --cfg-options, with a KEY that has no =VALUE named in
+    argparse's error line, where DictAction raised a ValueError traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for pair in values:
+            if '=' not in pair:
+                raise argparse.ArgumentError(self, f'{pair} has no value: write {pair}=VALUE '
+                                                   f'(KEY=VALUE pairs, separated by spaces)')
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_runner_args(parser: argparse.ArgumentParser):
     """--cfg-options, --launcher and --local-rank, as in MMDetection's train and test tools."""
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                         help='override some settings in the used config, the key-value pair '
                         'in xxx=yyy format will be merged into config file.')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -112,6 +127,22 @@ def apply_train_flags(cfg: Config, amp: bool, auto_scale_lr: bool):
         cfg.auto_scale_lr.enable = True
 
 
+# Where MMEngine's AmpOptimWrapper trains (it asserts one of them).
+AMP_DEVICES = ('cuda', 'npu', 'mlu', 'musa')
+
+
+def require_amp_device(cfg: Config, amp: bool):
+    """Mixed precision (--amp, or a config's AmpOptimWrapper) needs a GPU, which MMEngine
+    asserts only once the Runner builds the optimizer, with a traceback."""
+    if cfg.get('optim_wrapper', {}).get('type') != 'AmpOptimWrapper' or \
+            get_device() in AMP_DEVICES:
+        return
+    what = '--amp' if amp else 'the config\'s optim_wrapper (type=\'AmpOptimWrapper\')'
+    raise InputError(f'{what}: automatic mixed precision trains on a GPU only (MMEngine\'s '
+                     f'AmpOptimWrapper: CUDA, NPU, MLU or MUSA), and this machine has '
+                     f'{get_device()} only; train without it')
+
+
 def force_weights_only_loading():
     """For the tool's whole process: make every torch.load weights_only, MMEngine's own
     loaders included (mmcls://, s3://, ... call torch.load without the argument), and route
@@ -147,25 +178,29 @@ def interruptible(outcome: str = 'no file was left half-written'):
     it through the exception path, so that what it was writing is removed (``new_file_for``)
     as on an error, then one line (``outcome`` says what is left) and the exit status of the
     signal, without a traceback. Python's default for SIGTERM ends the process without any
-    clean-up."""
-    def stop(signum, frame):
-        # A second signal while the clean-up runs must not cut it short.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    clean-up. Only the tool's own process stops so; its DataLoader workers, which Ctrl-C
+    reaches too, are ended by its clean-up (``mmdet_runsafe_start.on_signals``)."""
+    def stop(signum):
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = on_signals(stop)
     try:
         yield
     except (Interrupted, KeyboardInterrupt) as err:
+        # The signals stay ignored (``on_signals``): the exit, which ends the DataLoader
+        # workers, must not be cut short either.
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
-        sys.stdout.flush()  # a progress bar may be mid-line: the error starts its own line
-        print(f'\nerror: interrupted by {signal.Signals(signum).name}; {outcome}',
-              file=sys.stderr)
+        report(signum, outcome)
         sys.exit(128 + signum)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    except BaseException:
+        _restore(previous)
+        raise
+    _restore(previous)
+
+
+def _restore(handlers):
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
 
 class Interrupted(BaseException):

@@ -29,19 +29,20 @@ IMAGE_READERS = 8
 MISSING = 'does not exist'
 
 
-def _datasets(cfg, key):
-    """The leaf dataset configs of a dataloader (through Repeat/Concat wrappers)."""
-    stack = [cfg.get(key, {}).get('dataset')]
+def _datasets(cfg, key, with_keys=False):
+    """The leaf dataset configs of a dataloader (through Repeat/Concat wrappers), with their
+    config keys (``train_dataloader.dataset.datasets.0``) if ``with_keys``."""
+    stack = [(f'{key}.dataset', cfg.get(key, {}).get('dataset'))]
     while stack:
-        ds = stack.pop()
+        where, ds = stack.pop()
         if not ds:
             continue
         if 'dataset' in ds:
-            stack.append(ds['dataset'])
+            stack.append((f'{where}.dataset', ds['dataset']))
         elif 'datasets' in ds:
-            stack.extend(ds['datasets'])
+            stack.extend((f'{where}.datasets.{i}', d) for i, d in enumerate(ds['datasets']))
         else:
-            yield ds
+            yield (where, ds) if with_keys else ds
 
 
 def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_dataloader'),
@@ -55,7 +56,8 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
     for key in keys:
         if not cfg.get(key):
             continue
-        for ds in _datasets(cfg, key):
+        for where, ds in _datasets(cfg, key, with_keys=True):
+            check_resize_scales(where, ds.get('pipeline') or [])
             root = ds.get('data_root') or ''
             ann = _under_data_root(root, ds.get('ann_file'))
             img_dir = _under_data_root(root, (ds.get('data_prefix') or {}).get('img', ''))
@@ -238,6 +240,37 @@ def _resize_scales(pipeline):
             yield name, (int(t['scale'][0] * ratio), int(t['scale'][1] * ratio)), keep_ratio
         elif name == 'RandomResize':
             yield name, tuple(min(edges) for edges in zip(*t['scale'])), keep_ratio
+
+
+# The largest side a pipeline may resize an image to: beyond any detector's input (MMDetection's
+# largest scales are 2048), and a 3-channel image of 8192 x 8192 is already 768 MiB as floats.
+MAX_SCALE_SIDE = 8192
+
+
+def check_resize_scales(where: str, pipeline):
+    """Each side a resize of the pipeline may draw is 1 to MAX_SCALE_SIDE pixels: a scale of
+    100000 failed in OpenCV (out of memory) or with a TypeError deep in the dataloader."""
+    for index, step in enumerate(pipeline):
+        for t in _transforms(step):
+            if not _type(t).endswith('Resize'):
+                continue
+            ratio = max(t.get('ratio_range') or (1, ))
+            for name in ('scale', 'scales'):
+                sides = list(_numbers(t.get(name)))
+                if sides and not all(0 < side * ratio <= MAX_SCALE_SIDE for side in sides):
+                    raise InputError(
+                        f'{where}.pipeline.{index} ({_type(t)}): {name}={t[name]!r}'
+                        f'{f" with ratio_range up to {ratio}" if ratio != 1 else ""} resizes '
+                        f'images to sides outside 1 to {MAX_SCALE_SIDE} pixels; set a scale in '
+                        f'that range')
+
+
+def _numbers(node):
+    if isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield node
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _numbers(value)
 
 
 def _pair(scale):

@@ -8,7 +8,14 @@ from typing import Callable, Optional, Sequence, Union
 
 from mmengine.config import Config
 
-from .cli import RUNSAFE, Runtime, apply_train_flags, set_work_dir, warn_missing_runtime_hooks
+from .cli import (
+    RUNSAFE,
+    Runtime,
+    apply_train_flags,
+    require_amp_device,
+    set_work_dir,
+    warn_missing_runtime_hooks,
+)
 from .config import load_config
 from .datasets import check_dataset_paths
 from .errors import InputError
@@ -35,6 +42,7 @@ def prepare_train_run(config: str, runtime: RuntimeOf = RUNSAFE, work_dir: Optio
     warn_missing_runtime_hooks(cfg, training=True, runtime=_resolved_runtime(cfg, runtime))
     set_work_dir(cfg, work_dir, config)
     apply_train_flags(cfg, amp, auto_scale_lr)
+    require_amp_device(cfg, amp)
     require_writable(cfg.work_dir)
     if first_process(launcher):  # before --resume reads, or anything writes, the work_dir
         lock_work_dir(cfg.work_dir)

@@ -28,6 +28,7 @@ run trains without a lock and says so. Nor does it refuse a lock file that is no
 file. The OS lock itself is filelock's (``lock_descriptor``); what is ours is opening the file,
 the holder's details and the message.
 """
+import atexit
 import errno
 import json
 import os
@@ -147,14 +148,29 @@ def lock_work_dir(work_dir: str) -> None:
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, b'\n' * LOCK_BYTES + details.encode())
+    if not any(_HELD.values()):
+        atexit.register(_release_at_exit, os.getpid())
     _HELD[path] = fd
 
 
 def unlock_work_dir(work_dir: str) -> None:
     """Release the lock this process holds on ``work_dir`` (if any), leaving no details."""
-    fd = _HELD.pop(_path(work_dir), None)
+    _release(_path(work_dir))
+
+
+def _release(path: str) -> None:
+    fd = _HELD.pop(path, None)
     if fd is None:
         return
     os.ftruncate(fd, LOCK_BYTES)
     unlock_descriptor(fd)
     os.close(fd)
+
+
+def _release_at_exit(pid: int) -> None:
+    """A process that ends by itself (a refusal, an error, Ctrl-C) releases its locks without
+    details, so that the next run takes the work dir without calling the last one dead; one
+    killed outright leaves them, and the next run says so. Not in a process forked from it."""
+    if os.getpid() == pid:
+        for path in list(_HELD):
+            _release(path)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from .errors import InputError
+from .errors import Argument, InputError, OutputExistsError
 from .output_paths import new_file_for, write_text
 
 CLASSES = ('circle', 'square', 'triangle')
@@ -33,6 +33,8 @@ PLACEMENT_TRIES = 50
 MIN_CONTRAST = 120.0  # RGB distance between a shape and the background it sits on
 NOISE_STD = 6.0
 SPLITS = ('train', 'val')
+MIN_IMAGE_SIDE = MIN_SIZE + 2 * (MARGIN + GAP)
+MAX_IMAGE_SIDE = 2048
 
 
 def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
@@ -48,10 +50,16 @@ def make_toy_coco(out_dir: str, num_train: int = 200, num_val: int = 50,
     link at a file's name is replaced, never written through; one at a folder's is refused.
     """
     height, width = (int(v) for v in image_size)
-    if min(width, height) < MIN_SIZE + 2 * (MARGIN + GAP):
-        raise InputError(f'image_size {tuple(image_size)} is too small for {MIN_SIZE} px shapes')
-    if num_train < 0 or num_val < 0:
-        raise InputError('num_train and num_val must not be negative')
+    size = Argument('image_size', (height, width))
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InputError(size, f': too small for {MIN_SIZE} px shapes (each side at least '
+                               f'{MIN_IMAGE_SIDE})')
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise InputError(size, f': each side at most {MAX_IMAGE_SIDE} (the shapes are at most '
+                               f'{MAX_SIZE} px; an image is drawn in memory at 24 bytes a pixel)')
+    for name, count in (('num_train', num_train), ('num_val', num_val)):
+        if count < 0:
+            raise InputError(Argument(name, count), ': must not be negative')
     _check_out_dir(out_dir, overwrite)
     paths = {
         'train_img': os.path.join(out_dir, 'train'),
@@ -89,9 +97,9 @@ def _check_out_dir(out_dir: str, overwrite: bool) -> None:
     if os.path.isfile(out_dir):
         raise FileExistsError(f'{out_dir} is a file, not a directory; choose another output dir')
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(
-            f'{out_dir} exists and is not empty; choose another output dir, or pass --force '
-            '(overwrite=True) to replace the toy files in it')
+        raise OutputExistsError(f'{out_dir} exists and is not empty; choose another output dir, '
+                                f'or pass ', Argument('overwrite', True), ' to replace the toy '
+                                'files in it')
 
 
 def _write_split(img_dir: str, count: int, width: int, height: int, seed: int,

@@ -27,6 +27,11 @@ RESUMABLE = re.compile(r'(epoch|iter)_(\d+)\.pth')
 def require_writable(work_dir: str):
     """Create work_dir and write a file into it, so that an unwritable folder (or a full
     disk) is named before a run starts rather than at its first log line or checkpoint."""
+    blocker = _file_in_the_way(work_dir)
+    if blocker is not None:  # makedirs said only "(File exists)" or "(Not a directory)"
+        what = 'is a file' if blocker == osp.abspath(work_dir) else f'is in {blocker}, a file'
+        raise InputError(f'the work dir {work_dir} {what}, not a folder; choose another with '
+                         f'--work-dir')
     try:
         os.makedirs(work_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=work_dir) as f:
@@ -36,6 +41,15 @@ def require_writable(work_dir: str):
     except OSError as err:
         raise InputError(f'cannot write into the work dir {work_dir} ({err.strerror}); choose '
                          f'another with --work-dir') from None
+
+
+def _file_in_the_way(folder: str):
+    """The file (anything but a folder) at ``folder``'s path or at the first of its parents
+    that exists, if any."""
+    path = osp.abspath(folder)
+    while not osp.lexists(path) and osp.dirname(path) != path:
+        path = osp.dirname(path)
+    return None if osp.isdir(path) else path
 
 
 def checkpoint_dirs(cfg) -> list:

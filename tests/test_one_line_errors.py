@@ -4,6 +4,7 @@ and precisions this build cannot run; flags that cannot act; a conversion onto i
 The checks are tested here as functions, and each tool once as the user runs it. A library
 function's error names its arguments as the caller wrote them, never a command-line flag; the
 tools word them as their flags (issue 23)."""
+import argparse
 import ast
 import errno
 import glob
@@ -13,16 +14,31 @@ import re
 import runpy
 import shutil
 import signal
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 
-from helpers import CONFIG, REPO_ROOT, RunsCode, randomize, run
-from mmdet_runsafe.cli import TRAINING_REMEDY, one_line_errors
+from helpers import (
+    CONFIG,
+    REPO_ROOT,
+    RunsCode,
+    randomize,
+    run,
+    save_toy_checkpoint,
+    toy_test_config,
+    train,
+)
+from mmdet_runsafe.cli import TRAINING_REMEDY, add_runner_args, one_line_errors
 from mmdet_runsafe.config import load_config
+from mmdet_runsafe.datasets import check_dataset_paths
 from mmdet_runsafe.errors import Argument, InputError, output_exists
+from mmdet_runsafe.preflight import prepare_train_run
+from mmdet_runsafe.work_dir import require_writable
 from mmdet_vanillanet.apis import OnnxDetector, convert_checkpoint, fuse_detector
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.toolkit.benchmark import check_request
@@ -313,3 +329,109 @@ def test_a_failed_write_is_worded_for_the_tool():
                          'free some space or fix its permissions, or choose another place to '
                          'write')
     assert '--resume continues from the last one' in printed(remedy=TRAINING_REMEDY)
+
+
+def test_cfg_options_without_a_value_is_argparses_error_line(capsys):
+    """Fails on 675fa6e: MMEngine's DictAction raised a ValueError traceback (not enough values
+    to unpack) for a KEY without =VALUE."""
+    parser = argparse.ArgumentParser(prog='train.py')
+    add_runner_args(parser)
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(['--cfg-options', 'model.backbone.lean_training'])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        'train.py: error: argument --cfg-options: model.backbone.lean_training has no value: '
+        'write model.backbone.lean_training=VALUE (KEY=VALUE pairs, separated by spaces)')
+    assert parser.parse_args(['--cfg-options', 'a.b=1']).cfg_options == {'a.b': 1}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='mixed precision trains on a GPU')
+def test_amp_on_a_machine_without_a_gpu_is_refused_before_the_run(tmp_path):
+    """Fails on 675fa6e: MMEngine's AssertionError traceback once the Runner built the
+    optimizer."""
+    with pytest.raises(InputError, match=r"^--amp: automatic mixed precision trains on a GPU "
+                                         r"only \(MMEngine's AmpOptimWrapper: CUDA, NPU, MLU or "
+                                         r"MUSA\), and this machine has cpu only; train without "
+                                         r"it$"):
+        prepare_train_run(CONFIG, work_dir=str(tmp_path / 'w'), amp=True)
+    assert not (tmp_path / 'w').exists()
+    with pytest.raises(InputError, match=r"^the config's optim_wrapper \(type='AmpOptimWrapper'"):
+        prepare_train_run(CONFIG, work_dir=str(tmp_path / 'w'),
+                          cfg_options={'optim_wrapper.type': 'AmpOptimWrapper'})
+
+
+def test_a_resize_scale_beyond_any_input_is_named_before_the_run():
+    """Fails on 675fa6e: a test-split Resize scale of 100000 failed in the test (a TypeError,
+    or OpenCV's failed allocation of 30 GB)."""
+    cfg = Config.fromfile(CONFIG)
+    cfg.test_dataloader.dataset.pipeline[1].scale = (100000, 100000)
+    with pytest.raises(InputError, match=r'^test_dataloader.dataset.pipeline.1 \(Resize\): '
+                                         r'scale=\(100000, 100000\) resizes images to sides '
+                                         r'outside 1 to 8192 pixels; set a scale in that range$'):
+        check_dataset_paths(cfg, ('test_dataloader', ))
+    cfg.train_dataloader.dataset.pipeline[2] = dict(type='RandomResize', scale=[(1333, 640),
+                                                    (1333, 800)], ratio_range=(0.1, 8.0))
+    with pytest.raises(InputError, match=r'pipeline.2 \(RandomResize\): .* with ratio_range up '
+                                         r'to 8.0 resizes'):
+        check_dataset_paths(cfg, ('train_dataloader', ))
+
+
+def test_an_error_during_a_progress_bar_starts_its_own_line(data_root, tmp_path):
+    """Fails on 675fa6e: the error was glued to the bar's last line ('ETA: 1serror: the image
+    ...'): the calibration's bar ends its line before the error goes up."""
+    folder = tmp_path / 'data'
+    shutil.copytree(data_root, folder)
+    last = int(np.random.default_rng(0).permutation(6)[-1])  # read last: the bar is drawn
+    (folder / 'val' / f'{last:06d}.png').write_bytes(b'garbage')
+    code = ('import sys; sys.path.insert(0, "tests")\n'
+            'from helpers import toy_data_config\n'
+            'from mmdet_runsafe.cli import one_line_errors\n'
+            'from mmdet_vanillanet.deploy.calibration import calibration_inputs\n'
+            'with one_line_errors():\n'
+            f'    calibration_inputs(toy_data_config("{folder}/"), "val", num=6, progress=True)')
+    done = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 1 and 'ETA' in done.stdout and done.stdout.endswith('\n'), \
+        done.stdout[-500:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f'error: the image {folder}')
+
+
+def test_a_file_named_onnx_that_is_not_one_is_named_as_the_file(data_root, tmp_path):
+    """Fails on 675fa6e: with --checkpoint the error spoke of the checkpoint (it names the
+    checkpoint an ONNX file was exported from), without it of a checkpoint that cannot be
+    read."""
+    fake = tmp_path / 'fake.onnx'
+    fake.write_text('not a model')
+    checkpoint = str(save_toy_checkpoint(tmp_path / 'toy.pth'))
+    for onnx_checkpoint, given in ((checkpoint, f' with --checkpoint {checkpoint}'), (None, '')):
+        with pytest.raises(InputError, match=re.escape(
+                f'{fake} is a file of another format, not an ONNX model: tools/test.py CONFIG '
+                f'FILE.onnx --checkpoint CKPT tests a file exported by tools/export_onnx.py '
+                f'--part raw; give an exported file{given}, or a checkpoint without '
+                f'--checkpoint')):
+            build_test_runner(toy_test_config(data_root), str(fake), work_dir=str(tmp_path / 'w'),
+                              onnx_checkpoint=onnx_checkpoint)
+
+
+def test_a_work_dir_that_is_a_file_is_named_as_one(tmp_path):
+    """Fails on 675fa6e: 'cannot write into the work dir X (File exists)'."""
+    (tmp_path / 'notes').write_text('mine')
+    for work_dir, what in ((tmp_path / 'notes', 'is a file'),
+                           (tmp_path / 'notes' / 'run', f'is in {tmp_path / "notes"}, a file')):
+        with pytest.raises(InputError, match=re.escape(
+                f'the work dir {work_dir} {what}, not a folder; choose another with '
+                f'--work-dir')):
+            require_writable(str(work_dir))
+    assert (tmp_path / 'notes').read_text() == 'mine'
+
+
+@pytest.mark.slow
+def test_a_refused_training_run_leaves_its_work_dir_unlocked(data_root, tmp_path):
+    """Fails on 675fa6e: a run refused after taking the lock (here: --resume finds no readable
+    checkpoint) left its details in run.lock, and the next run warned that its holder 'is no
+    longer alive; taking the work dir over'."""
+    (tmp_path / 'epoch_1.pth').write_bytes(b'PK\x03\x04 cut short')
+    output = train(tmp_path, data_root, '--resume', expect_ok=False)
+    assert output.strip().splitlines()[-1].startswith(
+        "error: --resume: none of the run's checkpoints is readable"), output[-2000:]
+    assert (tmp_path / 'run.lock').read_text().strip() == ''

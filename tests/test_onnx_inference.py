@@ -317,8 +317,8 @@ def test_the_test_tool_scores_an_exported_file_as_it_scores_the_checkpoint(mask_
 def test_the_test_tool_refuses_what_an_onnx_file_cannot_take(mask_rcnn):
     cfg, _, checkpoint, path = mask_rcnn
     for kwargs, message in ((dict(checkpoint=checkpoint, onnx_checkpoint=checkpoint),
-                             '--checkpoint .* names the checkpoint an ONNX file was exported '
-                             'from'),
+                             'is a PyTorch checkpoint, not an ONNX model: tools/test.py CONFIG '
+                             'FILE.onnx --checkpoint CKPT tests a file exported by'),
                             (dict(checkpoint=path, deploy=True), '--deploy: .* is an exported'),
                             (dict(checkpoint=path, launcher='pytorch'), 'tested in one process')):
         with pytest.raises(InputError, match=message):

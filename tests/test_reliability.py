@@ -140,8 +140,9 @@ def test_bad_values_give_one_line_errors(data_root, tmp_path, option, message):
 def test_an_unwritable_work_dir_is_named_before_training(data_root, tmp_path):
     (tmp_path / 'file').write_text('')
     output = train(tmp_path / 'file' / 'run', data_root, epochs=1, expect_ok=False)
-    assert output.splitlines()[-1].startswith(f'error: cannot write into the work dir '
-                                              f'{tmp_path}/file/run')
+    assert output.splitlines()[-1] == (f'error: the work dir {tmp_path}/file/run is in '
+                                       f'{tmp_path}/file, a file, not a folder; choose another '
+                                       f'with --work-dir')
 
 
 @pytest.mark.slow

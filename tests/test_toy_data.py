@@ -11,6 +11,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
+from helpers import run
 from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.toy_data import CLASSES, make_toy_coco
 
@@ -172,7 +173,7 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
     out.mkdir()
     keep = out / 'notes.txt'
     keep.write_text('precious')
-    with pytest.raises(FileExistsError, match='--force') as info:
+    with pytest.raises(FileExistsError, match='overwrite=True') as info:
         make_toy_coco(str(out), num_train=2, num_val=2)
     assert str(out) in str(info.value)
     assert sorted(p.name for p in out.iterdir()) == ['notes.txt']
@@ -213,3 +214,26 @@ def test_force_never_writes_through_a_link(tmp_path):
         make_toy_coco(str(out), num_train=2, num_val=1, image_size=(48, 48), overwrite=True)
     assert list(elsewhere.iterdir()) == []
     assert sorted(p.name for p in (out / 'train').iterdir()) == ['000000.png', '000001.png']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--size', '100000', '100000'], 'error: --size 100000 100000: each side at most 2048 (the '
+                                     'shapes are at most 70 px; an image is drawn in memory at '
+                                     '24 bytes a pixel)'),
+    (['--size', '16', '96'], 'error: --size 16 96: too small for 20 px shapes (each side at '
+                             'least 26)'),
+    (['--num-train', '-1'], 'error: --num-train -1: must not be negative'),
+])
+def test_the_tool_refuses_in_one_line_naming_its_flags_before_writing(tmp_path, argv, message):
+    """Fails on 675fa6e: --size 100000 100000 ended in numpy's MemoryError with empty folders
+    left, and the errors named make_toy_coco's arguments (num_train), not the tool's flags."""
+    output = run('tools/make_toy_coco.py', '--out', str(tmp_path / 'toy'), *argv,
+                 expect_ok=False)
+    assert output.strip().splitlines() == [message]
+    assert not (tmp_path / 'toy').exists()
+    (tmp_path / 'mine').mkdir()
+    (tmp_path / 'mine' / 'notes.txt').write_text('precious')
+    output = run('tools/make_toy_coco.py', '--out', str(tmp_path / 'mine'), expect_ok=False)
+    assert output.strip().splitlines() == [
+        f'error: {tmp_path / "mine"} exists and is not empty; choose another output dir, or pass '
+        f'--force to replace the toy files in it']

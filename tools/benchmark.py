@@ -13,17 +13,15 @@ meaningful); speed does not depend on them. Without --dataset the
 input is one generated image of --shape, padded to 32 as the test pipeline would. The work is
 mmdet_vanillanet/toolkit/benchmark.py.
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 import torch
 from mmdet.utils import register_all_modules
-from mmengine.config import DictAction
 
-from mmdet_runsafe.cli import (
-    force_weights_only_loading,
-    interruptible,
-    one_line_errors,
-)
+from mmdet_runsafe.cli import CfgOptions, force_weights_only_loading, interruptible, one_line_errors
 from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark, write_report
 
 
@@ -69,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the FLOPs counter's warnings (operators it does not count, "
                         'modules its trace did not call)')
     parser.add_argument('--out', help='write every figure and setting to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions)
     return parser
 
 

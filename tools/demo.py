@@ -8,14 +8,16 @@
 Each run trains in a new work dir, so nothing from an earlier run is overwritten. The steps are
 mmdet_vanillanet/toolkit/demo.py.
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 import os.path as osp
 import time
 
-from mmengine.config import DictAction
-
 from mmdet_runsafe.cli import (
     TRAINING_REMEDY,
+    CfgOptions,
     force_weights_only_loading,
     one_line_errors,
 )
@@ -29,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--work-dir', default=osp.join(
         'work_dirs', 'toy_demo', time.strftime('%Y%m%d_%H%M%S')))
     parser.add_argument('--data', default='data/toy_coco', help='toy dataset folder')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                         help='passed on to the training and the tests (key=value)')
     return parser
 

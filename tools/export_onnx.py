@@ -14,16 +14,14 @@ OUT and renamed into place once onnxruntime loads it and it matches PyTorch to 1
 output's magnitude: a failed or interrupted export leaves no file, and an existing OUT (--force)
 as it was. OUT is never the checkpoint or the config, nor a symbolic link.
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 from mmdet.utils import register_all_modules
-from mmengine.config import DictAction
 
-from mmdet_runsafe.cli import (
-    force_weights_only_loading,
-    interruptible,
-    one_line_errors,
-)
+from mmdet_runsafe.cli import CfgOptions, force_weights_only_loading, interruptible, one_line_errors
 from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.units import readable
 from mmdet_vanillanet.deploy.onnx_export import OPSET, PARTS, ExportMismatchError, export_onnx
@@ -45,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dynamo', action='store_true',
                         help='use the torch.export-based exporter instead of the legacy one')
     parser.add_argument('--force', action='store_true', help='overwrite OUT.onnx')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions)
     # The files are nargs='+' (an optional positional before a required one, nargs='?', is
     # taken empty when a flag follows the config), which argparse's usage writes as repeatable:
     # it says what the tool takes.

@@ -2,13 +2,15 @@
 
     python tools/get_flops.py configs/mask_rcnn_vanillanet13_coco.py --deploy --shape 800 1280
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from mmengine.config import DictAction
 
-from mmdet_runsafe.cli import one_line_errors
+from mmdet_runsafe.cli import CfgOptions, one_line_errors
 from mmdet_runsafe.config import load_config
 from mmdet_runsafe.units import readable
 from mmdet_vanillanet.models.detector import fuse_detector
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--shape', type=int, nargs=2, default=[800, 1280], metavar=('H', 'W'),
                         help='input height and width (padded to 32)')
     parser.add_argument('--deploy', action='store_true', help='count the fused backbone')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions)
     return parser
 
 

@@ -18,13 +18,15 @@ partly other detections, as mmdeploy rewrites the post-processing: compare the A
 mmdeploy's tools/test.py). Other backends (TensorRT, ...) are built from end2end.onnx by
 mmdeploy's own tools (tools/onnx2tensorrt.py).
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 import sys
 
 from mmdet.utils import register_all_modules
-from mmengine.config import DictAction
 
-from mmdet_runsafe.cli import force_weights_only_loading, one_line_errors
+from mmdet_runsafe.cli import CfgOptions, force_weights_only_loading, one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='where to write the file (default work_dirs/mmdeploy)')
     parser.add_argument('--device', default='cpu', help='device to export and compare on')
     parser.add_argument('--force', action='store_true', help='overwrite an existing file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions,
                         help='override settings of the model config (key=value)')
     return parser
 

@@ -13,12 +13,14 @@ file as it decodes the fp32 one, and refuses a config whose preprocessing differ
 written as a new file and renamed into place when complete: a failed or interrupted run leaves
 no file, and OUT.onnx is never IN.onnx. The work is mmdet_vanillanet/deploy/quantize.py.
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 from mmdet.utils import register_all_modules
-from mmengine.config import DictAction
 
-from mmdet_runsafe.cli import interruptible, one_line_errors
+from mmdet_runsafe.cli import CfgOptions, interruptible, one_line_errors
 from mmdet_vanillanet.deploy.calibration import SPLITS
 from mmdet_vanillanet.deploy.quantize import FLOAT_GROUPS, METHODS, TARGETS, quantize_onnx
 
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='node groups left in float (default: the RPN head of a two-stage '
                         "detector's raw file, nothing in other files; no value: none)")
     parser.add_argument('--force', action='store_true', help='overwrite OUT.onnx')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptions)
     return parser
 
 

@@ -13,6 +13,9 @@ NaN stop under MMDetection's own tool too); this tool adds only command-line beh
 - every checkpoint is read with weights_only=True.
 The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_train_runner).
 """
+if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
+    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    start_tool()
 import argparse
 
 from mmdet_runsafe.cli import (

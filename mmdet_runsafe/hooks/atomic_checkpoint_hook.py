@@ -62,6 +62,11 @@ class _DeferredRemoval:
     rmtree = remove  # checkpoints saved by DeepSpeed are folders
 
 
+# What MMEngine's FileClient (built by its CheckpointHook.before_train) logs when it is made.
+FILE_CLIENT_NOTICES = ('"FileClient" will be deprecated in future',
+                       '"HardDiskBackend" is the alias of "LocalBackend"')
+
+
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """MMEngine's CheckpointHook (same arguments) with atomic writes, and outdated checkpoints
@@ -84,6 +89,19 @@ class AtomicCheckpointHook(CheckpointHook):
             backend_args = dict(backend=ATOMIC_BACKEND)
         super().__init__(*args, out_dir=out_dir, backend_args=backend_args,
                          file_client_args=file_client_args, **kwargs)
+
+    def before_train(self, runner) -> None:
+        """MMEngine's, without the two deprecation notices it logs on every run: it builds a
+        FileClient that it keeps for compatibility only (the hook writes through
+        ``file_backend``), which a user cannot act on."""
+        def shown(record) -> bool:
+            return not str(record.msg).startswith(FILE_CLIENT_NOTICES)
+
+        runner.logger.addFilter(shown)
+        try:
+            super().before_train(runner)
+        finally:
+            runner.logger.removeFilter(shown)
 
     @contextlib.contextmanager
     def _saving(self, runner):

@@ -63,14 +63,16 @@ def calibration_inputs(cfg: Config, split: str = 'train', num: int = 64, seed: i
         print(f'reading {len(order)} calibration images of the {split} split')
         bar = ProgressBar(len(order))
     inputs = []
-    for index in order:
-        data = read_image(dataset, int(index), split)
-        tensor = preprocessor(pseudo_collate([data]), False)['inputs']
-        inputs.append(pad_to(tensor.float().numpy(), static_shape))
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        print()
+    try:
+        for index in order:
+            data = read_image(dataset, int(index), split)
+            tensor = preprocessor(pseudo_collate([data]), False)['inputs']
+            inputs.append(pad_to(tensor.float().numpy(), static_shape))
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:  # the bar's line ends, also before an error's line
+            print(flush=True)
     return inputs
 
 

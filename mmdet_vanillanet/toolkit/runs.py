@@ -79,7 +79,10 @@ def build_test_runner(config: Union[str, Config], checkpoint: str, deploy: bool 
     heads need) and onnxruntime's ``threads``; everything else (the dataloader, the evaluator,
     ``out``, ``show_dir``, the work dir) is as for a checkpoint."""
     onnx_file = checkpoint if is_onnx_file(checkpoint) else None
-    check_onnx_request(onnx_file, onnx_checkpoint, deploy, flags.get('launcher', 'none'))
+    # Before the launcher is set up (prepare_test_run's last step): --launcher with an ONNX
+    # file is refused, not started.
+    check_onnx_request(checkpoint, onnx_file, onnx_checkpoint, deploy,
+                       flags.get('launcher', 'none'))
     cfg = prepare_test_run(config, checkpoint, runtime_of, inputs=(onnx_checkpoint, ),
                            **flags)
     if onnx_file is None:
@@ -101,17 +104,22 @@ def is_onnx_file(path: str) -> bool:
     return '://' not in path and osp.isfile(path) and file_kind(path) == ONNX
 
 
-def check_onnx_request(onnx_file: Optional[str], onnx_checkpoint: Optional[str], deploy: bool,
-                       launcher: str):
-    """The test's checkpoint is read first (a missing or non-regular one named); --checkpoint
-    goes with an ONNX file only, which is the deployed network already and runs in one
-    process."""
+def check_onnx_request(tested: str, onnx_file: Optional[str], onnx_checkpoint: Optional[str],
+                       deploy: bool, launcher: str):
+    """The test's file (``tested``) named .onnx, or given with --checkpoint, is an ONNX model
+    (where it is a regular file or a URL: anything else is named as the checkpoint it then is,
+    by ``prepare_test_run``); --checkpoint goes with an ONNX file only, which is the deployed
+    network already and runs in one process."""
     if onnx_file is None:
-        if onnx_checkpoint is not None:
-            raise InputError(f'--checkpoint {onnx_checkpoint}: it names the checkpoint an ONNX '
-                             f'file was exported from, for tools/test.py CONFIG FILE.onnx '
-                             f'--checkpoint CKPT; to test a checkpoint, give it in place of '
-                             f'FILE.onnx')
+        url = '://' in tested
+        if (tested.endswith('.onnx') or onnx_checkpoint is not None) and \
+                (url or osp.isfile(tested)):
+            kind = 'a URL' if url else file_kind(tested) or 'a PyTorch checkpoint'
+            with_checkpoint = f' with --checkpoint {onnx_checkpoint}' if onnx_checkpoint else ''
+            raise InputError(f'{tested} is {kind}, not an ONNX model: tools/test.py CONFIG '
+                             f'FILE.onnx --checkpoint CKPT tests a file exported by '
+                             f'tools/export_onnx.py --part raw; give an exported file'
+                             f'{with_checkpoint}, or a checkpoint without --checkpoint')
         return
     if deploy:
         raise InputError(f'--deploy: {onnx_file} is an exported (fused) network already; drop '
