@@ -16,12 +16,11 @@ from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
-from mmdet_runsafe_start import on_signals, report
-
 from .checkpoint_sources import HTTP, ZOO_PREFIXES
 from .errors import Argument, InputError, NamesArguments, is_user_error
 from .launch import die_with_launcher
 from .serialization import safe_load
+from .start import on_signals, report
 
 USER_ERRORS = (FileNotFoundError, FileExistsError)
 # Files that cannot be written (or read) for lack of room or rights: a full disk or quota, a
@@ -179,7 +178,7 @@ def interruptible(outcome: str = 'no file was left half-written'):
     as on an error, then one line (``outcome`` says what is left) and the exit status of the
     signal, without a traceback. Python's default for SIGTERM ends the process without any
     clean-up. Only the tool's own process stops so; its DataLoader workers, which Ctrl-C
-    reaches too, are ended by its clean-up (``mmdet_runsafe_start.on_signals``)."""
+    reaches too, are ended by its clean-up (``start.on_signals``)."""
     def stop(signum):
         raise Interrupted(signum)
 

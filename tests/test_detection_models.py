@@ -27,7 +27,7 @@ def test_every_config_builds_with_matching_widths(config):
     assert list(model.neck.in_channels) == list(model.backbone.out_channels)
     assert type(model.backbone).__name__ == 'VanillaNet'
     # What lets MMDetection's own tools run the config without importing this package first.
-    assert cfg.custom_imports == dict(imports=['mmdet_runsafe', 'mmdet_vanillanet'],
+    assert cfg.custom_imports == dict(imports=['mmdet_runsafe.hooks', 'mmdet_vanillanet'],
                                       allow_failed_imports=False)
 
 

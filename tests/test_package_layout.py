@@ -200,7 +200,7 @@ import json, os, sys
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 before = (HistoryBuffer.__getstate__, dict(CheckpointLoader._schemes), dict(os.environ))
-import mmdet_runsafe, mmdet_vanillanet
+import mmdet_runsafe.hooks, mmdet_vanillanet
 from mmdet.registry import HOOKS, MODELS
 after = (HistoryBuffer.__getstate__, dict(CheckpointLoader._schemes), dict(os.environ))
 print(json.dumps(dict(
@@ -234,7 +234,7 @@ def test_mmdetections_own_train_tool_and_ours_register_the_same_hooks(data_root,
 @pytest.mark.parametrize('path', sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*.py'))))
 def test_every_config_declares_the_runtime_it_needs(path):
     cfg = Config.fromfile(path)
-    assert cfg.custom_imports == dict(imports=['mmdet_runsafe', 'mmdet_vanillanet'],
+    assert cfg.custom_imports == dict(imports=['mmdet_runsafe.hooks', 'mmdet_vanillanet'],
                                       allow_failed_imports=False)
     assert {h['type'] for h in cfg.default_hooks.values()} >= {*RUNSAFE.hooks,
                                                                  'CheckpointFitHook'}

@@ -65,7 +65,7 @@ def r18_config(data_root, work_dir, epochs=2, seed=0, options=()):
 
 def test_the_config_takes_the_safety_hooks_and_nothing_of_vanillanet():
     cfg = Config.fromfile(R18)
-    assert cfg.custom_imports == dict(imports=['mmdet_runsafe'], allow_failed_imports=False)
+    assert cfg.custom_imports == dict(imports=['mmdet_runsafe.hooks'], allow_failed_imports=False)
     assert {h['type'] for h in cfg.default_hooks.values()} >= set(RUNSAFE.hooks)
     assert cfg.model.backbone.type == 'ResNet' and not cfg.get('custom_hooks')
     assert 'VanillaNet' not in cfg.pretty_text and 'CheckpointFitHook' not in cfg.pretty_text

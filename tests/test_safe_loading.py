@@ -115,7 +115,7 @@ def save_pickle(pickled: bytes, path):
 PROBE = '''
 import json, pickle, sys
 import numpy as np, torch
-import mmdet_runsafe
+import mmdet_runsafe.hooks
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmdet_runsafe.errors import CheckpointError
 from mmdet_runsafe.serialization import safe_load
@@ -258,7 +258,7 @@ def test_plain_numpy_arrays_and_scalars_load_as_numpy_unpickles_them(array, tmp_
 RESUME = '''
 import json, sys
 import numpy as np, torch
-import mmdet_runsafe
+import mmdet_runsafe.hooks
 from mmdet.registry import HOOKS
 from mmengine.logging import MessageHub
 from mmengine.logging.history_buffer import HistoryBuffer

@@ -11,7 +11,7 @@ and once into a deploy=True one (which fuses on load). The check is
 mmdet_vanillanet/toolkit/backbone_check.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 import tempfile

@@ -14,7 +14,7 @@ input is one generated image of --shape, padded to 32 as the test pipeline would
 mmdet_vanillanet/toolkit/benchmark.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

@@ -10,7 +10,7 @@ eps 1e-6. An ImageNet file becomes {'model': fused}, the released deploy layout;
 checkpoint keeps its neck and heads, to be tested with ``model.backbone.deploy=True``.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

@@ -9,7 +9,7 @@ Each run trains in a new work dir, so nothing from an earlier run is overwritten
 mmdet_vanillanet/toolkit/demo.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 import os.path as osp

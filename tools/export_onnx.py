@@ -15,7 +15,7 @@ output's magnitude: a failed or interrupted export leaves no file, and an existi
 as it was. OUT is never the checkpoint or the config, nor a symbolic link.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

@@ -3,7 +3,7 @@
     python tools/get_flops.py configs/mask_rcnn_vanillanet13_coco.py --deploy --shape 800 1280
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

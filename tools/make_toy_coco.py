@@ -7,7 +7,7 @@ The same arguments always give byte-identical files, so a demo result can be rep
 the command line alone. An existing non-empty output dir is refused unless --force is given.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

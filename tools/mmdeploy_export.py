@@ -19,7 +19,7 @@ mmdeploy's tools/test.py). Other backends (TensorRT, ...) are built from end2end
 mmdeploy's own tools (tools/onnx2tensorrt.py).
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 import sys

@@ -14,7 +14,7 @@ written as a new file and renamed into place when complete: a failed or interrup
 no file, and OUT.onnx is never IN.onnx. The work is mmdet_vanillanet/deploy/quantize.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

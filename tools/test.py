@@ -16,7 +16,7 @@ two-stage detector's RoI heads need (and which the file's weights are checked ag
 The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_test_runner).
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

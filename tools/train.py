@@ -14,7 +14,7 @@ NaN stop under MMDetection's own tool too); this tool adds only command-line beh
 The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_train_runner).
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
-    from mmdet_runsafe_start import start_tool  # end the tool in one line
+    from mmdet_runsafe.start import start_tool  # end the tool in one line
     start_tool()
 import argparse
 

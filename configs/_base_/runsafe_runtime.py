@@ -3,7 +3,7 @@
 # default_hooks is a dict, so a config that sets other default hooks (or the checkpoint hook's
 # interval, max_keep_ckpts, save_best) keeps these.
 _base_ = ['mmdet::_base_/default_runtime.py']
-custom_imports = dict(imports=['mmdet_runsafe'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmdet_runsafe.hooks'], allow_failed_imports=False)
 default_hooks = dict(
     # MMEngine's checkpoint hook, with atomic writes and outdated files deleted only after the
     # new one is in place: a kill or a full disk never leaves a run without a checkpoint

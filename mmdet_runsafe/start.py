@@ -14,7 +14,7 @@ A tool calls ``start_tool`` first, under ``if __name__ == '__main__':`` (importi
 read its parser changes nothing)::
 
     if __name__ == '__main__':  # first: the imports below take seconds
-        from mmdet_runsafe_start import start_tool
+        from mmdet_runsafe.start import start_tool
         start_tool()
 
 Importing the module changes nothing; ``start_tool`` changes only the process's handlers of
