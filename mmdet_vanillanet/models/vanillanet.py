@@ -33,7 +33,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from ..errors import InputError
 from ..ops.activation_kernel import check_act_impl
 from ..ops.gradient_checkpoint import checkpoint_stage
-from ..ops.lean_training import conv_norm_act, pool
+from ..ops.lean_training import conv_norm_act, hooked, plain_if, pool
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .checkpoint.backbone_weights import load_pretrained
 from .checkpoint.forms import ACT_LEARN
@@ -321,14 +321,17 @@ class VanillaNet(BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self._check_input(x)
-        outs = []
-        x = self.forward_stem(x)
-        if STEM in self.out_indices:
-            outs.append(x)
-        for i, stage in enumerate(self.stages):
-            x = checkpoint_stage(stage, x) if self.with_cp and self.training else stage(x)
-            if i in self.out_indices:
+        # A hook on any module of the backbone would not see, or would change unseen, what the
+        # lean ops compute: such a pass runs the plain path.
+        with plain_if(hooked(self)):
+            outs = []
+            x = self.forward_stem(x)
+            if STEM in self.out_indices:
                 outs.append(x)
+            for i, stage in enumerate(self.stages):
+                x = checkpoint_stage(stage, x) if self.with_cp and self.training else stage(x)
+                if i in self.out_indices:
+                    outs.append(x)
         return tuple(outs)
 
     # --- deep training and deployment ----------------------------------------------------------
