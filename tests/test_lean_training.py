@@ -1,6 +1,7 @@
 """The lean training path (ops/lean_training.py) against the plain autograd path
 (``lean_training=False``): the same outputs, gradients and BN statistics, and what it keeps."""
 import copy
+import functools
 import os
 import socket
 
@@ -288,15 +289,28 @@ def test_a_block_hook_changing_its_output_through_data_is_seen(target):
     assert_same_step(plain, lean, torch.randn(2, 3, 64, 64))
 
 
-def test_torch_utils_checkpoint_around_the_backbone_trains_as_the_plain_path():
-    """torch.utils.checkpoint (non-reentrant, as MMEngine's activation checkpointing runs it)
-    recomputes the backbone in backward: the lean ops keep the same tensors in both passes, and
-    the step computes the plain path's under the same checkpoint (BN statistics updated by both
-    passes, as there)."""
+def _checkpoint_stages(model, use_reentrant):
+    for name in ('stages.1', 'stages.2'):
+        stage = model.get_submodule(name)
+        stage.forward = functools.partial(torch.utils.checkpoint.checkpoint, stage.forward,
+                                          use_reentrant=use_reentrant)
+    return model
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda model: Checkpointed(model),
+    lambda model: _checkpoint_stages(model, use_reentrant=False),
+    lambda model: _checkpoint_stages(model, use_reentrant=True),
+], ids=['backbone', 'stages', 'stages_reentrant'])
+def test_torch_utils_checkpoint_trains_as_the_plain_path(wrap):
+    """torch.utils.checkpoint around the backbone or its stages (non-reentrant; reentrant, as
+    MMEngine's activation checkpointing calls it) recomputes them in backward: the lean ops keep
+    the same tensors in both passes, and the step computes the plain path's under the same
+    checkpoint (BN statistics updated by both passes, as there)."""
     plain, lean = pair(arch=narrow('7'), act_num=4)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    expected_outs, expected = train_step(Checkpointed(plain), x)
-    outs, got = train_step(Checkpointed(lean), x)
+    expected_outs, expected = train_step(wrap(plain), x)
+    outs, got = train_step(wrap(lean), x)
     assert all(torch.equal(a, b) for a, b in zip(expected_outs, outs))
     for name, grad in expected.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max())
