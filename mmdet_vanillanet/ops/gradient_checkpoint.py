@@ -1,13 +1,13 @@
 """Gradient checkpointing of a stage (``with_cp``): the forward pass keeps only the stage's input,
 and the backward pass runs the stage again to get what its own backward needs.
 
-Written here rather than taken from ``torch.utils.checkpoint`` for two reasons:
-- BN's running statistics. A recomputation runs the stage's BN layers in training mode once
-  more, and with torch.utils.checkpoint that updates their running statistics a second time per
-  step (and counts the step twice in ``num_batches_tracked``). Here the recomputation restores
-  them afterwards, so they are updated once, as without checkpointing.
-- Memory and time. The first pass runs without autograd and only the recomputation records a
-  graph (with the lean ops where they apply, decided as for the forward pass: ``forced_plain``).
+Written here rather than taken from ``torch.utils.checkpoint`` for BN's running statistics: a
+recomputation runs the stage's BN layers in training mode once more, and with
+torch.utils.checkpoint that updates their running statistics a second time per step (and counts
+the step twice in ``num_batches_tracked``). Here the recomputation restores them afterwards, so
+they are updated once, as without checkpointing. The first pass runs without autograd and only
+the recomputation records a graph, with the lean ops where the forward pass would have run them
+(``forced_plain``).
 The stage's parameters are inputs of the op, so a stage whose input needs no gradient (after
 frozen stages) still gets its parameters' gradients. A second-order gradient through it
 (``create_graph=True``, a gradient penalty) is an error, whatever the loss, never a dropped term.
