@@ -212,8 +212,8 @@ class VanillaNet(BaseModule):
         lean_training (bool): train with the lean ops (``ops.lean_training``): a training step
             keeps each 1x1 conv's output for backward and recomputes the rest (BN, leaky_relu,
             pool, relu, the depthwise conv), with the plain path's outputs, gradients and BN
-            statistics. Applies with BN and SyncBN; other norms run the plain path.
-            Default: True.
+            statistics. Runs only where that is proven (BN or SyncBN, no module hook, a
+            non-empty batch; docs/limits.md), the plain path elsewhere. Default: True.
         with_cp (bool): keep only each stage's input and recompute the stage in the backward
             pass (gradient checkpointing; BN statistics are still updated once per step).
             Composes with ``lean_training``. Default: False.
