@@ -1,6 +1,7 @@
 """The lean training path (ops/lean_training.py) against the plain autograd path
 (``lean_training=False``): the same outputs, gradients and BN statistics, and what it keeps."""
 import copy
+import functools
 import os
 import socket
 
@@ -11,7 +12,9 @@ import torch.multiprocessing as mp
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from helpers import ARCHS, build_backbone, narrow, randomize
+from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.ops import lean_training
+from mmdet_vanillanet.ops.depthwise import relu_dwconv
 from mmdet_vanillanet.toolkit.saved_tensors import model_tensors, saved_for_backward
 
 STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -118,11 +121,23 @@ def test_other_norms_run_the_plain_path():
     assert_same_step(plain, lean, x)
 
 
-def test_recipes_do_not_outlive_the_step():
-    _, lean = pair(arch=narrow('5'))
-    outs, _ = train_step(lean, torch.randn(2, 3, 64, 64))
-    del outs
-    assert len(lean_training._RECIPES) == 0
+def test_each_depthwise_conv_is_recomputed_once_per_step(monkeypatch):
+    """The forward pass runs each series activation once, the backward pass recomputes each
+    once more (the op after it makes the recomputation, its own backward uses it)."""
+    _, lean = pair(arch=narrow('9'))
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return relu_dwconv(*args, **kwargs)
+
+    monkeypatch.setattr(lean_training, 'relu_dwconv', counted)
+    lean.train()
+    outs = lean(torch.randn(2, 3, 64, 64, requires_grad=True))
+    activations = sum(isinstance(m, SeriesActivation) for m in lean.modules())
+    assert len(calls) == activations
+    sum((o ** 2).sum() for o in outs).backward()
+    assert len(calls) == 2 * activations
 
 
 def test_what_a_step_keeps_is_the_conv_outputs():
@@ -212,18 +227,120 @@ def test_torch_compile_trains_as_before():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6 * scale)
 
 
-def test_a_second_order_gradient_is_an_error_not_a_wrong_number():
-    """The ops' backward passes are not differentiable (a gradient penalty through them would
-    drop the second-order terms): PyTorch's once_differentiable error, with and without
-    with_cp."""
-    for cfg in (dict(), dict(with_cp=True)):
-        _, lean = pair(arch=narrow('5'), **cfg)
-        lean.train()
-        x = torch.randn(2, 3, 64, 64, requires_grad=True)
-        loss = sum((o ** 2).sum() for o in lean(x))
+@pytest.mark.parametrize(
+    'cfg', [dict(), dict(with_cp=True), dict(with_cp=True, lean_training=False)],
+    ids=['lean', 'lean_with_cp', 'with_cp'])
+@pytest.mark.parametrize('order', [1, 2])
+def test_a_second_order_gradient_is_an_error_whatever_the_loss(cfg, order):
+    """A gradient penalty (create_graph=True) through ops that are differentiable once: one
+    error line, for a loss linear in the outputs too (where once_differentiable let the penalty
+    come back without a graph, and be dropped from the step's gradients)."""
+    model = randomize(build_backbone(arch=narrow('5'), **cfg)).train()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    loss = sum((o ** order).sum() for o in model(x))
+    with pytest.raises(RuntimeError, match='second-order gradient'):
         grad, = torch.autograd.grad(loss, x, create_graph=True)
-        with pytest.raises(RuntimeError, match='once_differentiable'):
-            (grad ** 2).sum().backward()
+        (loss + 10 * (grad ** 2).sum()).backward()
+
+
+def test_module_backward_hooks_are_called_as_on_the_plain_path():
+    """A conv's full backward hook, a BN's full backward pre-hook (gradient-visualisation tools)
+    and a global backward hook: called as often as on the plain path, with the same gradients."""
+    plain, lean = pair(arch=narrow('5'))
+    calls = {id(plain): [], id(lean): []}
+    for model in (plain, lean):
+        record = calls[id(model)].append
+        model.stages[0].conv1[0].register_full_backward_hook(
+            lambda m, grad_in, grad_out, record=record: record(('conv', grad_out[0].clone())))
+        model.stages[1].conv2[1].register_full_backward_pre_hook(
+            lambda m, grad_out, record=record: record(('bn', grad_out[0].clone())))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert_same_step(plain, lean, x)
+    assert [name for name, _ in calls[id(lean)]] == [name for name, _ in calls[id(plain)]] \
+        == ['bn', 'conv']
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(calls[id(plain)], calls[id(lean)]))
+
+    seen = []
+    for model in (plain, lean):
+        names = []
+        handle = torch.nn.modules.module.register_module_full_backward_hook(
+            lambda m, grad_in, grad_out: names.append(type(m).__name__))
+        try:
+            train_step(model, x)
+        finally:
+            handle.remove()
+        seen.append(names)
+    assert seen[0] == seen[1] and 'Conv2d' in seen[0] and 'BatchNorm2d' in seen[0]
+
+
+def _double_data(module, args, out):
+    out.data = out.data * 2
+
+
+@pytest.mark.parametrize('target', ['stages.1', 'stages.1.conv1', 'stages.2.act'])
+def test_a_block_hook_changing_its_output_through_data_is_seen(target):
+    """A forward hook on a block (or a module in it) that rescales its output through ``.data``:
+    plain autograd's next conv takes its weight gradient from the changed map, and so does the
+    lean path (which runs plain where any module of the backbone has a hook), where it
+    recomputed the unchanged map (the next conv1's weight gradient half plain's)."""
+    plain, lean = pair(arch=narrow('7'))
+    for model in (plain, lean):
+        model.get_submodule(target).register_forward_hook(_double_data)
+    assert_same_step(plain, lean, torch.randn(2, 3, 64, 64))
+
+
+def _checkpoint_stages(model, use_reentrant):
+    for name in ('stages.1', 'stages.2'):
+        stage = model.get_submodule(name)
+        stage.forward = functools.partial(torch.utils.checkpoint.checkpoint, stage.forward,
+                                          use_reentrant=use_reentrant)
+    return model
+
+
+@pytest.mark.parametrize('wrap', [
+    lambda model: Checkpointed(model),
+    lambda model: _checkpoint_stages(model, use_reentrant=False),
+    lambda model: _checkpoint_stages(model, use_reentrant=True),
+], ids=['backbone', 'stages', 'stages_reentrant'])
+def test_torch_utils_checkpoint_trains_as_the_plain_path(wrap):
+    """torch.utils.checkpoint around the backbone or its stages (non-reentrant; reentrant, as
+    MMEngine's activation checkpointing calls it) recomputes them in backward: the lean ops keep
+    the same tensors in both passes, and the step computes the plain path's under the same
+    checkpoint (BN statistics updated by both passes, as there)."""
+    plain, lean = pair(arch=narrow('7'), act_num=4)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected_outs, expected = train_step(wrap(plain), x)
+    outs, got = train_step(wrap(lean), x)
+    assert all(torch.equal(a, b) for a, b in zip(expected_outs, outs))
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-6 * grad.abs().max())
+    state, expected_state = lean.state_dict(), plain.state_dict()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state if k.endswith(STATISTICS))
+
+
+class Checkpointed(torch.nn.Module):
+    """``model`` under torch.utils.checkpoint (non-reentrant)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.model, x, use_reentrant=False)
+
+
+@pytest.mark.parametrize('cfg', [dict(), dict(with_cp=True)], ids=['lean', 'with_cp'])
+def test_an_empty_batch_trains_as_the_plain_path(cfg):
+    """0 images (a sampler's last, empty share): the plain path's outputs, gradients and BN
+    statistics."""
+    plain, lean = pair(arch=narrow('5'), **cfg)
+    expected_outs, expected = train_step(plain, torch.randn(0, 3, 64, 64))
+    outs, got = train_step(lean, torch.randn(0, 3, 64, 64))
+    assert [o.shape for o in outs] == [o.shape for o in expected_outs] and outs[0].numel() == 0
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(got[k], v) for k, v in expected.items())
+    state, expected_state = lean.state_dict(), plain.state_dict()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state if k.endswith(STATISTICS))
 
 
 def test_one_value_per_channel_is_refused_as_by_bn():

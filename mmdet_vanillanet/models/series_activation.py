@@ -19,8 +19,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from ..config_error import ConfigError
 from ..ops.activation_kernel import check_act_impl, fused_activation, implementation_for
-from ..ops.lean_training import pool as max_pool
-from ..ops.lean_training import series_activation
+from ..ops.lean_training import pool, series_activation
 from .fusion import bn_of, fold_bn
 
 
@@ -93,11 +92,11 @@ class SeriesActivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lean = self.implementation.lean
         if self.grid:
-            x = max_pool(x, 'adaptive', self.grid, lean)
+            x = pool(x, 'adaptive', self.grid, lean)
         if self.deploy:  # the max pool, relu and depthwise conv in one call
             return fused_activation(x, self.weight, self.bias, self.pool, self.act_impl)
         if self.pool > 1:
-            x = max_pool(x, 'max', self.pool, lean)
+            x = pool(x, 'max', self.pool, lean)
         return series_activation(x, self.weight, self.bn, lean)
 
     def implementation_for(self, x: torch.Tensor) -> str:
@@ -117,7 +116,7 @@ class SeriesActivation(nn.Module):
         self.deploy = True
 
     def extra_repr(self) -> str:
-        pool = (f', adaptive max pool to {self.grid}x{self.grid}' if self.grid else
-                f', max pool {self.pool}' if self.pool > 1 else '')
-        return (f'{self.channels}, act_num={self.act_num}, deploy={self.deploy}{pool}, '
+        pooling = (f', adaptive max pool to {self.grid}x{self.grid}' if self.grid else
+                   f', max pool {self.pool}' if self.pool > 1 else '')
+        return (f'{self.channels}, act_num={self.act_num}, deploy={self.deploy}{pooling}, '
                 f'act_impl={self.act_impl!r}')

@@ -38,7 +38,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..config_error import ConfigError
 from ..ops.gradient_checkpoint import checkpoint_stage
-from ..ops.lean_training import conv_norm_act
+from ..ops.lean_training import conv_norm_act, hooked, plain_if
 from .arch_settings import STEM, ArchSpec, resolve_arch
 from .checkpoint.backbone_weights import load_pretrained
 from .checkpoint.forms import ACT_LEARN
@@ -216,8 +216,8 @@ class VanillaNet(BaseModule):
         lean_training (bool): train with the lean ops (``ops.lean_training``): a training step
             keeps each 1x1 conv's output for backward and recomputes the rest (BN, leaky_relu,
             pool, relu, the depthwise conv), with the plain path's outputs, gradients and BN
-            statistics. Applies with BN and SyncBN; other norms run the plain path.
-            Default: True.
+            statistics. Runs only where that is proven (BN or SyncBN, no module hook, a
+            non-empty batch; docs/limits.md), the plain path elsewhere. Default: True.
         with_cp (bool): keep only each stage's input and recompute the stage in the backward
             pass (gradient checkpointing; BN statistics are still updated once per step).
             Composes with ``lean_training``. Default: False.
@@ -329,14 +329,17 @@ class VanillaNet(BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self._check_input(x)
-        outs = []
-        x = self.forward_stem(x)
-        if STEM in self.out_indices:
-            outs.append(x)
-        for i, stage in enumerate(self.stages):
-            x = checkpoint_stage(stage, x) if self.with_cp and self.training else stage(x)
-            if i in self.out_indices:
+        # A hook on any module of the backbone would not see, or would change unseen, what the
+        # lean ops compute: such a pass runs the plain path.
+        with plain_if(hooked(self)):
+            outs = []
+            x = self.forward_stem(x)
+            if STEM in self.out_indices:
                 outs.append(x)
+            for i, stage in enumerate(self.stages):
+                x = checkpoint_stage(stage, x) if self.with_cp and self.training else stage(x)
+                if i in self.out_indices:
+                    outs.append(x)
         return tuple(outs)
 
     # --- deep training and deployment ----------------------------------------------------------

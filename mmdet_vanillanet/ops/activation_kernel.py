@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config_error import ConfigError
-from .depthwise import depthwise_conv
+from .depthwise import relu_dwconv
 
 ACT_IMPLS = ('auto', 'triton', 'torch')
 # Relative L2 error against float64 PyTorch above which a kernel variant fails its check. The
@@ -72,7 +72,7 @@ def torch_activation(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     """The kernel's function in PyTorch ops: dwconv(relu(max_pool(x))) + bias."""
     if pool > 1:
         x = F.max_pool2d(x, pool)
-    return depthwise_conv(F.relu(x), weight, bias)
+    return relu_dwconv(x, weight, bias)
 
 
 class Variant(NamedTuple):

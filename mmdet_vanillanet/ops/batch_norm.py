@@ -1,19 +1,19 @@
 """Batch normalisation as the lean training ops run it: a forward pass that updates the running
-statistics and returns what the backward pass needs, a recomputation of the output from the
-kept input that updates nothing, and the backward pass.
+statistics and returns the statistics it normalised with, and a recomputation of the output from
+the kept input that updates nothing and that autograd differentiates.
 
 This is what lets an op keep only a BN layer's input (a conv output) and recompute the layer's
 output in backward: ``recompute`` gives, bit for bit, the output ``forward`` gave, and the
 running statistics are updated once, by ``forward``. Both run PyTorch's own BN kernel
 (``native_batch_norm``, what ``F.batch_norm`` runs on the CPU), so the output is also the plain
-layer's, bit for bit, and ``backward`` is PyTorch's BN backward kernel. ``forward`` follows
-``_BatchNorm.forward`` step by step (momentum, the cumulative average when momentum is None,
-``num_batches_tracked``, eval mode with or without running statistics).
+layer's, bit for bit, and autograd differentiates ``recompute`` with PyTorch's BN backward
+kernel. ``forward`` follows ``_BatchNorm.forward`` step by step (momentum, the cumulative average
+when momentum is None, ``num_batches_tracked``, eval mode with or without running statistics).
 
 A SyncBatchNorm in a process group of more than one process normalises with the group's
 statistics, which ``forward`` gathers as that layer does (each process's count, mean and
-variance, combined exactly); its backward reduces the two per-channel sums the layer reduces.
-PyTorch's SyncBatchNorm runs only on GPUs; these run on the CPU too.
+variance, combined exactly); its backward (``_GroupNorm``) reduces the two per-channel sums the
+layer reduces. PyTorch's SyncBatchNorm runs only on GPUs; these run on the CPU too.
 """
 from typing import NamedTuple, Optional
 
@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
+from torch.autograd import Function
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
@@ -119,38 +120,44 @@ def forward(norm: _BatchNorm, z: Tensor):
 
 
 def recompute(z: Tensor, weight: Tensor, bias: Tensor, stats: Stats) -> Tensor:
-    """The output ``forward`` gave for z, bit for bit, updating nothing: the batch statistics
-    are recomputed by the same kernel from the same z (an affine map would round differently)."""
+    """The output ``forward`` gave for z, bit for bit, updating nothing, differentiable: the batch
+    statistics are recomputed by the same kernel from the same z (an affine map would round
+    differently), a group's are the ones ``forward`` gathered."""
     if stats.group is not None:
-        return _group_output(z, weight, bias, stats.first, stats.second)
+        return _GroupNorm.apply(z, weight, bias, stats)
     if stats.batch:
         return torch.native_batch_norm(z, weight, bias, None, None, True, 0.0, stats.eps)[0]
     return torch.native_batch_norm(z, weight, bias, stats.first, stats.second, False, 0.0,
                                    stats.eps)[0]
 
 
-def backward(grad: Tensor, z: Tensor, weight: Tensor, stats: Stats, needs_weight_grad: bool):
-    """(grad of z, of the layer's weight, of its bias): PyTorch's BN backward kernel; under a
-    process group, the two per-channel sums it reduces are reduced over the group."""
-    mask = [True, needs_weight_grad, needs_weight_grad]
-    if stats.group is None:
-        if stats.batch:
-            return torch.ops.aten.native_batch_norm_backward(
-                grad, z, weight, None, None, stats.first, stats.second, True, stats.eps, mask)
-        return torch.ops.aten.native_batch_norm_backward(
-            grad, z, weight, stats.first, stats.second, None, None, False, stats.eps, mask)
-    # SyncBatchNorm: the weight and bias get this process's sums (DDP averages them over the
-    # group), the input the group's.
-    shape = (1, -1) + (1, ) * (z.dim() - 2)
-    mean, invstd = stats.first, stats.second
-    acc = _accumulator(z)
-    dy, xmu = grad.to(acc), z.to(acc) - mean.view(shape)
-    dims = [0] + list(range(2, z.dim()))
-    sums = torch.stack([dy.sum(dims), (dy * xmu).sum(dims)])
-    grad_weight = sums[1] * invstd if needs_weight_grad else None
-    grad_bias = sums[0].clone() if needs_weight_grad else None
-    dist.all_reduce(sums, group=stats.group)
-    mean_dy, mean_dy_xmu = sums / stats.count
-    grad_z = (dy - mean_dy.view(shape) - xmu * (invstd * invstd * mean_dy_xmu).view(shape)) \
-        * (invstd * weight.to(acc)).view(shape)
-    return grad_z.to(z.dtype), grad_weight, grad_bias
+class _GroupNorm(Function):
+    """A SyncBatchNorm's output from the group's statistics; its backward reduces the two
+    per-channel sums over the group, as the layer's does."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, weight: Tensor, bias: Tensor, stats: Stats):
+        ctx.save_for_backward(z, weight)
+        ctx.stats = stats
+        return _group_output(z, weight, bias, stats.first, stats.second)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, weight = ctx.saved_tensors
+        stats = ctx.stats
+        needs_weight_grad = any(ctx.needs_input_grad[1:3])
+        # The weight and bias get this process's sums (DDP averages them over the group), the
+        # input the group's.
+        shape = (1, -1) + (1, ) * (z.dim() - 2)
+        mean, invstd = stats.first, stats.second
+        acc = _accumulator(z)
+        dy, xmu = grad.to(acc), z.to(acc) - mean.view(shape)
+        dims = [0] + list(range(2, z.dim()))
+        sums = torch.stack([dy.sum(dims), (dy * xmu).sum(dims)])
+        grad_weight = (sums[1] * invstd).to(weight.dtype) if needs_weight_grad else None
+        grad_bias = sums[0].to(weight.dtype, copy=True) if needs_weight_grad else None
+        dist.all_reduce(sums, group=stats.group)
+        mean_dy, mean_dy_xmu = sums / stats.count
+        grad_z = (dy - mean_dy.view(shape) - xmu * (invstd * invstd * mean_dy_xmu).view(shape)) \
+            * (invstd * weight.to(acc)).view(shape)
+        return grad_z.to(z.dtype), grad_weight, grad_bias, None
