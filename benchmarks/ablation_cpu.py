@@ -16,15 +16,16 @@ import copy
 import json
 import os.path as osp
 
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 import torch
 from mmdet.registry import MODELS
 from mmengine.analysis import get_model_complexity_info
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.deploy.equivalence import randomize
-from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.paths import REPO_ROOT
-from mmdet_vanillanet.toolkit.timing import summarize, time_call
+from vanillanet_toolkit.machine import machine_info, matmul_gflops
+from vanillanet_toolkit.paths import REPO_ROOT
+from vanillanet_toolkit.timing import summarize, time_call
 
 
 def non_contiguous(fused):

@@ -17,16 +17,17 @@ import os.path as osp
 
 import mmdet
 import onnxruntime  # the onnxruntime rows: a test requirement and the package's deploy extra
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_runsafe.config import load_config
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit.benchmark import build_timed_detector
-from mmdet_vanillanet.toolkit.complexity import pseudo_batch
-from mmdet_vanillanet.toolkit.machine import machine_info, matmul_gflops
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
-from mmdet_vanillanet.toolkit.timing import Settings, measure, measure_onnxruntime
+from vanillanet_toolkit.benchmark import build_timed_detector
+from vanillanet_toolkit.complexity import pseudo_batch
+from vanillanet_toolkit.machine import machine_info, matmul_gflops
+from vanillanet_toolkit.paths import CONFIGS, REPO_ROOT
+from vanillanet_toolkit.timing import Settings, measure, measure_onnxruntime
 
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 MODELS = [  # name, config, fused?

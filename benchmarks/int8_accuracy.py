@@ -16,14 +16,15 @@ import os.path as osp
 import statistics
 import time
 
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 from mmdet.utils import register_all_modules
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_runsafe.cli import interruptible, one_line_errors
 from mmdet_runsafe.output_paths import check_new_output_file, write_text
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
-from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops, toy_raw_file
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+from vanillanet_toolkit.onnx_eval import onnx_coco_ap, onnxruntime_ops, toy_raw_file
+from vanillanet_toolkit.paths import CONFIGS, REPO_ROOT
 
 NONE = ()  # every node quantized
 VARIANTS = {  # name: the recipe; tools/quantize_onnx.py's default is the RPN-head-float one

@@ -15,6 +15,7 @@ import argparse
 import json
 import os.path as osp
 
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 import torch
 from mmdet.utils import register_all_modules
 
@@ -26,8 +27,8 @@ from mmdet_vanillanet.deploy.equivalence import max_rel_diff
 from mmdet_vanillanet.deploy.onnx_export import group_outputs, onnxruntime_session
 from mmdet_vanillanet.deploy.quantize import Recipe, quantize_file
 from mmdet_vanillanet.deploy.quantized_file import weight_differences
-from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+from vanillanet_toolkit.onnx_eval import toy_raw_file
+from vanillanet_toolkit.paths import CONFIGS, REPO_ROOT
 
 DEFAULT_OUT = osp.join(REPO_ROOT, 'benchmarks', 'results', 'int8_checkpoint_check_toy.json')
 

@@ -28,15 +28,16 @@ import os.path as osp
 import time
 
 import mmdet
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.toolkit.machine import machine_info
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
-from mmdet_vanillanet.toolkit.saved_tensors import model_tensors, saved_for_backward
+from vanillanet_toolkit.machine import machine_info
+from vanillanet_toolkit.paths import CONFIGS, REPO_ROOT
+from vanillanet_toolkit.saved_tensors import model_tensors, saved_for_backward
 
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 ARCHS = {'5': 'mask_rcnn_vanillanet5_coco.py', '9': 'mask_rcnn_vanillanet9_coco.py',

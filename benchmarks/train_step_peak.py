@@ -36,6 +36,7 @@ import subprocess
 import sys
 
 import mmdet
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
@@ -47,8 +48,8 @@ from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
 import mmdet_vanillanet  # noqa: F401
-from mmdet_vanillanet.toolkit.machine import machine_info
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+from vanillanet_toolkit.machine import machine_info
+from vanillanet_toolkit.paths import CONFIGS, REPO_ROOT
 
 MMDET_CONFIGS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'configs')
 VANILLANET_13 = osp.join(CONFIGS, 'mask_rcnn_vanillanet13_coco.py')

@@ -18,6 +18,7 @@ import json
 import os.path as osp
 import tempfile
 
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 import torch
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
@@ -35,7 +36,7 @@ from mmdet_runsafe.hooks.non_finite_hook import weight_health
 from mmdet_runsafe.output_paths import check_new_output_file, write_text
 from mmdet_runsafe.toy_data import make_toy_coco
 from mmdet_vanillanet.models import ARCH_SETTINGS
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
+from vanillanet_toolkit.paths import CONFIGS, REPO_ROOT
 
 NARROW = 16
 

@@ -5,7 +5,7 @@ Importing it registers the backbone (``models``) and VanillaNet's own training-t
 It changes nothing else. What makes a run safe whatever its backbone is the ``mmdet_runsafe``
 package beside it; what a user calls to deploy is in ``mmdet_vanillanet.deploy`` (through
 ``mmdet_vanillanet.apis``); our command-line tools' VanillaNet support lives in
-``mmdet_vanillanet.toolkit``, which the plugin never imports.
+``vanillanet_toolkit``, which the plugin never imports.
 """
 from . import engine  # noqa: F401  (registers the hooks and the optimizer constructor)
 from .models import VanillaNet  # noqa: F401

@@ -6,9 +6,10 @@ import sys
 
 import torch
 
-from mmdet_vanillanet.toolkit.paths import TOOLS
+TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
 
 if __name__ == '__main__':
+    sys.path.insert(0, TOOLS)  # as for python tools/train.py: the tools' shared code beside it
     train = runpy.run_path(osp.join(TOOLS, 'train.py'), run_name='tools.train')
     sys.argv = ['tools/train.py', *sys.argv[1:]]
     runner = train['main']()

@@ -18,8 +18,9 @@ from mmengine.config import Config, DictAction
 import mmdet_vanillanet  # noqa: F401  (registers VanillaNet, as a config's custom_imports)
 from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize  # noqa: F401  (for the tests)
 from mmdet_vanillanet.models import ARCH_SETTINGS
-from mmdet_vanillanet.toolkit.paths import CONFIGS, REPO_ROOT
 
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = osp.join(REPO_ROOT, 'configs')
 ARCHS = list(ARCH_SETTINGS)
 CONFIG = osp.join(CONFIGS, 'mask_rcnn_vanillanet_toy.py')
 

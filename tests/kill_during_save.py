@@ -30,4 +30,5 @@ def _remove(path, *a, **kw):
 
 os.replace, os.remove = _replace, _remove
 sys.argv = [tool, *args]
+sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))  # as `python TOOL` has it
 runpy.run_path(tool, run_name='__main__')

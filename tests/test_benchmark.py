@@ -15,14 +15,14 @@ from mmengine.logging import MMLogger
 
 from helpers import CONFIG, REPO_ROOT, build_backbone, narrow, randomize, run
 from mmdet_runsafe.errors import InputError
-from mmdet_vanillanet.toolkit.benchmark import (
+from vanillanet_toolkit.benchmark import (
     build_timed_detector,
     check_fusion,
     check_request,
     verdict_line,
 )
-from mmdet_vanillanet.toolkit.complexity import counter_warnings, pseudo_batch
-from mmdet_vanillanet.toolkit.timing import (
+from vanillanet_toolkit.complexity import counter_warnings, pseudo_batch
+from vanillanet_toolkit.timing import (
     Call,
     Settings,
     compare,
@@ -218,8 +218,8 @@ def test_flops_are_counted_with_the_kernel_chosen_and_its_checks_reported(capsys
     from mmengine.analysis import get_model_complexity_info
 
     from mmdet_vanillanet.ops.activation_kernel import kernel_checks
-    from mmdet_vanillanet.toolkit.benchmark import print_table
-    from mmdet_vanillanet.toolkit.complexity import traceable_activations
+    from vanillanet_toolkit.benchmark import print_table
+    from vanillanet_toolkit.complexity import traceable_activations
     kernel = randomize(build_backbone(arch=narrow('5', 128), act_num=3)).eval()
     kernel.switch_to_deploy()
     kernel.act_impl = 'triton'

@@ -16,8 +16,8 @@ from mmdet_runsafe.config import load_config
 from mmdet_vanillanet.deploy.calibration import calibration_inputs
 from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.quantize import quantize_on_inputs, quantize_onnx
-from mmdet_vanillanet.toolkit.demo import toy_data_options
-from mmdet_vanillanet.toolkit.onnx_eval import onnx_coco_ap
+from vanillanet_toolkit.demo import toy_data_options
+from vanillanet_toolkit.onnx_eval import onnx_coco_ap
 
 BOUND = 0.015
 

@@ -15,7 +15,7 @@ from helpers import ARCHS, build_backbone, narrow, randomize
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.ops import lean_training
 from mmdet_vanillanet.ops.depthwise import relu_dwconv
-from mmdet_vanillanet.toolkit.saved_tensors import model_tensors, saved_for_backward
+from vanillanet_toolkit.saved_tensors import model_tensors, saved_for_backward
 
 STATISTICS = ('running_mean', 'running_var', 'num_batches_tracked')
 

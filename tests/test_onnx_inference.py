@@ -30,7 +30,7 @@ from mmdet_runsafe.errors import InputError
 from mmdet_vanillanet.deploy import onnx_export
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit.runs import build_test_runner
+from vanillanet_toolkit.runs import build_test_runner
 
 
 def _generated(cfg, folder, seed=0, part='raw'):

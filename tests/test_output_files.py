@@ -30,8 +30,8 @@ from mmdet_runsafe.output_paths import (
 )
 from mmdet_runsafe.serialization import safe_load
 from mmdet_vanillanet.apis import convert_checkpoint, export_onnx, quantize_onnx
-from mmdet_vanillanet.toolkit.onnx_eval import toy_raw_file
-from mmdet_vanillanet.toolkit.runs import build_test_runner
+from vanillanet_toolkit.onnx_eval import toy_raw_file
+from vanillanet_toolkit.runs import build_test_runner
 
 MINE = b'the user\'s own bytes'
 

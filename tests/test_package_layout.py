@@ -36,11 +36,13 @@ from mmdet_runsafe import cli
 from mmdet_runsafe.cli import RUNSAFE
 from mmdet_runsafe.errors import CheckpointError
 from mmdet_runsafe.work_dir import resume_checkpoint
-from mmdet_vanillanet.toolkit.runs import VANILLANET_RUNTIME, build_train_runner
+from vanillanet_toolkit.runs import VANILLANET_RUNTIME, build_train_runner
 
-PACKAGES = ('mmdet_vanillanet', 'mmdet_runsafe')
 SAFETY = 'mmdet_runsafe'
-TOOLKIT, DEPLOY = 'mmdet_vanillanet.toolkit', 'mmdet_vanillanet.deploy'
+TOOLKIT, DEPLOY = 'vanillanet_toolkit', 'mmdet_vanillanet.deploy'
+# The distribution's two packages, and our tools' shared code beside the tools in tools/.
+PACKAGES = ('mmdet_vanillanet', SAFETY, TOOLKIT)
+TOOLS_DIR = osp.join(REPO_ROOT, 'tools')
 # The run-safety modules only tools import (a config's custom_imports loads the hooks).
 SAFETY_TOOLS = tuple(f'{SAFETY}.{m}' for m in (
     'cli', 'config', 'coco_annotations', 'datasets', 'launch', 'preflight', 'toy_data', 'units',
@@ -63,7 +65,8 @@ MAX_TOOL_FUNCTION_LINES = 45
 
 
 def module_name(path):
-    rel = osp.relpath(path, REPO_ROOT)[:-3].replace(osp.sep, '.')
+    rel = osp.relpath(path, TOOLS_DIR if path.startswith(TOOLS_DIR + osp.sep) else REPO_ROOT)
+    rel = rel[:-3].replace(osp.sep, '.')
     return rel[:-len('.__init__')] if rel.endswith('.__init__') else rel
 
 
@@ -94,8 +97,10 @@ def imports_of(path, modules):
 
 
 def package_files():
+    """The two packages' files and our tools' shared code (beside the tools, not installed)."""
     return [p for package in PACKAGES
-            for p in glob.glob(osp.join(REPO_ROOT, package, '**', '*.py'), recursive=True)]
+            for p in glob.glob(osp.join(TOOLS_DIR if package == TOOLKIT else REPO_ROOT,
+                                        package, '**', '*.py'), recursive=True)]
 
 
 def package_graph():

@@ -26,7 +26,7 @@ from mmdet_vanillanet.deploy.onnx_export import export_onnx
 from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
 from mmdet_vanillanet.deploy.quantize import quantize_onnx
 from mmdet_vanillanet.deploy.quantized_file import float_convs
-from mmdet_vanillanet.toolkit.onnx_eval import onnxruntime_ops
+from vanillanet_toolkit.onnx_eval import onnxruntime_ops
 
 
 def quantized(exported, tmp_path, name='int8.onnx', **kwargs):

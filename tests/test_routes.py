@@ -4,7 +4,7 @@ or a checkpoint down the layers once, not up and down).
 
 The layers, from the architecture (CONTRIBUTING.md's layout), top to bottom:
 
-0. ``mmdet_vanillanet.toolkit``: our tools' VanillaNet code;
+0. ``vanillanet_toolkit`` (tools/vanillanet_toolkit): the code our tools share;
 1. ``mmdet_vanillanet.apis``, ``deploy``, ``engine``: what a user, a tool or a config calls on
    a model (the deploy API, VanillaNet's hooks);
 2. the rest of ``mmdet_vanillanet``, VanillaNet's model: its network (``models``, ``ops``,
@@ -20,7 +20,7 @@ between them leave it where it was); a climb is a change of that module to one o
 layer, whether by a return or by a call (the run-safety checks that build a backbone through
 MMDetection's registry call up into the network).
 
-- A config's way: ``toolkit.runs.build_train_runner`` on the toy config, until MMEngine's
+- A config's way: ``vanillanet_toolkit.runs.build_train_runner`` on the toy config, until MMEngine's
   Runner is built (``Runner.__init__``): what follows is the Runner's, not the checks'.
 - A checkpoint's way through ``export_onnx``: from the call that hands the checkpoint to
   ``models/checkpoint/`` (where a checkpoint's checks live) until that call returns to the
@@ -37,17 +37,18 @@ from mmengine.runner import Runner
 
 import mmdet_runsafe
 import mmdet_vanillanet
+import vanillanet_toolkit
 from helpers import CONFIG, save_toy_checkpoint, toy_options
 from mmdet_vanillanet.deploy.onnx_export import ExportedPart, export_onnx
-from mmdet_vanillanet.toolkit.runs import build_train_runner
+from vanillanet_toolkit.runs import build_train_runner
 
-LAYERS = (('mmdet_vanillanet.toolkit', 0),
+LAYERS = (('vanillanet_toolkit', 0),
           ('mmdet_vanillanet.apis', 1), ('mmdet_vanillanet.deploy', 1),
           ('mmdet_vanillanet.engine', 1),
           ('mmdet_vanillanet', 2),
           ('mmdet_runsafe', 3))
 ROOTS = {osp.dirname(package.__file__) + osp.sep: package.__name__
-         for package in (mmdet_vanillanet, mmdet_runsafe)}
+         for package in (mmdet_vanillanet, mmdet_runsafe, vanillanet_toolkit)}
 
 
 def layer_of(module: str) -> int:
@@ -142,7 +143,7 @@ def test_a_config_goes_down_the_layers_and_climbs_back_at_most_4_times(data_root
     way = route(build_train_runner, CONFIG, work_dir=str(tmp_path / 'run'), cfg_options=options,
                 until=Runner.__init__)
     print(f'{way.climbs} climbs: {way}')
-    assert way.modules[0] == way.modules[-1] == 'mmdet_vanillanet.toolkit.runs'
+    assert way.modules[0] == way.modules[-1] == 'vanillanet_toolkit.runs'
     # The checks ran: the run lock, the dataset's annotations, the launcher.
     for module in ('preflight', 'run_lock', 'coco_annotations', 'launch'):
         assert f'mmdet_runsafe.{module}' in way.modules

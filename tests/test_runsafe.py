@@ -25,7 +25,7 @@ from mmdet_runsafe.datasets import check_dataset_paths
 from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.hooks import NonFiniteError
 from mmdet_runsafe.run_files import written_by_runs
-from mmdet_vanillanet.toolkit.runs import build_test_runner
+from vanillanet_toolkit.runs import build_test_runner
 
 R18 = osp.join(REPO_ROOT, 'configs', 'runsafe', 'mask_rcnn_r18_toy.py')
 MMDET_TOOLS = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools')

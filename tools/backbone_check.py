@@ -8,7 +8,7 @@ No released file is needed: each network gets random weights and BN statistics (
 would hide folding errors), is saved as {'model_ema': ...} like the authors' files, and is
 loaded back through ``init_cfg=dict(type='Pretrained')``, once into a training-mode backbone
 and once into a deploy=True one (which fuses on load). The check is
-mmdet_vanillanet/toolkit/backbone_check.py.
+tools/vanillanet_toolkit/backbone_check.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
     from mmdet_runsafe.start import start_tool  # end the tool in one line
@@ -20,7 +20,7 @@ import torch
 
 import mmdet_vanillanet  # noqa: F401
 from mmdet_vanillanet.models import ARCH_SETTINGS
-from mmdet_vanillanet.toolkit.backbone_check import check_backbone
+from vanillanet_toolkit.backbone_check import check_backbone
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ the median of the per-round ratios is above 1 with 95 % confidence, else "not co
 Without a checkpoint the weights are random (with non-trivial BN statistics, so --check is
 meaningful); speed does not depend on them. Without --dataset the
 input is one generated image of --shape, padded to 32 as the test pipeline would. The work is
-mmdet_vanillanet/toolkit/benchmark.py.
+tools/vanillanet_toolkit/benchmark.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
     from mmdet_runsafe.start import start_tool  # end the tool in one line
@@ -22,7 +22,7 @@ import torch
 from mmdet.utils import register_all_modules
 
 from mmdet_runsafe.cli import CfgOptions, force_weights_only_loading, interruptible, one_line_errors
-from mmdet_vanillanet.toolkit.benchmark import print_table, run_benchmark, write_report
+from vanillanet_toolkit.benchmark import print_table, run_benchmark, write_report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@
     python tools/demo.py [--work-dir work_dirs/toy_demo/TIMESTAMP] [--data data/toy_coco]
 
 Each run trains in a new work dir, so nothing from an earlier run is overwritten. The steps are
-mmdet_vanillanet/toolkit/demo.py.
+tools/vanillanet_toolkit/demo.py.
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
     from mmdet_runsafe.start import start_tool  # end the tool in one line
@@ -22,7 +22,7 @@ from mmdet_runsafe.cli import (
     one_line_errors,
 )
 from mmdet_runsafe.hooks import NonFiniteError
-from mmdet_vanillanet.toolkit.demo import run_demo, summary
+from vanillanet_toolkit.demo import run_demo, summary
 
 
 def build_parser() -> argparse.ArgumentParser:

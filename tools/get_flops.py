@@ -14,7 +14,7 @@ from mmdet_runsafe.cli import CfgOptions, one_line_errors
 from mmdet_runsafe.config import load_config
 from mmdet_runsafe.units import readable
 from mmdet_vanillanet.models.detector import fuse_detector
-from mmdet_vanillanet.toolkit.complexity import detector_complexity
+from vanillanet_toolkit.complexity import detector_complexity
 
 
 def build_parser() -> argparse.ArgumentParser:

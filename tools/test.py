@@ -13,7 +13,7 @@ two-stage detector's RoI heads need (and which the file's weights are checked ag
 
     python tools/test.py configs/mask_rcnn_vanillanet_toy.py raw_int8.onnx --checkpoint epoch_40.pth
 
-The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_test_runner).
+The Runner is built by tools/vanillanet_toolkit/runs.py (build_test_runner).
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
     from mmdet_runsafe.start import start_tool  # end the tool in one line
@@ -28,7 +28,7 @@ from mmdet_runsafe.cli import (
     one_line_errors,
     parse,
 )
-from mmdet_vanillanet.toolkit.runs import build_test_runner
+from vanillanet_toolkit.runs import build_test_runner
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ NaN stop under MMDetection's own tool too); this tool adds only command-line beh
   passes over a truncated last one for the one before it, and is an error when none is
   readable;
 - every checkpoint is read with weights_only=True.
-The Runner is built by mmdet_vanillanet/toolkit/runs.py (build_train_runner).
+The Runner is built by tools/vanillanet_toolkit/runs.py (build_train_runner).
 """
 if __name__ == '__main__':  # first: Ctrl-C and SIGTERM during the imports below (seconds)
     from mmdet_runsafe.start import start_tool  # end the tool in one line
@@ -28,7 +28,7 @@ from mmdet_runsafe.cli import (
     parse,
 )
 from mmdet_runsafe.hooks import NonFiniteError
-from mmdet_vanillanet.toolkit.runs import build_train_runner
+from vanillanet_toolkit.runs import build_train_runner
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,13 +27,16 @@ from mmdet_runsafe.datasets import check_dataset_paths
 from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.output_paths import check_new_output_file, write_text
 from mmdet_runsafe.units import readable
+from mmdet_vanillanet.deploy.build import build_detector
+from mmdet_vanillanet.deploy.equivalence import max_rel_diff
+from mmdet_vanillanet.models.checkpoint.backbone_weights import (
+    checkpoint_layout,
+    deploy_layout_error,
+)
+from mmdet_vanillanet.models.detector import fuse_detector
+from mmdet_vanillanet.models.series_activation import SeriesActivation
+from mmdet_vanillanet.ops.activation_kernel import kernel_checks
 
-from ..deploy.build import build_detector
-from ..deploy.equivalence import max_rel_diff
-from ..models.checkpoint.backbone_weights import checkpoint_layout, deploy_layout_error
-from ..models.detector import fuse_detector
-from ..models.series_activation import SeriesActivation
-from ..ops.activation_kernel import kernel_checks
 from .complexity import check_input_memory, counter_warnings, pseudo_batch
 from .machine import machine_info, matmul_gflops
 from .timing import (

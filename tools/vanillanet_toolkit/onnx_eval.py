@@ -12,8 +12,8 @@ from typing import Dict, Optional, Tuple
 from mmengine.config import Config
 
 from mmdet_runsafe.config import load_config
+from mmdet_vanillanet.deploy.onnx_export import export_onnx, onnx_packages
 
-from ..deploy.onnx_export import export_onnx, onnx_packages
 from .demo import toy_data_options
 from .runs import build_test_runner
 

@@ -17,9 +17,8 @@ from mmdet_runsafe.errors import InputError
 from mmdet_runsafe.input_paths import check_input_file
 from mmdet_runsafe.preflight import prepare_test_run, prepare_train_run
 from mmdet_runsafe.serialization import ONNX, file_kind
-
-from ..deploy.onnx_inference import OnnxDetector
-from ..models.checkpoint.backbone_weights import (
+from mmdet_vanillanet.deploy.onnx_inference import OnnxDetector
+from mmdet_vanillanet.models.checkpoint.backbone_weights import (
     checkpoint_layout,
     deploy_layout_error,
     require_training_layout,

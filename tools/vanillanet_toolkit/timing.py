@@ -18,7 +18,8 @@ import torch
 from mmengine.analysis import get_model_complexity_info
 from mmengine.utils import ProgressBar
 
-from ..deploy import onnx_export, quantize
+from mmdet_vanillanet.deploy import onnx_export, quantize
+
 from .complexity import detector_complexity, traceable_activations
 
 # The confidence of the interval around the median per-round ratio that a verdict needs.

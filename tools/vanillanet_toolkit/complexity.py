@@ -10,9 +10,8 @@ from mmengine.analysis import get_model_complexity_info
 from mmengine.logging import MMLogger
 
 from mmdet_runsafe.errors import Argument, InputError
-
-from ..deploy.memory import check_memory
-from ..models.series_activation import SeriesActivation
+from mmdet_vanillanet.deploy.memory import check_memory
+from mmdet_vanillanet.models.series_activation import SeriesActivation
 
 
 def check_shape(shape: Tuple[int, int]):

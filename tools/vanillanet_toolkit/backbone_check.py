@@ -7,8 +7,8 @@ import time
 import torch
 from mmdet.registry import MODELS
 
-from ..deploy.equivalence import max_rel_diff, randomize
-from ..models.checkpoint.forms import count_params
+from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize
+from mmdet_vanillanet.models.checkpoint.forms import count_params
 
 
 def timed(model, x):
