@@ -26,12 +26,12 @@ from torch.onnx import _constants as onnx_constants
 from mmdet_runsafe.class_order import config_classes
 from mmdet_runsafe.config import load_config
 from mmdet_runsafe.errors import Argument, InputError, output_exists
+from mmdet_runsafe.memory import check_memory
 from mmdet_runsafe.output_paths import check_output_file, new_file_for
 
 from ..models.checkpoint.forms import count_params
 from ..models.detector import fuse_detector, vanillanets_of
 from .build import build_detector
-from .memory import check_memory
 
 PARTS = ('backbone', 'neck', 'raw')
 OPSET = 17  # TensorRT 8.6+ and every current onnxruntime

@@ -10,7 +10,7 @@ from mmengine.analysis import get_model_complexity_info
 from mmengine.logging import MMLogger
 
 from mmdet_runsafe.errors import Argument, InputError
-from mmdet_vanillanet.deploy.memory import check_memory
+from mmdet_runsafe.memory import check_memory
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 
 

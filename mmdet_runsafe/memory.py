@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from mmdet_runsafe.errors import Argument, InputError
+from .errors import Argument, InputError
 
 GIB = 1024 ** 3
 
