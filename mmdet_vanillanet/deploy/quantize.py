@@ -260,9 +260,11 @@ def write_quantized(model, out: str, reader, recipe: Recipe, excluded: Sequence[
     with new_file_for(out, replace) as partial, quiet_preprocessing_advice():
         # The ModelProto, not a path: from a path quantize_static writes <file>-inferred.onnx
         # beside the input (two runs on one file race; a read-only folder fails).
-        quantize_static(model, partial, reader, nodes_to_exclude=list(excluded) or None,
-                        **recipe.quantize_static_kwargs())
-        reader.done()
+        try:
+            quantize_static(model, partial, reader, nodes_to_exclude=list(excluded) or None,
+                            **recipe.quantize_static_kwargs())
+        finally:
+            reader.done()  # the bar's line ends, also before an error's line
         quantized = onnx.load(partial)
         kept = float_convs(quantized)
         wanted = sorted(n.name for n in model.graph.node
