@@ -18,7 +18,7 @@ LOWEST = osp.join(REPO_ROOT, '.venv', 'lowest')
 # marked slow, run on the pinned mmengine only).
 HOOK_TESTS = ['tests/test_engine.py', 'tests/test_safe_loading.py', 'tests/test_run_lock.py',
               'tests/test_strict_loading.py', 'tests/test_class_order.py', 'tests/test_resume.py',
-              'tests/test_work_dir_files.py']
+              'tests/test_work_dir_files.py', 'tests/test_runsafe.py']
 
 
 def declared_lowest() -> str:
