@@ -140,6 +140,35 @@ def test_each_depthwise_conv_is_recomputed_once_per_step(monkeypatch):
     assert len(calls) == 2 * activations
 
 
+def test_the_backward_pass_holds_one_blocks_recomputation_at_a_time(monkeypatch):
+    """The recomputed maps alive at once are those of the op being differentiated and the ops
+    before it in its block, not a chain back to the stem: a conv's input is recomputed in its own
+    backward. (Recomputing it with the conv's output recomputed every op down to the stem at the
+    first backward step: a whole VanillaNet-13 Mask R-CNN step peaked above plain autograd's.)"""
+    _, lean = pair(arch=narrow('13'))
+    lean.train()
+    outs = lean(torch.randn(2, 3, 64, 64, requires_grad=True))
+    nodes, todo = set(), [o.grad_fn for o in outs]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            todo.extend(next_node for next_node, _ in node.next_functions)
+    lean_nodes = [n for n in nodes if type(n) is lean_training._Lean._backward_cls]
+    assert len(lean_nodes) > 30
+    alive = []
+    recomputed = lean_training._recomputed
+
+    def counted(node):
+        result = recomputed(node)
+        alive.append(sum(n.recomputed is not None for n in lean_nodes))
+        return result
+
+    monkeypatch.setattr(lean_training, '_recomputed', counted)
+    sum((o ** 2).sum() for o in outs).backward()
+    assert len(alive) >= len(lean_nodes) and max(alive) <= 4, max(alive)
+
+
 def test_what_a_step_keeps_is_the_conv_outputs():
     """VanillaNet-13 at 800x1344 (on the meta device: no memory, no compute): the lean path keeps
     the input image, and per 1x1 or stem conv its output, nothing else of map size."""

@@ -25,8 +25,11 @@ output, from the kept conv output or from its input recomputed by the node befor
 same function, this time under autograd, which then differentiates it; the conv's backward is
 PyTorch's kernel on the recomputed input (``_recomputed``). A node's recomputation is made once
 per backward pass: the node after it (whose backward runs first and needs it as its input) or
-the node itself makes it, and the node's own backward pass uses it and lets it go. So every BN,
-pool and depthwise conv runs twice per step, once in the forward pass and once recomputed.
+the node itself makes it, and the node's own backward pass uses it and lets it go. A conv's
+input is recomputed only in the conv's own backward (its output needs only the kept conv
+output), so the recomputations alive at once are those of one block, never a chain back to the
+stem. So every BN, pool and depthwise conv runs twice per step, once in the forward pass and once
+recomputed.
 
 Exactness. The BN statistics are computed, and the running statistics updated, once, in the
 forward pass (``batch_norm.forward``); the recomputation runs the same BN kernel on the same conv
@@ -174,7 +177,7 @@ class _Recording:
 
 
 class _Recomputed(NamedTuple):
-    x: Tensor  # the op's input (for the conv's backward)
+    x: Optional[Tensor]  # the op's input, where kept (a conv's, recomputed: in its backward)
     z: Tensor  # the tail's input, a leaf
     out: Tensor  # the op's output, with its graph from z and the tail's parameters
     params: tuple  # the op's parameters as saved (the conv's used as they are)
@@ -216,8 +219,9 @@ class _Lean(Function):
         if conv is None:
             return (grad_z, None, *leaf_grads)
         weight, bias = r.params[:2]
+        x = r.x if r.x is not None else _recomputed(ctx.source).out.detach()
         grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad_z, r.x.to(grad_z.dtype), weight.to(grad_z.dtype),
+            grad_z, x.to(grad_z.dtype), weight.to(grad_z.dtype),
             None if bias is None else [weight.shape[0]], conv.stride, conv.padding,
             conv.dilation, False, [0, 0], conv.groups, list(ctx.needs_input_grad[0:1])
             + list(ctx.needs_input_grad[2:4]))
@@ -247,11 +251,10 @@ def _recomputed(node) -> _Recomputed:
     kept, params = saved[:node.num_kept], saved[node.num_kept:node.num_kept + node.num_params]
     stats_tensors = saved[node.num_kept + node.num_params:]
     op = node.op
-    if node.source is not None:
-        x = _recomputed(node.source).out.detach()
+    if op.conv is not None:  # from the kept conv output; the conv's input waits for its backward
+        x, z = kept[0] if node.source is None else None, kept[-1]
     else:
-        x = kept[0]
-    z = x if op.conv is None else kept[-1]
+        x = z = kept[0] if node.source is None else _recomputed(node.source).out.detach()
     _, norm_params, extra = op.split(params)
     n_conv = len(params) - len(norm_params) - len(extra)
     leaves = tuple(p.detach().requires_grad_(node.needs_input_grad[2 + n_conv + i])
