@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from mmdet_runsafe.errors import InputError
+from mmdet_vanillanet.config_error import ConfigError
 from mmdet_vanillanet.deploy.equivalence import max_rel_diff, randomize
 from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.series_activation import SeriesActivation
@@ -62,7 +62,7 @@ def guarded(fn):
     """fn(), or NaN where the kernel's run-time guard refused it (printed; the run goes on)."""
     try:
         return fn()
-    except InputError as err:
+    except ConfigError as err:
         print(f'KERNEL GUARD: {err}', flush=True)
         return float('nan')
 

@@ -6,10 +6,11 @@ them.
     python benchmarks/train_memory.py                  # about 6 minutes on 2 cores
     python benchmarks/train_memory.py --archs 13 --repeats 5
 
-Memory: the bytes of every distinct storage autograd keeps (toolkit/saved_tensors.py), counted
-on the meta device at the memory size (800x1344, batch 1), exact and the same on any device;
-``activations`` leaves out the parameters and buffers, which a model holds anyway, ``saved``
-counts them too (the count ``saved_tensors_hooks`` gives directly). Time: forward and backward
+Memory: the bytes of every distinct storage autograd keeps
+(tools/vanillanet_toolkit/saved_tensors.py), counted on the meta device at the memory size
+(800x1344, batch 1), exact and the same on any device; ``activations`` leaves out the parameters
+and buffers, which a model holds anyway, ``saved`` counts them too (the count
+``saved_tensors_hooks`` gives directly). Time: forward and backward
 of the backbone in training mode on the CPU at the time size (256x384, batch 1), every variant
 in turn in one process, best of ``--repeats`` rounds, so that their ratios share the machine's
 state.

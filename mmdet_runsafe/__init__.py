@@ -4,9 +4,11 @@ configs/_base_/runsafe_runtime.py (atomic checkpoints, exact resume, the NaN and
 class order, one run per work dir, weights_only checkpoints).
 
 Importing the package itself does nothing (a tool's first line, ``start``, must not wait for
-MMDetection's imports); importing ``hooks`` registers the hooks and what they need. What the
-command-line tools check before a run (``preflight``, ``cli``, ``datasets``,
-``coco_annotations``, ``work_dir``, ``launch``) and the files they read and write
-(``input_paths``, ``output_paths``, ``run_files``, ``run_lock``, ``serialization``) are imported
-by the tools, not by a config.
+MMDetection's imports); importing ``hooks`` registers the hooks and what they need, which read
+the Runner through ``runner_state``. What the command-line tools set up and check before a run
+(``start``, ``preflight``, ``config``, ``cli``, ``datasets``, ``coco_annotations``,
+``work_dir``, ``launch``, ``toy_data``, ``units``) is imported by the tools, not by a config;
+the files a run or a tool reads and writes (``input_paths``, ``output_paths``, ``run_files``,
+``run_lock``, ``serialization``, ``checkpoint_sources``, ``class_order``) and whether an input
+size fits in memory (``memory``) serve both.
 """

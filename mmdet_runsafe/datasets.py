@@ -51,7 +51,7 @@ def check_dataset_paths(cfg, keys=('train_dataloader', 'val_dataloader', 'test_d
     InputError for the first kind of problem in a COCO file or its images (see the module).
     ``invalid_boxes``: 'refuse' or 'drop' the boxes MMDetection would drop from training."""
     check_invalid_boxes_choice(invalid_boxes)
-    # The backbone is the same for every dataset: built once (a VanillaNet, on the meta device).
+    # The backbone is the same for every dataset: asked once.
     min_side = _backbone_min_side((cfg.get('model') or {}).get('backbone') or {})
     for key in keys:
         if not cfg.get(key):
@@ -184,9 +184,8 @@ def _smallest_side(cfg, ds, min_side: int):
 
     A keep-ratio resize fits the long side to the scale's long edge, so a thin image's short
     side can round to 0 pixels (OpenCV's resize fails: toy config, 6401x20 pixels), or stay
-    under the backbone's minimum input side after the data preprocessor's padding (VanillaNet
-    needs 32 pixels a side, ``min_side``; padding to 32, as the shipped configs do, always
-    reaches it)."""
+    under the backbone's minimum input side after the data preprocessor's padding (``min_side``,
+    which a backbone may declare; padding to a multiple of it always reaches it)."""
     names, corner, resizes = _smallest_scale(ds.get('pipeline') or [])
     model = cfg.get('model') or {}
     pad = (model.get('data_preprocessor') or {}).get('pad_size_divisor') or 1
@@ -278,9 +277,11 @@ def _pair(scale):
 
 
 def _backbone_min_side(backbone: dict) -> int:
-    """VanillaNet's smallest valid input side, from the network itself, built on the meta
-    device (no memory, no weights); other backbones: 1."""
-    if str(backbone.get('type', '')).split('.')[-1] != 'VanillaNet':
+    """The smallest input side the backbone takes where its class declares one
+    (``min_input_size``), read from the network built on the meta device (no memory, no
+    weights); 1 for a backbone that declares none."""
+    kind = backbone.get('type')
+    if not hasattr(MODELS.get(kind) if isinstance(kind, str) else kind, 'min_input_size'):
         return 1
     with torch.device('meta'):
         return MODELS.build(backbone).min_input_size

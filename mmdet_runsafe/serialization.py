@@ -27,9 +27,9 @@ objects from it. numpy's to ``_NumpyDtype``, ``_NumpyArray``, ``_reconstruct`` a
 ``getattr`` to ``_statistics_method`` (MMEngine's four default statistics methods of the buffer
 class, read and dropped; nothing else).
 
-Which list, when. Importing the plugin adds what our runs' checkpoints hold (the numpy
-stand-ins, and ``WeightsOnlyHistoryBuffer`` under its own name, which
-``WeightsOnlyCheckpointHook`` writes) to torch's process-wide list
+Which list, when. Importing the safety hooks (``mmdet_runsafe.hooks``) adds what our runs'
+checkpoints hold (the numpy stand-ins, and ``WeightsOnlyHistoryBuffer`` under its own name,
+which ``WeightsOnlyCheckpointHook`` writes) to torch's process-wide list
 (``allow_runner_checkpoint_types``), because MMDetection's own tools (``tools/test.py``,
 ``--resume``, ``init_detector``) must load our runs' checkpoints, through MMEngine's
 ``torch.load`` with torch's default ``weights_only=True``, where no context can be given. What
@@ -213,10 +213,12 @@ def _statistics_method(owner, name):
     return _DEFAULT_STATISTICS[name]
 
 
-# What our runs' checkpoints hold (see the module's doc): allowed process-wide on import.
+# What our runs' checkpoints hold (see the module's doc): allowed process-wide by importing the
+# safety hooks.
 RUNNER_CHECKPOINT_TYPES = [
     WeightsOnlyHistoryBuffer, (_NumpyDtype, 'numpy.dtype'), (_NumpyArray, 'numpy.ndarray'),
-    # The name our checkpoints carry, kept wherever the class is defined.
+    # The name checkpoints written before the two packages carry (a weights_only load reads
+    # them; a full unpickling, which imports the name, does not).
     (WeightsOnlyHistoryBuffer, 'mmdet_vanillanet.serialization.WeightsOnlyHistoryBuffer'),
     # numpy 2 writes its functions' module as numpy._core.multiarray, numpy 1 as numpy.core.
     *[(function, f'numpy.{core}.multiarray.{name}') for core in ('core', '_core')
@@ -229,9 +231,10 @@ MMENGINE_CHECKPOINT_TYPES = [
 
 def allow_runner_checkpoint_types():
     """Allow-list, for every weights_only load in this process (torch's list is global), what
-    reads back the objects our runs write into checkpoints (above). The plugin does this on
-    import: MMDetection's own tools, which load through MMEngine's ``torch.load`` with torch's
-    default ``weights_only=True`` under torch >= 2.6, must resume and test our runs."""
+    reads back the objects our runs write into checkpoints (above). Importing
+    ``mmdet_runsafe.hooks`` does this: MMDetection's own tools, which load through MMEngine's
+    ``torch.load`` with torch's default ``weights_only=True`` under torch >= 2.6, must resume
+    and test our runs."""
     torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_TYPES)
 
 

@@ -119,7 +119,7 @@ def _write_split(img_dir: str, count: int, width: int, height: int, seed: int,
             annotations.append(_annotation(len(annotations) + 1, image_id, label, polygon, mask))
     categories = [dict(id=i + 1, name=name, supercategory='shape')
                   for i, name in enumerate(CLASSES)]
-    info = dict(description='mmdet_vanillanet toy COCO (synthetic shapes)', version='1.0')
+    info = dict(description='toy COCO (synthetic shapes)', version='1.0')
     return dict(info=info, licenses=[], images=images, annotations=annotations,
                 categories=categories)
 

@@ -1,5 +1,5 @@
 """The mmengine range the package declares is the range tested (issue 23 item 7): the hooks read
-a few members MMEngine keeps private (mmdet_runsafe/hooks/runner_state.py; the list:
+a few members MMEngine keeps private (mmdet_runsafe/runner_state.py; the list:
 docs/getting_started.md), so their tests run against the lowest mmengine that
 requirements/runtime.txt declares, as well as the pinned one the rest of the suite runs on.
 `make install` puts that mmengine (pure Python) into .venv/lowest; it goes first on PYTHONPATH."""

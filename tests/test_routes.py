@@ -135,8 +135,8 @@ def test_a_config_goes_down_the_layers_and_climbs_back_at_most_4_times(data_root
     """12 climbs (15 modules) before the two packages, 3 now: the train tool's
     checks are one call into the safety package (``preflight.prepare_train_run``), which builds
     the backbone once for the dataset checks and asks the tool which runtime hooks the config
-    should declare (``toolkit.runs.runtime_of``, a climb). A ``load_from`` adds the layout check
-    of its checkpoint, two climbs more."""
+    should declare (``vanillanet_toolkit.runs.runtime_of``, a climb). A ``load_from`` adds the
+    layout check of its checkpoint, two climbs more."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     options = parser.parse_args(['--cfg-options', *toy_options(data_root)]).cfg_options
@@ -151,8 +151,8 @@ def test_a_config_goes_down_the_layers_and_climbs_back_at_most_4_times(data_root
 
 
 def test_a_checkpoint_goes_through_its_checks_in_one_call_down_and_back(tmp_path):
-    """5 climbs after the split (3 before it; the split put unwrap_model, which the checks
-    asked twice, into the safety package): export_onnx hands the checkpoint to
+    """2 climbs (5 before; 3 before the split, which put unwrap_model, asked twice by the
+    checks, into the safety package): export_onnx hands the checkpoint to
     models/checkpoint/ once (``load_detector_weights``), which asks the safety package once
     (the file read as data, its classes) and makes VanillaNet's checks (fit, norm) on the bare
     detector before loading it."""

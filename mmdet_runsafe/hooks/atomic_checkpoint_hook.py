@@ -71,7 +71,7 @@ FILE_CLIENT_NOTICES = ('"FileClient" will be deprecated in future',
 class AtomicCheckpointHook(CheckpointHook):
     """MMEngine's CheckpointHook (same arguments) with atomic writes, and outdated checkpoints
     deleted only once the new one is in place. Declared in
-    ``configs/_base_/vanillanet_runtime.py`` as the type of ``default_hooks.checkpoint``, so a
+    ``configs/_base_/runsafe_runtime.py`` as the type of ``default_hooks.checkpoint``, so a
     config's ``interval``, ``max_keep_ckpts`` or ``save_best`` apply to it as usual. Writes to
     a remote ``out_dir`` (or with ``backend_args`` of the config's) go through MMEngine's
     backends unchanged.

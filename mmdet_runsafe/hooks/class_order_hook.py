@@ -6,7 +6,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
 from ..class_order import check_class_order, check_evaluator_class_order, is_local_json
-from .runner_state import built_loops
+from ..runner_state import loop_classes
 
 
 def _leaf_datasets(dataset):
@@ -22,23 +22,13 @@ def _leaf_datasets(dataset):
             yield ds
 
 
-def _classes(loop):
-    return (getattr(loop.dataloader.dataset, 'metainfo', None) or {}).get('classes')
-
-
-def run_classes(runner):
-    """The classes of the run's datasets (the first loop built), or None."""
-    loops = built_loops(runner)
-    return _classes(loops[0]) if loops else None
-
-
 @HOOKS.register_module()
 class ClassOrderHook(Hook):
     """Before a run trains, validates or tests: every COCO dataset of the loop, and its
     evaluator's ``ann_file``, lists the config's classes in the config's order (one line naming
     the file and both orders otherwise). Each loop is checked once, when MMEngine has built it
     (training builds its validation loop too). Declared in
-    ``configs/_base_/vanillanet_runtime.py``.
+    ``configs/_base_/runsafe_runtime.py``.
 
     Example (in a config)::
 
@@ -68,5 +58,5 @@ class ClassOrderHook(Hook):
             if isinstance(ds, CocoDataset) and is_local_json(ds.ann_file):
                 check_class_order(ds.ann_file, ds.metainfo.get('classes'))
         if evaluator_key:
-            check_evaluator_class_order(runner.cfg.get(evaluator_key), _classes(loop),
+            check_evaluator_class_order(runner.cfg.get(evaluator_key), loop_classes(loop),
                                         evaluator_key)

@@ -12,7 +12,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from ..errors import InputError
-from .runner_state import unwrap_model
+from ..runner_state import unwrap_model
 
 # The bound on one step's growth of the parameters' L2 norm. Measured (python
 # benchmarks/weight_growth.py): at most 1.00006 over a toy run from scratch (warm-up and deep
@@ -70,7 +70,7 @@ class StopOnNonFiniteHook(Hook):
     the first step that multiplies the parameters' L2 norm by more than ``max_norm_growth``,
     naming the iteration, what happened, and the last checkpoint that predates it. Runs before
     the checkpoint hook, so no checkpoint ever holds what such a step produced. Declared in
-    ``configs/_base_/vanillanet_runtime.py``.
+    ``configs/_base_/runsafe_runtime.py``.
 
     Args:
         max_norm_growth (float): the largest factor by which one step may multiply the

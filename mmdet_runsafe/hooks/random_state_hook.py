@@ -27,7 +27,7 @@ import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 
-from .runner_state import resuming
+from ..runner_state import resuming
 
 
 def _generator_states() -> dict:
@@ -64,7 +64,7 @@ def _seeded_sampler(dataloader):
 @HOOKS.register_module()
 class RandomStateHook(Hook):
     """Save the generator states with each checkpoint; on ``--resume``, continue the data
-    order and the generators exactly. Declared in ``configs/_base_/vanillanet_runtime.py``.
+    order and the generators exactly. Declared in ``configs/_base_/runsafe_runtime.py``.
 
     Example (in a config)::
 

@@ -13,7 +13,7 @@ from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from .runner_state import resuming
+from ..runner_state import resuming
 
 
 def _initial_lrs(groups):
@@ -36,7 +36,7 @@ def _by_optimizer(runner, checkpoint):
 @HOOKS.register_module()
 class ResumeLrFromConfigHook(Hook):
     """Make ``--resume`` honour the config's lr. Declared in
-    ``configs/_base_/vanillanet_runtime.py``.
+    ``configs/_base_/runsafe_runtime.py``.
 
     Example (in a config)::
 

@@ -12,7 +12,7 @@ class WeightsOnlyCheckpointHook(Hook):
     """Writes the message hub's history buffers of every checkpoint as
     :class:`~mmdet_runsafe.serialization.WeightsOnlyHistoryBuffer`: their data only, where
     MMEngine's HistoryBuffer would also write its statistics methods as ``getattr`` calls.
-    Importing mmdet_runsafe allow-lists ours for every weights_only load, so MMDetection's own
+    Importing mmdet_runsafe.hooks allow-lists ours for every weights_only load, so MMDetection's own
     tools resume and test these checkpoints; MMEngine's class and ``getattr`` are read by our
     loaders only (``serialization``: allowing them process-wide would let any file in the
     process reach ``getattr``). After ``--resume`` the loaded buffers carry on as the run's

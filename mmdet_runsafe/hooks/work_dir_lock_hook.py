@@ -14,7 +14,7 @@ class WorkDirLockHook(Hook):
     their own timestamped folder. Our tools take the lock before building the Runner; this hook
     takes it under MMDetection's own tools, when training starts (``before_train``, which only
     training calls: after the checkpoint is loaded, before the checkpoint hook deletes or writes
-    anything or a step is trained). Declared in ``configs/_base_/vanillanet_runtime.py``.
+    anything or a step is trained). Declared in ``configs/_base_/runsafe_runtime.py``.
 
     Example (in a config)::
 

@@ -13,8 +13,7 @@ from mmengine.logging import print_log
 
 from mmdet_runsafe.class_order import check_checkpoint_classes
 from mmdet_runsafe.errors import InputError
-from mmdet_runsafe.hooks.class_order_hook import run_classes
-from mmdet_runsafe.hooks.runner_state import load_source, resuming
+from mmdet_runsafe.runner_state import load_source, resuming, run_classes
 
 from ..models.checkpoint.detector_weights import check_detector_fits, check_detector_norm
 from ..models.checkpoint.forms import adopt_meta_act_learn

@@ -21,7 +21,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from mmdet_runsafe.errors import InputError
-from mmdet_runsafe.hooks.runner_state import unwrap_model
+from mmdet_runsafe.runner_state import unwrap_model
 
 from ..models.series_activation import check_bool
 

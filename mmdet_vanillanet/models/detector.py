@@ -8,7 +8,7 @@ import torch.nn as nn
 from mmengine.logging import print_log
 
 from mmdet_runsafe.errors import InputError
-from mmdet_runsafe.hooks.runner_state import unwrap_model
+from mmdet_runsafe.runner_state import unwrap_model
 
 from .checkpoint.forms import count_params
 from .vanillanet import VanillaNet

@@ -19,7 +19,7 @@ from mmengine.model.weight_init import trunc_normal_
 
 from ..config_error import ConfigError
 from ..ops.activation_kernel import check_act_impl, fused_activation, implementation_for
-from ..ops.lean_training import pool, series_activation
+from ..ops.lean_training import hooked, plain_if, pool, series_activation
 from .fusion import bn_of, fold_bn
 
 
@@ -91,13 +91,14 @@ class SeriesActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lean = self.implementation.lean
-        if self.grid:
-            x = pool(x, 'adaptive', self.grid, lean)
-        if self.deploy:  # the max pool, relu and depthwise conv in one call
-            return fused_activation(x, self.weight, self.bias, self.pool, self.act_impl)
-        if self.pool > 1:
-            x = pool(x, 'max', self.pool, lean)
-        return series_activation(x, self.weight, self.bn, lean)
+        with plain_if(hooked(self)):  # called alone with a hook: as in VanillaNet.forward
+            if self.grid:
+                x = pool(x, 'adaptive', self.grid, lean)
+            if self.deploy:  # the max pool, relu and depthwise conv in one call
+                return fused_activation(x, self.weight, self.bias, self.pool, self.act_impl)
+            if self.pool > 1:
+                x = pool(x, 'max', self.pool, lean)
+            return series_activation(x, self.weight, self.bn, lean)
 
     def implementation_for(self, x: torch.Tensor) -> str:
         """What the fused form runs on ``x``: 'triton', or 'torch (why not the kernel)'."""

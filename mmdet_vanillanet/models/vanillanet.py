@@ -25,6 +25,7 @@ exactly the released key layout, and a state dict without it (the released check
 at 1.
 """
 import copy
+import functools
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -123,8 +124,9 @@ class ConvBN(nn.Sequential):
                          build_norm_layer(norm_cfg, out_channels)[1], *activation)
 
     def forward(self, x: torch.Tensor, slope: float = None, lean: bool = True) -> torch.Tensor:
-        x = conv_norm_act(x, self[0], self[1], slope, lean)  # leaky_relu(BN(conv(x)), slope)
-        return x if len(self) == 2 else self[2](x)
+        with plain_if(hooked(self)):  # called alone with a hook: as in VanillaNet.forward
+            x = conv_norm_act(x, self[0], self[1], slope, lean)  # leaky_relu(BN(conv(x)), slope)
+            return x if len(self) == 2 else self[2](x)
 
 
 class VanillaBlock(nn.Module):
@@ -164,9 +166,10 @@ class VanillaBlock(nn.Module):
         if self.deploy:
             return self.act(self.conv(x))  # the merged 1x1 convs; max pool, relu, dwconv
         lean = self.implementation.lean
-        x = self.conv1(x, slope=self.act_learn, lean=lean)  # 1x1 conv, BN, leaky_relu
-        x = self.conv2(x, lean=lean)  # 1x1 conv, BN
-        return self.act(x)  # max pool, relu, depthwise conv, BN
+        with plain_if(hooked(self)):  # called alone with a hook: as in VanillaNet.forward
+            x = self.conv1(x, slope=self.act_learn, lean=lean)  # 1x1 conv, BN, leaky_relu
+            x = self.conv2(x, lean=lean)  # 1x1 conv, BN
+            return self.act(x)  # max pool, relu, depthwise conv, BN
 
     @property
     def act_learn(self) -> float:
@@ -296,7 +299,6 @@ class VanillaNet(BaseModule):
                       'not trained', logger='current', level=30)
             with_cp = False
         self.with_cp = with_cp
-        self.min_input_size = self._smallest_valid_size()
 
         arch = self.arch
         d0 = arch.dims[0]
@@ -372,8 +374,11 @@ class VanillaNet(BaseModule):
     @slopes.setter
     def slopes(self, values: Sequence[float]):
         values = [_valid_act_learn(v, self.deploy) for v in values]  # all or none
+        if len(values) != 1 + len(self.stages):
+            raise ConfigError(f'{len(values)} slopes for {1 + len(self.stages)} places (the '
+                              'stem and each stage)')
         self.stem_act_learn = values[0]
-        for block, value in zip(self.stages, values[1:], strict=True):
+        for block, value in zip(self.stages, values[1:]):
             block.act_learn = value
 
     @property
@@ -450,8 +455,10 @@ class VanillaNet(BaseModule):
                 f'input {h}x{w} is too small for VanillaNet-{self.arch_name}: every side '
                 f'must be at least {self.min_input_size} pixels')
 
-    def _smallest_valid_size(self) -> int:
-        """Smallest side for which every stage still has a map (ada_pool: no upsampling)."""
+    @functools.cached_property
+    def min_input_size(self) -> int:
+        """Smallest side for which every stage still has a map (ada_pool: no upsampling);
+        declared on the class, so that a data check can ask any backbone for it."""
         arch = self.arch
 
         def valid(size):

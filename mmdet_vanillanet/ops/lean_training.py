@@ -70,7 +70,7 @@ from .autocast import autocast_as, autocast_state
 from .depthwise import DepthwiseConv, depthwise_conv, relu_dwconv
 
 SECOND_ORDER = ("a second-order gradient (create_graph=True) through VanillaNet's lean training "
-                "ops, which are differentiable once: build the backbone with "
+                "ops or with_cp, which are differentiable once: build the backbone with "
                 "lean_training=False (and with_cp=False) to take it")
 
 # --- the ops' math, written once: the plain path, the lean forward pass and its recomputation ---
@@ -218,8 +218,10 @@ class _Lean(Function):
         conv = ctx.op.conv
         if conv is None:
             return (grad_z, None, *leaf_grads)
-        weight, bias = r.params[:2]
-        x = r.x if r.x is not None else _recomputed(ctx.source).out.detach()
+        (weight, bias), x = r.params[:2], r.x
+        del r, wanted  # the recomputed maps go before the conv's input is recomputed
+        if x is None:
+            x = _recomputed(ctx.source).out.detach()
         grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_z, x.to(grad_z.dtype), weight.to(grad_z.dtype),
             None if bias is None else [weight.shape[0]], conv.stride, conv.padding,

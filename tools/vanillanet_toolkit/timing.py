@@ -119,7 +119,7 @@ def compare(baseline: List[float], variant: List[float]) -> dict:
     (``median_interval``), and the verdict: 'faster' or 'slower' where that interval lies
     wholly above or below 1, else 'not conclusive' (the rounds disagree by more than the
     difference, or are too few)."""
-    ratios = [b / v for b, v in zip(baseline, variant, strict=True)]
+    ratios = [b / v for b, v in zip(baseline, variant)]
     interval = median_interval(ratios)
     if interval is None or interval[0] <= 1 <= interval[1]:
         verdict = 'not conclusive'

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from mmdet_runsafe.class_order import load_checkpoint_of_classes
 from mmdet_runsafe.errors import CheckpointError, InputError
-from mmdet_runsafe.hooks.runner_state import unwrap_model
+from mmdet_runsafe.runner_state import unwrap_model
 
 from ..vanillanet import VanillaNet
 from .backbone_weights import check_same_norm, recorded_backbone

@@ -36,3 +36,14 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
     return model
+
+
+def loop_classes(loop):
+    """The classes of a built loop's dataset, or None."""
+    return (getattr(loop.dataloader.dataset, 'metainfo', None) or {}).get('classes')
+
+
+def run_classes(runner):
+    """The classes of the run's datasets (the first loop built), or None."""
+    loops = built_loops(runner)
+    return loop_classes(loops[0]) if loops else None
