@@ -25,7 +25,6 @@ exactly the released key layout, and a state dict without it (the released check
 at 1.
 """
 import copy
-import functools
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -244,6 +243,9 @@ class VanillaNet(BaseModule):
         >>> model.out_channels
         (512, 1024, 2048, 4096)
     """
+    # The smallest input side every stage still maps, set by each network; declared here, so
+    # that a data check asks a backbone's class whether it has one (mmdet_runsafe.datasets).
+    min_input_size: int = 1
 
     def __init__(self,
                  arch: Union[str, dict] = '13',
@@ -299,6 +301,7 @@ class VanillaNet(BaseModule):
                       'not trained', logger='current', level=30)
             with_cp = False
         self.with_cp = with_cp
+        self.min_input_size = self._smallest_valid_size()
 
         arch = self.arch
         d0 = arch.dims[0]
@@ -455,10 +458,8 @@ class VanillaNet(BaseModule):
                 f'input {h}x{w} is too small for VanillaNet-{self.arch_name}: every side '
                 f'must be at least {self.min_input_size} pixels')
 
-    @functools.cached_property
-    def min_input_size(self) -> int:
-        """Smallest side for which every stage still has a map (ada_pool: no upsampling);
-        declared on the class, so that a data check can ask any backbone for it."""
+    def _smallest_valid_size(self) -> int:
+        """Smallest side for which every stage still has a map (ada_pool: no upsampling)."""
         arch = self.arch
 
         def valid(size):
