@@ -34,6 +34,7 @@ import os
 import os.path as osp
 import re
 
+import toolkit_path  # noqa: F401  (tools/ on the path, for vanillanet_toolkit)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,8 +46,8 @@ from mmdet_vanillanet.models import VanillaNet
 from mmdet_vanillanet.models.series_activation import SeriesActivation
 from mmdet_vanillanet.ops.activation_kernel import kernel_checks
 from mmdet_vanillanet.ops.triton_activation import fused_series_activation
+from vanillanet_toolkit.paths import REPO_ROOT
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SIZES = [(224, 224), (800, 1344)]
 BATCHES = [1, 8]
 DTYPES = dict(fp32=torch.float32, fp16=torch.float16, bf16=torch.bfloat16)
